@@ -1,0 +1,1 @@
+"""npueval.actors: see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""npueval.build: see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""npueval.cluster: see DESIGN.md."""

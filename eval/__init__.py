@@ -1,0 +1,1 @@
+"""npueval.eval: prepare, windows, driver, metrics, report and the CLI."""

@@ -1,0 +1,167 @@
+"""The `npueval` command: one subcommand per stage, each a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version
+
+from .errors import EXIT_INTERRUPTED, EXIT_OK, NotYetAvailable, NpuevalError
+
+log = logging.getLogger("npueval")
+
+#: Stages that later issues build; until then the subcommand says so (exit 2).
+_NOT_YET = {
+    "devices": ("list every NPU chip of this host (npu-smi)", 4),
+    "build": ("checkpoint → ONNX → NPU graph with the loss inside → OM (ATC)", 3),
+    "run": ("evaluate a model on a prepared data set on every device of a Ray cluster", 4),
+    "bench": ("device-only and end-to-end throughput", 4),
+    "report": ("a readable summary and a plot of a results folder", 5),
+}
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="wiki_zh corpus → tokenized windows in Parquet shards",
+        description="Turn a wiki_zh_2019 corpus (AA/wiki_00 … JSON lines) into tokenized "
+        "windows in Parquet shards plus manifest.json, as the ModelZoo GPT2 port does.",
+    )
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.add_argument("corpus_dir", metavar="CORPUS_DIR", help="the wiki_zh folder (AA/, AB/, …)")
+    p.add_argument("--vocab", required=True, help="the checkpoint's vocab.txt (BERT-Chinese WordPiece)")
+    p.add_argument("--out", required=True, help="folder for the shards and manifest.json")
+    p.add_argument("--mode", choices=("seed", "sliding"), default="seed",
+                   help="seed: the port's windows (default); sliding: every token scored once")
+    p.add_argument("--files", choices=("first", "all"), default="first",
+                   help="first file of each subfolder, as the port (default), or all files")
+    p.add_argument("--n-ctx", type=int, default=512, help="window length L (default 512)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="window start step (default: 768 in seed mode, n_ctx/2 in sliding mode)")
+    p.add_argument("--num-pieces", type=int, default=100, help="the port's pieces (default 100)")
+    p.add_argument("--min-length", type=int, default=128,
+                   help="drop articles of at most this many characters (default 128)")
+    p.add_argument("--shuffle", action="store_true", help="the port's seeded shuffle of each piece (seed mode)")
+    p.add_argument("--rows-per-shard", type=int, default=4096, help="windows per Parquet shard (default 4096)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip and count malformed lines instead of stopping at the first")
+    p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
+    p.set_defaults(handler=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        corpus_dir=args.corpus_dir,
+        vocab=args.vocab,
+        out=args.out,
+        mode=args.mode,
+        files=args.files,
+        n_ctx=args.n_ctx,
+        stride=args.stride,
+        num_pieces=args.num_pieces,
+        min_length=args.min_length,
+        shuffle=args.shuffle,
+        rows_per_shard=args.rows_per_shard,
+        skip_bad_lines=args.skip_bad_lines,
+        force=args.force,
+    )
+    with _progress_bar("prepare") as progress:
+        result = prepare(config, progress=progress)
+    m = result.manifest
+    if result.reused:
+        print(f"{result.out} already holds this data set: nothing to do.")
+    print(
+        f"{m['windows']} windows, {m['scored_tokens']} scored tokens "
+        f"({m['mode']}, n_ctx {m['n_ctx']}, stride {m['stride']}); "
+        f"articles kept {m['articles_kept']} of {m['articles_total']}"
+        + (f", {m['bad_lines']} bad lines skipped" if m["bad_lines"] else "")
+        + f" → {result.out}"
+    )
+    return EXIT_OK
+
+
+class _progress_bar:
+    """A byte-progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def __enter__(self):
+        if not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        def update(done: int, total: int) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.desc, unit="B", unit_scale=True, leave=False)
+            self.bar.update(done - self.bar.n)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_not_yet(sub, name: str, summary: str, issue: int) -> None:
+    p = sub.add_parser(name, help=f"{summary} (not yet)", description=f"{summary}. Not yet available.")
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.set_defaults(handler=lambda args: _not_yet(name, issue))
+
+
+def _not_yet(name: str, issue: int) -> int:
+    raise NotYetAvailable(f"`npueval {name}` is not yet available: it arrives with issue #{issue}")
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Flag errors on one line, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="npueval",
+        description="Evaluate GPT2-Chinese compiled for Ascend NPUs on every device of a Ray cluster.",
+    )
+    p.add_argument("--version", action="version", version=f"npueval {version('npueval')}")
+    _add_verbosity(p, default=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in ("devices",):
+        _add_not_yet(sub, name, *_NOT_YET[name])
+    _add_prepare(sub)
+    for name in ("build", "run", "bench", "report"):
+        _add_not_yet(sub, name, *_NOT_YET[name])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 done, 2 user error, 1 run failure, 130 interrupted)."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser().print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except NpuevalError as exc:
+        print(f"npueval {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"npueval {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+

@@ -1,0 +1,44 @@
+"""The one error hierarchy of npueval, and the CLI's exit codes (DESIGN.md, Errors).
+
+Every message names the file, flag or device at fault and says what to do; the CLI
+prints it on one line without a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUN_FAILURE = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class NpuevalError(Exception):
+    """Base of every error npueval raises on purpose."""
+
+    exit_code = EXIT_RUN_FAILURE
+
+
+class UserError(NpuevalError):
+    """Bad input, flags or files: the user can fix it (exit 2)."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class CorpusError(UserError):
+    """A corpus file or line that cannot be read as wiki_zh JSON lines."""
+
+
+class VocabError(UserError):
+    """A vocab.txt that is missing or lacks the tokens the protocol needs."""
+
+
+class DatasetError(UserError):
+    """An output or data folder that holds something other than what was asked for."""
+
+
+class NotYetAvailable(UserError):
+    """A subcommand whose stage has not been built yet."""
+
+
+class RunError(NpuevalError):
+    """A device, block or stage that kept failing (exit 1)."""

@@ -1,0 +1,280 @@
+"""`npueval prepare`: a wiki_zh corpus → tokenized windows in Parquet shards + manifest.json.
+
+Follows port-protocol.md steps 1–9 (get_data_json.py, pre_data.py and compare_loss.py's
+windows), streaming: articles are read, tokenized in batches and cut into windows as they
+come, so memory does not grow with the corpus (with --shuffle it holds one piece's windows,
+since the port shuffles each piece as a whole).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .corpus import FILES_CHOICES, Article, CorpusFile, iter_articles, scan_files, select_files
+from .dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
+from .errors import DatasetError, UserError
+from .vocab import Vocab, load_vocab
+from .windows import MODES, Window, WindowMaker
+
+log = logging.getLogger(__name__)
+
+#: Articles are tokenized in batches of about this many characters (the Rust side is parallel).
+BATCH_CHARS = 1 << 20
+ProgressFn = Callable[[int, int], None]  # (bytes done so far, bytes in all)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    corpus_dir: Path
+    vocab: Path
+    out: Path
+    mode: str = "seed"
+    files: str = "first"
+    n_ctx: int = 512
+    stride: int | None = None  # seed: 768; sliding: n_ctx // 2
+    num_pieces: int = 100
+    min_length: int = 128
+    shuffle: bool = False
+    rows_per_shard: int = 4096
+    skip_bad_lines: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("corpus_dir", "vocab", "out"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.mode not in MODES:
+            raise UserError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.files not in FILES_CHOICES:
+            raise UserError(f"--files {self.files!r}: choose one of {', '.join(FILES_CHOICES)}")
+        if not 2 <= self.n_ctx <= 32767:
+            raise UserError(f"--n-ctx {self.n_ctx}: must be between 2 and 32767")
+        if self.stride is None:
+            object.__setattr__(self, "stride", 768 if self.mode == "seed" else self.n_ctx // 2)
+        if self.stride < 1:
+            raise UserError(f"--stride {self.stride}: must be at least 1")
+        if self.mode == "sliding" and self.stride >= self.n_ctx:
+            raise UserError(
+                f"--stride {self.stride}: in sliding mode it must be less than --n-ctx "
+                f"{self.n_ctx}, so that every window but the first has context for its first "
+                "scored token"
+            )
+        if self.num_pieces < 1:
+            raise UserError(f"--num-pieces {self.num_pieces}: must be at least 1")
+        if self.min_length < 0:
+            raise UserError(f"--min-length {self.min_length}: must be 0 or more")
+        if self.rows_per_shard < 1:
+            raise UserError(f"--rows-per-shard {self.rows_per_shard}: must be at least 1")
+        if self.shuffle and self.mode != "seed":
+            raise UserError("--shuffle reproduces the port's seed protocol: use it with --mode seed")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out: Path
+    manifest: dict = field(repr=False)
+    reused: bool  # True when `out` already held this data set and nothing was done
+
+
+def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareResult:
+    vocab = load_vocab(config.vocab)
+    files = scan_files(config.corpus_dir, select_files(config.corpus_dir, config.files))
+    inputs = _inputs(config, files, vocab)
+    key = _dataset_key(inputs)
+
+    existing = read_manifest(config.out) if config.out.is_dir() else None
+    if existing is not None and existing.get("dataset_key") == key:
+        log.info("%s already holds this data set (%d windows); nothing to do", config.out, existing["windows"])
+        return PrepareResult(config.out, existing, reused=True)
+    if config.out.exists() and not config.force and not _is_empty_dir(config.out):
+        what = "another data set" if existing is not None else "files that are not an npueval data set"
+        raise DatasetError(
+            f"--out {config.out}: holds {what}; choose another folder or pass --force to replace it"
+        )
+
+    partial = config.out.parent / f".{config.out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        manifest = _build(config, files, vocab, inputs, key, partial, progress)
+        write_manifest(partial, manifest)
+        _publish(partial, config.out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info(
+        "prepared %d windows (%d scored tokens) from %d of %d articles into %s",
+        manifest["windows"],
+        manifest["scored_tokens"],
+        manifest["articles_kept"],
+        manifest["articles_total"],
+        config.out,
+    )
+    return PrepareResult(config.out, manifest, reused=False)
+
+
+def _inputs(config: PrepareConfig, files: list[CorpusFile], vocab: Vocab) -> dict:
+    """Everything that decides the data set's content: equal inputs, equal shards."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "mode": config.mode,
+        "n_ctx": config.n_ctx,
+        "stride": config.stride,
+        "num_pieces": config.num_pieces,
+        "min_length": config.min_length,
+        "shuffle": config.shuffle,
+        "files_mode": config.files,
+        "skip_bad_lines": config.skip_bad_lines,
+        "rows_per_shard": config.rows_per_shard,
+        "vocab_sha256": vocab.sha256,
+        "files": [{"path": f.rel, "sha256": f.sha256, "lines": f.lines} for f in files],
+    }
+
+
+def _dataset_key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Put the finished folder in place in one rename; an old one is removed only after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+    os.rename(partial, out)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _build(
+    config: PrepareConfig,
+    files: list[CorpusFile],
+    vocab: Vocab,
+    inputs: dict,
+    key: str,
+    folder: Path,
+    progress: ProgressFn | None,
+) -> dict:
+    from .tokenizer import BertChineseTokenizer
+
+    tokenizer = BertChineseTokenizer(vocab)
+    total_bytes = sum(f.size for f in files)
+    done = [0]
+
+    def on_bytes(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total_bytes)
+
+    stats = {"articles_total": sum(f.articles for f in files), "articles_kept": 0, "bad_lines": 0}
+    stats["articles_dropped"] = 0
+    stats["stream_tokens"] = 0
+    pad_id = vocab.token_to_id.get("[PAD]", 0)
+    writer = ShardWriter(folder, config.n_ctx, config.rows_per_shard, pad_id)
+    maker = WindowMaker(config.mode, config.n_ctx, config.stride)
+
+    articles = iter_articles(files, config.skip_bad_lines, on_bytes)
+    kept = _kept_articles(articles, config, stats)
+    windows = _windows(_framed(kept, tokenizer, vocab, stats), maker)
+    if config.shuffle:
+        windows = _shuffled_by_piece(windows, random.Random(0))
+    writer.write(windows)
+    shards = writer.close()
+
+    return {
+        **inputs,
+        "dataset_key": key,
+        "corpus_dir": str(config.corpus_dir.resolve()),
+        "vocab_path": str(config.vocab.resolve()),
+        "vocab_size": vocab.size,
+        "pad_id": pad_id,
+        "articles_total": stats["articles_total"],
+        "articles_kept": stats["articles_kept"],
+        "articles_dropped": stats["articles_dropped"],
+        "bad_lines": stats["bad_lines"],
+        "stream_tokens": stats["stream_tokens"],
+        "windows": writer.windows,
+        "tokens": writer.tokens,
+        "scored_tokens": writer.scored_tokens,
+        "shards": [asdict(s) for s in shards],
+    }
+
+
+def _piece_of(index: int, n: int, num_pieces: int) -> int:
+    """port-protocol.md step 4: the cut is by position, the last piece takes the rest."""
+    per_piece = n // num_pieces
+    if per_piece == 0:
+        return num_pieces - 1
+    return min(index // per_piece, num_pieces - 1)
+
+
+def _kept_articles(articles: Iterable[Article], config: PrepareConfig, stats: dict) -> Iterator[tuple[int, int, str]]:
+    """(piece, article index, text with [SEP] for newlines) of every article long enough."""
+    n = stats["articles_total"]
+    for article in articles:
+        if article.text is None:
+            stats["bad_lines"] += 1
+            stats["articles_dropped"] += 1
+            continue
+        text = article.text.replace("\n", " [SEP] ")
+        if len(text) <= config.min_length:
+            stats["articles_dropped"] += 1
+            continue
+        stats["articles_kept"] += 1
+        yield _piece_of(article.index, n, config.num_pieces), article.index, text
+
+
+def _framed(kept: Iterable[tuple[int, int, str]], tokenizer, vocab: Vocab, stats: dict) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(piece, article index, [MASK] ids [CLS]) in order, tokenized in batches."""
+    mask = np.array([vocab.mask_id], dtype=np.int32)
+    cls = np.array([vocab.cls_id], dtype=np.int32)
+    batch: list[tuple[int, int, str]] = []
+    chars = 0
+
+    def flush() -> Iterator[tuple[int, int, np.ndarray]]:
+        ids_list = tokenizer.encode_batch([text for _, _, text in batch])
+        for (piece, index, _), ids in zip(batch, ids_list):
+            framed = np.concatenate([mask, ids, cls])
+            stats["stream_tokens"] += framed.shape[0]
+            yield piece, index, framed
+
+    for item in kept:
+        batch.append(item)
+        chars += len(item[2])
+        if chars >= BATCH_CHARS:
+            yield from flush()
+            batch, chars = [], 0
+    if batch:
+        yield from flush()
+
+
+def _windows(framed: Iterable[tuple[int, int, np.ndarray]], maker: WindowMaker) -> Iterator[Window]:
+    for piece, index, ids in framed:
+        yield from maker.add(piece, ids, index)
+    yield from maker.finish()
+
+
+def _shuffled_by_piece(windows: Iterable[Window], rng: random.Random) -> Iterator[Window]:
+    """port-protocol.md step 9: one seeded generator, each piece's windows shuffled in turn."""
+    current: list[Window] = []
+    for window in windows:
+        if current and window.piece != current[0].piece:
+            rng.shuffle(current)
+            yield from current
+            current = []
+        current.append(window)
+    rng.shuffle(current)
+    yield from current

@@ -1,0 +1,77 @@
+"""vocab.txt of a BERT-Chinese WordPiece checkpoint: tokens, ids, special ids, sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import VocabError
+
+#: The special tokens the classic tokenizer cuts out of raw text before anything else.
+SPECIAL_TOKENS = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
+#: The ones the port's protocol needs in the vocabulary.
+REQUIRED_TOKENS = ("[UNK]", "[SEP]", "[CLS]", "[MASK]")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Vocab:
+    path: Path
+    token_to_id: dict[str, int] = field(repr=False)
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        """Number of ids the model needs: one past the largest id."""
+        return max(self.token_to_id.values()) + 1
+
+    @property
+    def unk_id(self) -> int:
+        return self.token_to_id["[UNK]"]
+
+    @property
+    def sep_id(self) -> int:
+        return self.token_to_id["[SEP]"]
+
+    @property
+    def cls_id(self) -> int:
+        return self.token_to_id["[CLS]"]
+
+    @property
+    def mask_id(self) -> int:
+        return self.token_to_id["[MASK]"]
+
+
+def load_vocab(path: str | Path) -> Vocab:
+    """Read vocab.txt as the classic tokenizer does: one token per line, id = line index.
+
+    Only the trailing "\\n" is removed from a line (the classic `rstrip('\\n')`), and a
+    token that appears twice keeps its last id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VocabError(f"--vocab {path}: no such file; pass the checkpoint's vocab.txt")
+    try:
+        # Text mode on purpose: universal newlines, then split on "\n" only, like the classic.
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as exc:
+        raise VocabError(
+            f"--vocab {path}: not UTF-8 text (byte {exc.start}); pass the checkpoint's vocab.txt"
+        ) from None
+    token_to_id = {line.rstrip("\n"): index for index, line in enumerate(lines)}
+    missing = [t for t in REQUIRED_TOKENS if t not in token_to_id]
+    if missing:
+        raise VocabError(
+            f"--vocab {path}: not a BERT-Chinese vocab.txt, it lacks {' '.join(missing)}; "
+            "pass the vocab.txt of the GPT2-Chinese checkpoint"
+        )
+    return Vocab(path=path, token_to_id=token_to_id, sha256=file_sha256(path))
