@@ -76,7 +76,9 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for j, text in enumerate(texts):
             obj = {"id": str(j), "url": f"https://zh.wikipedia.org/wiki?curid={j}", "title": f"t{j}", "text": text}
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            # Lone surrogates cannot be UTF-8: such a text is written with \u escapes.
+            has_surrogates = any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+            f.write(json.dumps(obj, ensure_ascii=has_surrogates) + "\n")
     return path
 
 

@@ -1,0 +1,91 @@
+"""The `npueval` command as a user runs it: exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+from textgen import write_wiki_corpus
+from npueval.eval.cli import main
+
+
+def run(*args, cwd=None):
+    return subprocess.run(["npueval", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"npueval {version('npueval')}"
+
+
+def test_python_dash_m_is_the_same_command():
+    r = subprocess.run([sys.executable, "-m", "npueval.eval", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("npueval ")
+
+
+def test_prepare_end_to_end_then_no_op(tmp_path, vocab_path):
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00\u4e01" * 400] * 5]])
+    args = ["prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--out", str(tmp_path / "data")]
+    r = run(*args, "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    m = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert f"{m['windows']} windows" in r.stdout and m["windows"] == 5  # 802 tokens per article → 1 window each
+    again = run(*args)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["prepare", "{tmp}/nowhere", "--vocab", "{vocab}", "--out", "{tmp}/o"], "CORPUS_DIR {tmp}/nowhere"),
+        (["prepare", "{tmp}/wiki", "--vocab", "{tmp}/none.txt", "--out", "{tmp}/o"], "--vocab {tmp}/none.txt"),
+        (["prepare", "{tmp}/wiki", "--vocab", "{vocab}", "--out", "{tmp}/o", "--mode", "sliding", "--stride", "600"],
+         "--stride 600"),
+        (["prepare", "{tmp}/wiki", "--vocab", "{vocab}", "--out", "{tmp}/o", "--n-ctx", "many"], "--n-ctx"),
+        (["prepare", "{tmp}/bad", "--vocab", "{vocab}", "--out", "{tmp}/o"], "{tmp}/bad/AA/wiki_00:2"),
+        (["prepare", "{tmp}/wiki"], "--vocab"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, vocab_path, args, culprit):
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300]]])
+    write_wiki_corpus(tmp_path / "bad", [[["\u4e00" * 300]]])
+    with open(tmp_path / "bad" / "AA" / "wiki_00", "a") as f:
+        f.write('{"text": oops}\n')
+    fill = {"tmp": str(tmp_path), "vocab": str(vocab_path)}
+    r = run(*[a.format(**fill) for a in args])
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert culprit.format(**fill) in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["devices", "build", "run", "bench", "report"])
+def test_later_stages_say_not_yet(command, capsys):
+    assert main([command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"npueval {command}: error: `npueval {command}` is not yet available")
+
+
+def test_verbosity_flags_after_the_subcommand(tmp_path, vocab_path):
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300]]])
+    base = ["prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--out", str(tmp_path / "o")]
+    loud = run(*base, "-v")
+    assert loud.returncode == 0 and "INFO npueval.eval.prepare" in loud.stderr
+    quiet = run("-q", *base)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_interrupt_exits_130(monkeypatch, capsys, tmp_path, vocab_path):
+    import npueval.eval.prepare as prep
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep, "prepare", interrupted)
+    assert main(["prepare", str(tmp_path), "--vocab", str(vocab_path), "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err.strip() == "npueval prepare: interrupted"

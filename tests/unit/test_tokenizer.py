@@ -1,0 +1,80 @@
+"""The fast tokenizer gives exactly the classic pure-Python tokenizer's ids, on any text."""
+
+import random
+
+import numpy as np
+import pytest
+
+from classic_bert import ClassicBertTokenizer
+from conftest import small_vocab_tokens, write_vocab
+from textgen import WikiTextGen, hard_text
+from npueval.eval.tokenizer import BertChineseTokenizer
+from npueval.eval.vocab import load_vocab
+
+
+@pytest.fixture(scope="module")
+def fast(vocab_path):
+    return BertChineseTokenizer(load_vocab(vocab_path))
+
+
+@pytest.fixture(scope="module")
+def classic(vocab_path):
+    return ClassicBertTokenizer(vocab_path)
+
+
+def ids(vocab_path, *tokens):
+    vocab = load_vocab(vocab_path).token_to_id
+    return [vocab[t] for t in tokens]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_identical_to_classic_on_hard_text(fast, classic, seed):
+    rng = random.Random(seed)
+    words = [t for t in small_vocab_tokens() if not t.startswith("[")]
+    texts = [hard_text(rng, words) for _ in range(1500)]
+    got = fast.encode_batch(texts)
+    mismatches = [t for t, g in zip(texts, got) if g.tolist() != classic.encode(t)]
+    assert mismatches == [], f"{len(mismatches)} texts differ, first: {mismatches[0]!r}"
+
+
+def test_identical_to_classic_on_wiki_like_text(fast, classic):
+    gen = WikiTextGen(small_vocab_tokens(), seed=1)
+    texts = [gen.article().replace("\n", " [SEP] ") for _ in range(200)]
+    got = fast.encode_batch(texts)
+    assert [g.tolist() for g in got] == [classic.encode(t) for t in texts]
+    assert all(g.dtype == np.int32 for g in got)
+
+
+@pytest.mark.parametrize(
+    "text, tokens",
+    [
+        ("2019\u4e00年", ["2", "0", "1", "9", "\u4e00", "[UNK]"]),  # GPT2-Chinese isolates digits
+        ("ΑΣ", ["α", "##ς"]),  # the final sigma: str.lower() on the word
+        ("ΑΣΑ", ["α", "##σ", "##α"]),
+        ("a [SEP] b", ["a", "[SEP]", "b"]),  # special tokens are cut out first
+        ("[sep]", ["[", "s", "##e", "##p", "]"]),  # not a special token: lower case
+        ("[SE\u200bP]", ["[", "[UNK]", "]"]),  # becomes "[SEP]" once cleaned: kept verbatim
+        ("x[SE\u200bP]", ["x", "[", "s", "##e", "##p", "]"]),  # not a word of its own: lowered
+        ("\u4e01\u200b\u4e02", ["\u4e01", "\u4e02"]),  # zero-width space removed
+        ("éÅ", ["e", "##a"]),  # accents stripped after NFD
+        ("\uf900", ["\u8c48"]),  # a CJK compatibility ideograph decomposes
+        ("a" * 100, ["a"] + ["##a"] * 99),
+        ("a" * 101, ["[UNK]"]),  # longer than 100 characters
+        ("qqq", ["q", "##q", "##q"]),
+        ("\u3000 \t\n", []),
+        ("\ue000", []),  # private use: removed by cleaning
+    ],
+)
+def test_named_cases(fast, classic, vocab_path, text, tokens):
+    expected = ids(vocab_path, *tokens)
+    assert classic.encode(text) == expected
+    assert fast.encode(text).tolist() == expected
+
+
+def test_special_token_missing_from_vocab_maps_to_unk(tmp_path):
+    tokens = [t if t != "[PAD]" else "[unused0]" for t in small_vocab_tokens()]
+    path = write_vocab(tmp_path / "vocab.txt", tokens)
+    fast = BertChineseTokenizer(load_vocab(path))
+    classic = ClassicBertTokenizer(path)
+    text = "a [PAD] b"
+    assert fast.encode(text).tolist() == classic.encode(text) == ids(path, "a", "[UNK]", "b")
