@@ -6,12 +6,17 @@ for which `str.isdigit()` holds are isolated like CJK characters) is defined by 
 text (digits, the final sigma, characters of newer Unicode versions), so this module builds
 its own pipeline, with every character class taken from Python's tables:
 
-- Python (C-speed `re` and `str` calls, once per text): remove control, format, unassigned
-  and private-use characters (rare: only texts that have them take this path), then
-  `str.lower()` every stretch between special tokens, as the classic does per segment.
-- Rust, in parallel over a batch: special tokens matched on the raw text; NFD and removal of
-  combining marks (Mn); split on whitespace; CJK, digit and punctuation characters isolated;
-  greedy longest-match WordPiece with "##" continuations, [UNK] past 100 characters.
+- Python (C-speed `re` and `str` calls, once per text): cut out special tokens and
+  `str.lower()` every stretch between them, as the classic does per segment.
+- numpy, over a whole batch at once: every code point is looked up in tables made from
+  Python's `unicodedata` (whitespace, a character that is a token of its own with a known id,
+  a word character). CJK text, nearly all of Chinese Wikipedia, is done right there.
+- Rust (`tokenizers`), for the rest: each distinct word (a run of word characters, e.g.
+  "beijing") goes once through NFD, removal of combining marks (Mn), punctuation split and
+  greedy longest-match WordPiece with "##" continuations ([UNK] past 100 characters); the
+  result is cached.
+- Texts with control, format, unassigned or private-use characters (rare) take a slower
+  path that cleans them in Python first and runs the whole text through Rust.
 
 One corner of the classic is kept on purpose: a whitespace-delimited word that only becomes
 a special token's spelling once control characters are removed ("[SE\\u200bP]") is neither
@@ -23,6 +28,7 @@ expanded after encoding.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import sys
 import unicodedata
@@ -46,32 +52,63 @@ _CJK_RANGES = (
 #: Private-use code points standing for never-split words; cleaning removes every Co
 #: character, so cleaned text cannot contain them.
 _SENTINEL_BASE = 0xE000
+#: Private-use code points standing for special tokens on the numpy path.
+_PLACEHOLDER_BASE = 0xF000
+#: Distinct words kept with their ids; Chinese Wikipedia has far fewer Latin-script words.
+_WORD_CACHE_SIZE = 1 << 20
+
+
+# What a code point of lower-cased, uncleaned text is to the classic tokenizer.
+SPACE, SINGLE, WORD, SOLO, REMOVED, SPECIAL = range(6)
 
 
 @functools.lru_cache(maxsize=1)
-def _char_classes() -> dict[str, list[tuple[int, int]]]:
-    """Code point ranges of the classic's character predicates, from Python's unicodedata."""
-    removed, isolated, spaced, marks = [], [], [], []
-    for cp in range(sys.maxunicode + 1):
+def _char_classes() -> dict:
+    """The classic's character predicates, from Python's unicodedata.
+
+    Ranges for regular expressions, and two tables indexed by code point: `kind` (SPACE,
+    SINGLE: a token of its own whose text after NFD and mark removal is one character,
+    given in `single_char`; SOLO: a token of its own that needs the word path; WORD;
+    REMOVED) and `single_char`.
+    """
+    n = sys.maxunicode + 1
+    cats = [unicodedata.category(chr(cp)) for cp in range(n)]
+    cat_names = sorted(set(cats))
+    cat = np.fromiter(map({c: i for i, c in enumerate(cat_names)}.__getitem__, cats), dtype=np.uint8, count=n)
+    del cats
+
+    def in_cats(predicate) -> np.ndarray:
+        return np.isin(cat, [i for i, c in enumerate(cat_names) if predicate(c)])
+
+    cps = np.arange(n)
+    tab_nl_cr = np.isin(cps, [9, 10, 13])
+    removed = np.isin(cps, [0, 0xFFFD]) | (in_cats(lambda c: c[0] == "C") & ~tab_nl_cr)
+    space = (np.fromiter(map(str.isspace, map(chr, range(n))), dtype=bool, count=n) | in_cats(lambda c: c == "Zs"))
+    digit = np.fromiter(map(str.isdigit, map(chr, range(n))), dtype=bool, count=n)
+    cjk = np.zeros(n, dtype=bool)
+    for lo, hi in _CJK_RANGES:
+        cjk[lo: hi + 1] = True
+    spaced = (cjk | digit) & ~removed
+    ascii_punct = ((cps >= 33) & (cps <= 47)) | ((cps >= 58) & (cps <= 64)) | ((cps >= 91) & (cps <= 96)) | (
+        (cps >= 123) & (cps <= 126)
+    )
+    isolated = (spaced | ascii_punct | in_cats(lambda c: c[0] == "P")) & ~removed
+    marks = in_cats(lambda c: c == "Mn")
+
+    kind = np.full(n, WORD, dtype=np.uint8)
+    kind[space & ~removed] = SPACE
+    kind[removed] = REMOVED
+    single_char = np.full(n, -1, dtype=np.int32)
+    for cp in np.flatnonzero(isolated).tolist():
         ch = chr(cp)
-        cat = unicodedata.category(ch)
-        if cp in (0, 0xFFFD) or (cat[0] == "C" and ch not in "\t\n\r"):
-            removed.append(cp)
-            continue
-        if cat == "Mn":
-            marks.append(cp)
-        if any(lo <= cp <= hi for lo, hi in _CJK_RANGES) or ch.isdigit():
-            spaced.append(cp)
-            isolated.append(cp)
-        elif (
-            33 <= cp <= 47
-            or 58 <= cp <= 64
-            or 91 <= cp <= 96
-            or 123 <= cp <= 126
-            or cat[0] == "P"
-        ):
-            isolated.append(cp)
+        stripped = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
+        if ch.lower() == ch and len(stripped) == 1:
+            kind[cp], single_char[cp] = SINGLE, ord(stripped)
+        else:
+            kind[cp] = SOLO
     return {
+        "kind": kind,
+        "single_char": single_char,
         "removed": _ranges(removed),  # dropped by cleaning
         "spaced": _ranges(spaced),  # CJK and digits: the classic puts spaces around them
         "isolated": _ranges(isolated),  # spaced, plus punctuation: each its own word
@@ -79,14 +116,10 @@ def _char_classes() -> dict[str, list[tuple[int, int]]]:
     }
 
 
-def _ranges(cps: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for cp in cps:
-        if out and out[-1][1] == cp - 1:
-            out[-1] = (out[-1][0], cp)
-        else:
-            out.append((cp, cp))
-    return out
+def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (first, last) code point ranges where `mask` holds."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
 
 
 def _python_class(ranges: list[tuple[int, int]]) -> str:
@@ -163,21 +196,127 @@ class BertChineseTokenizer:
             f"(?<![^{edge}])(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + f")(?![^{edge}])"
         )
 
+        # The numpy path: per code point, what it is and (for SINGLE) its id. Special tokens
+        # stand in the lower-cased text as private-use placeholders of kind SPECIAL; a text
+        # that already had such a code point holds a REMOVED one and takes the slow path.
+        self._kind = classes["kind"].copy()
+        self._single_id = np.full(self._kind.shape[0], vocab.unk_id, dtype=np.int32)
+        single_char = classes["single_char"]
+        for cp in np.flatnonzero(self._kind == SINGLE):
+            self._single_id[cp] = token_to_id.get(chr(single_char[cp]), vocab.unk_id)
+        self._placeholders = {}
+        for i, s in enumerate(SPECIAL_TOKENS):
+            cp = _PLACEHOLDER_BASE + i
+            self._placeholders[s] = chr(cp)
+            self._kind[cp] = SPECIAL
+            self._single_id[cp] = token_to_id.get(s, vocab.unk_id)
+        self._word_ids: dict[str, list[int]] = {}
+
     # ------------------------------------------------------------------------------------
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Token ids (int32) of each text; the Rust part runs on all cores."""
+        """Token ids (int32) of each text."""
+        if not texts:
+            return []
+        lowered, n_specials = zip(*map(self._lower, texts))
+        # One array for the batch: every text followed by a space.
+        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum([len(t) + 1 for t in lowered], out=bounds[1:])
+        big = " ".join(lowered) + " "
+        cps = np.frombuffer(big.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        kind = self._kind[cps]
+
+        def text_of(positions: np.ndarray) -> np.ndarray:
+            return np.searchsorted(bounds, positions, side="right") - 1
+
+        slow = np.zeros(len(texts), dtype=bool)
+        slow[text_of(np.flatnonzero(kind == REMOVED))] = True
+        placeholders = np.bincount(text_of(np.flatnonzero(kind == SPECIAL)), minlength=len(texts))
+        slow |= placeholders != np.asarray(n_specials)
+        for i in np.flatnonzero(slow):
+            kind[bounds[i]: bounds[i + 1]] = SPACE
+
+        ids, token_bounds = self._encode_clean(big, cps, kind, bounds)
+        out = [ids[token_bounds[i]: token_bounds[i + 1]] for i in range(len(texts))]
+        slow_idx = np.flatnonzero(slow).tolist()
+        if slow_idx:
+            for i, slow_ids in zip(slow_idx, self._encode_slow([texts[i] for i in slow_idx])):
+                out[i] = slow_ids
+        return out
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.encode_batch([text])[0]
+
+    def _lower(self, text: str) -> tuple[str, int]:
+        """Lower-case the stretches between special tokens; specials become placeholders."""
+        parts = self._special_split.split(text)
+        for i in range(0, len(parts), 2):
+            parts[i] = parts[i].lower()
+        for i in range(1, len(parts), 2):
+            parts[i] = self._placeholders[parts[i]]
+        return "".join(parts), len(parts) // 2
+
+    def _encode_clean(self, big: str, cps: np.ndarray, kind: np.ndarray, bounds: np.ndarray):
+        """Ids of the whole batch, and where each text's ids start and end in them.
+
+        Units are the tokens-to-be in text order: a SINGLE or SPECIAL code point (one id
+        from the table), a SOLO code point, or a run of WORD code points (ids from Rust).
+        """
+        is_single = (kind == SINGLE) | (kind == SPECIAL)
+        is_word = kind == WORD
+        word_start = is_word.copy()
+        word_start[1:] &= ~is_word[:-1]
+        word_last = is_word.copy()
+        word_last[:-1] &= ~is_word[1:]
+        is_solo = kind == SOLO
+        unit_pos = np.flatnonzero(is_single | word_start | is_solo)
+        complex_pos = np.flatnonzero(word_start | is_solo)
+
+        complex_end = complex_pos + 1
+        starts_word = is_word[complex_pos]
+        complex_end[starts_word] = np.flatnonzero(word_last) + 1
+        words = [big[a:b] for a, b in zip(complex_pos.tolist(), complex_end.tolist())]
+        word_ids = self._lookup_words(words)
+
+        unit_len = np.ones(unit_pos.shape[0], dtype=np.int64)
+        complex_idx = np.searchsorted(unit_pos, complex_pos)
+        lens = np.fromiter(map(len, word_ids), dtype=np.int64, count=len(word_ids))
+        unit_len[complex_idx] = lens
+        unit_end = np.cumsum(unit_len)
+        unit_off = unit_end - unit_len
+        total = int(unit_end[-1]) if unit_end.size else 0
+
+        ids = np.empty(total, dtype=np.int32)
+        single_idx = np.flatnonzero(is_single[unit_pos])
+        ids[unit_off[single_idx]] = self._single_id[cps[unit_pos[single_idx]]]
+        n_word_ids = int(lens.sum())
+        if n_word_ids:
+            flat = np.fromiter(itertools.chain.from_iterable(word_ids), dtype=np.int32, count=n_word_ids)
+            shift = np.repeat(unit_off[complex_idx] - (np.cumsum(lens) - lens), lens)
+            ids[shift + np.arange(n_word_ids)] = flat
+        token_bounds = np.concatenate([[0], unit_end])[np.searchsorted(unit_pos, bounds)]
+        return ids, token_bounds
+
+    def _lookup_words(self, words: list[str]) -> list[list[int]]:
+        """Ids of each word; every distinct word goes through Rust once (cached)."""
+        cache = self._word_ids
+        missing = list({w for w in words if w not in cache})
+        if missing:
+            if len(cache) + len(missing) > _WORD_CACHE_SIZE:
+                cache.clear()
+            for word, enc in zip(missing, self._rust.encode_batch_fast(missing, add_special_tokens=False)):
+                cache[word] = enc.ids
+        return [cache[w] for w in words]
+
+    def _encode_slow(self, texts: list[str]) -> list[np.ndarray]:
+        """Texts with characters the classic removes: cleaned here, then all through Rust."""
         prepared = [self._prepare(t) for t in texts]
-        encodings = self._rust.encode_batch_fast(prepared, add_special_tokens=False)
         out = []
-        for enc in encodings:
+        for enc in self._rust.encode_batch_fast(prepared, add_special_tokens=False):
             ids = np.asarray(enc.ids, dtype=np.int32)
             if ids.size and ids.max() >= self._first_extra_id:
                 ids = self._expand_extra(ids)
             out.append(ids)
         return out
-
-    def encode(self, text: str) -> np.ndarray:
-        return self.encode_batch([text])[0]
 
     def _prepare(self, text: str) -> str:
         """Clean (if needed) and lower-case each stretch between special tokens."""

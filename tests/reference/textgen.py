@@ -14,7 +14,7 @@ from pathlib import Path
 
 _TRICKY = (
     " \t\n\r\u3000\u00a0\u2028\u2029\x0b\x0c\x85\x1c\u200b\u200c\u200d\u2060\ufeff\u00ad"
-    "\ue000\uf8ff\ufffd\x00\x7f\u0378\u0301\u0300\u0308\u0344"
+    "\ue000\uf000\uf001\uf8ff\ufffd\x00\x7f\u0378\u0301\u0300\u0308\u0344"
     "ΑΣΣΑΣ σς ΌΣΟΣ İIıi ß ǅ ﬁ Å Ω K ①②²³½ ١٢٣ ０１２３ ＡＢＣａｂｃ！？，。；：「」『』"
     "éèêëàáâãäåçñaeiou😀👍🏽👨‍👩‍👧\U0001f9ea\U000e0001\U0010fffd"
     "\uf900\uf9ff\u3400\U00020000\U0002a700\U0002f800\u1fef\u037e\u0387`^$~"

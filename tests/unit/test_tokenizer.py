@@ -63,6 +63,7 @@ def test_identical_to_classic_on_wiki_like_text(fast, classic):
         ("qqq", ["q", "##q", "##q"]),
         ("\u3000 \t\n", []),
         ("\ue000", []),  # private use: removed by cleaning
+        ("\uf000b[SEP]\uf001", ["b", "[SEP]"]),  # code points npueval uses internally
     ],
 )
 def test_named_cases(fast, classic, vocab_path, text, tokens):
