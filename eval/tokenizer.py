@@ -55,7 +55,7 @@ _SENTINEL_BASE = 0xE000
 #: Private-use code points standing for special tokens on the numpy path.
 _PLACEHOLDER_BASE = 0xF000
 #: Distinct words kept with their ids; Chinese Wikipedia has far fewer Latin-script words.
-_WORD_CACHE_SIZE = 1 << 20
+_WORD_CACHE_SIZE = 1 << 18
 
 
 # What a code point of lower-cased, uncleaned text is to the classic tokenizer.
