@@ -48,6 +48,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip and count malformed lines instead of stopping at the first")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that parse and tokenize (default: one per CPU; 0: this process only)")
     p.set_defaults(handler=_cmd_prepare)
 
 
@@ -68,6 +70,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         rows_per_shard=args.rows_per_shard,
         skip_bad_lines=args.skip_bad_lines,
         force=args.force,
+        workers=args.workers,
     )
     with _progress_bar("prepare") as progress:
         result = prepare(config, progress=progress)

@@ -30,11 +30,12 @@ class CorpusFile:
 
 
 @dataclass(frozen=True)
-class Article:
-    index: int  # position in the port's list of all articles (bad lines keep theirs)
-    text: str | None  # None for a bad line skipped with --skip-bad-lines
+class LineBatch:
+    """Non-blank lines of one file, in order: each one position in the port's article list."""
+
     file: CorpusFile
-    line: int  # 1-based
+    linenos: list[int]  # 1-based, counting blank lines too
+    raws: list[bytes]
 
 
 def select_files(root: Path, files: str) -> list[Path]:
@@ -90,40 +91,58 @@ def scan_files(root: Path, paths: list[Path]) -> list[CorpusFile]:
     return scanned
 
 
-def iter_articles(
-    files: list[CorpusFile],
-    skip_bad_lines: bool,
-    on_bytes: Callable[[int], None] | None = None,
-) -> Iterator[Article]:
-    """Every non-blank line of every file, in order, as the port's `json.loads(line)["text"]`."""
-    index = 0
+def iter_line_batches(
+    files: list[CorpusFile], batch_bytes: int, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[LineBatch]:
+    """The non-blank lines of every file, in order, in batches of about `batch_bytes`.
+
+    Files are read in blocks and split at "\n" in C; a batch never spans two files.
+    """
     for cf in files:
+        batch = LineBatch(cf, [], [])
+        lineno = size = 0
+        tail = b""
+
+        def take(lines: list[bytes]) -> None:
+            nonlocal lineno, size
+            for raw in lines:
+                lineno += 1
+                if raw.strip():
+                    batch.linenos.append(lineno)
+                    batch.raws.append(raw)
+                    size += len(raw)
+
         with open(cf.path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
+            while block := f.read(batch_bytes):
                 if on_bytes is not None:
-                    on_bytes(len(raw))
-                if not raw.strip():
-                    continue
-                text = _parse_line(raw, cf, lineno, skip_bad_lines)
-                yield Article(index=index, text=text, file=cf, line=lineno)
-                index += 1
+                    on_bytes(len(block))
+                lines = (tail + block).split(b"\n")
+                tail = lines.pop()  # the start of a line the next block finishes
+                take(lines)
+                if size >= batch_bytes:
+                    yield batch
+                    batch, size = LineBatch(cf, [], []), 0
+        take([tail] if tail else [])  # a last line without "\n"
+        if batch.raws:
+            yield batch
 
 
-def _parse_line(raw: bytes, cf: CorpusFile, lineno: int, skip_bad_lines: bool) -> str | None:
-    where = f"{cf.path}:{lineno}"
+def parse_text(raw: bytes) -> tuple[str | None, str | None]:
+    """The port's `json.loads(line)["text"]`: (text, None), or (None, what is wrong)."""
     try:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problem = f"malformed JSON line ({exc})"
-    else:
-        if not isinstance(obj, dict):
-            problem = f"a JSON {type(obj).__name__}, not an object"
-        elif "text" not in obj:
-            problem = 'no "text" field'
-        elif not isinstance(obj["text"], str):
-            problem = f'"text" is a JSON {type(obj["text"]).__name__}, not a string'
-        else:
-            return obj["text"]
-    if skip_bad_lines:
-        return None
-    raise CorpusError(f"{where}: {problem}; fix the line or pass --skip-bad-lines to skip and count it")
+        return None, f"malformed JSON line ({exc})"
+    if not isinstance(obj, dict):
+        return None, f"a JSON {type(obj).__name__}, not an object"
+    if "text" not in obj:
+        return None, 'no "text" field'
+    if not isinstance(obj["text"], str):
+        return None, f'"text" is a JSON {type(obj["text"]).__name__}, not a string'
+    return obj["text"], None
+
+
+def bad_line_error(file: CorpusFile, lineno: int, problem: str) -> CorpusError:
+    return CorpusError(
+        f"{file.path}:{lineno}: {problem}; fix the line or pass --skip-bad-lines to skip and count it"
+    )

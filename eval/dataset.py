@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .vocab import file_sha256
-from .windows import Window
+from .windows import Windows
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -48,54 +48,59 @@ class ShardInfo:
 class ShardWriter:
     """Numbers windows densely in the order written and cuts them into shards of `rows_per_shard`."""
 
-    def __init__(self, folder: Path, n_ctx: int, rows_per_shard: int, pad_id: int):
-        self.folder, self.n_ctx, self.rows_per_shard, self.pad_id = folder, n_ctx, rows_per_shard, pad_id
+    def __init__(self, folder: Path, n_ctx: int, rows_per_shard: int):
+        self.folder, self.n_ctx, self.rows_per_shard = folder, n_ctx, rows_per_shard
         self.shards: list[ShardInfo] = []
         self.windows = self.tokens = self.scored_tokens = 0
-        self._pending: list[Window] = []
+        self._pending: list[tuple[Windows, np.ndarray]] = []  # (block, its piece per row)
+        self._pending_rows = 0
 
-    def write(self, windows: Iterable[Window]) -> None:
-        for window in windows:
-            self._pending.append(window)
-            if len(self._pending) == self.rows_per_shard:
-                self._flush()
+    def write(self, blocks: Iterable[Windows]) -> None:
+        for block in blocks:
+            if len(block) == 0:
+                continue
+            self._pending.append((block, np.full(len(block), block.piece, dtype=np.int32)))
+            self._pending_rows += len(block)
+            while self._pending_rows >= self.rows_per_shard:
+                self._flush(self.rows_per_shard)
 
     def close(self) -> list[ShardInfo]:
-        if self._pending:
-            self._flush()
+        if self._pending_rows:
+            self._flush(self._pending_rows)
         return self.shards
 
-    def _flush(self) -> None:
+    def _flush(self, rows: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = self._pending
-        self._pending = []
-        n = len(rows)
-        ids = np.full((n, self.n_ctx), self.pad_id, dtype=np.int32)
-        for r, w in enumerate(rows):
-            ids[r, : w.n_valid] = w.ids
-        n_valid = np.fromiter((w.n_valid for w in rows), dtype=np.int16, count=n)
-        score_from = np.fromiter((w.score_from for w in rows), dtype=np.int16, count=n)
+        ids = np.concatenate([b.ids for b, _ in self._pending])
+        n_valid = np.concatenate([b.n_valid for b, _ in self._pending])
+        score_from = np.concatenate([b.score_from for b, _ in self._pending])
+        piece = np.concatenate([p for _, p in self._pending])
+        doc_id = np.concatenate([b.doc_id for b, _ in self._pending])
+        rest = Windows(-1, ids[rows:], n_valid[rows:], score_from[rows:], doc_id[rows:])
+        self._pending = [(rest, piece[rows:])] if len(rest) else []
+        self._pending_rows = len(rest)
+
         first = self.windows
         table = pa.Table.from_arrays(
             [
-                pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), self.n_ctx),
-                pa.array(score_from),
-                pa.array(n_valid),
-                pa.array(np.fromiter((w.piece for w in rows), dtype=np.int32, count=n)),
-                pa.array(np.arange(first, first + n, dtype=np.int64)),
-                pa.array(np.fromiter((w.doc_id for w in rows), dtype=np.int64, count=n)),
+                pa.FixedSizeListArray.from_arrays(pa.array(ids[:rows].reshape(-1)), self.n_ctx),
+                pa.array(score_from[:rows].astype(np.int16)),
+                pa.array(n_valid[:rows].astype(np.int16)),
+                pa.array(piece[:rows]),
+                pa.array(np.arange(first, first + rows, dtype=np.int64)),
+                pa.array(doc_id[:rows]),
             ],
             schema=schema(self.n_ctx),
         )
         name = f"shard-{len(self.shards):05d}.parquet"
         path = self.folder / name
         pq.write_table(table, path)
-        self.shards.append(ShardInfo(name, file_sha256(path), n, first, first + n - 1))
-        self.windows += n
-        self.tokens += int(n_valid.sum(dtype=np.int64))
-        self.scored_tokens += int((n_valid.astype(np.int64) - score_from).sum())
+        self.shards.append(ShardInfo(name, file_sha256(path), rows, first, first + rows - 1))
+        self.windows += rows
+        self.tokens += int(n_valid[:rows].sum())
+        self.scored_tokens += int((n_valid[:rows] - score_from[:rows]).sum())
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

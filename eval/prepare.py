@@ -14,22 +14,24 @@ import logging
 import os
 import random
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .corpus import FILES_CHOICES, Article, CorpusFile, iter_articles, scan_files, select_files
+from .batches import BAD, KEPT, FramedBatch, batch_framer
+from .corpus import FILES_CHOICES, CorpusFile, LineBatch, bad_line_error, iter_line_batches, scan_files, select_files
 from .dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
 from .errors import DatasetError, UserError
 from .vocab import Vocab, load_vocab
-from .windows import MODES, Window, WindowMaker
+from .windows import MODES, WindowMaker, Windows
 
 log = logging.getLogger(__name__)
 
-#: Articles are tokenized in batches of about this many characters (the Rust side is parallel).
-BATCH_CHARS = 1 << 20
+#: Lines go to the tokenizing workers in batches of about this many bytes.
+BATCH_BYTES = 1 << 20
 ProgressFn = Callable[[int, int], None]  # (bytes done so far, bytes in all)
 
 
@@ -48,6 +50,7 @@ class PrepareConfig:
     rows_per_shard: int = 4096
     skip_bad_lines: bool = False
     force: bool = False
+    workers: int | None = None  # tokenizing processes; 0: this process; None: one per CPU
 
     def __post_init__(self) -> None:
         for name in ("corpus_dir", "vocab", "out"):
@@ -74,6 +77,10 @@ class PrepareConfig:
             raise UserError(f"--min-length {self.min_length}: must be 0 or more")
         if self.rows_per_shard < 1:
             raise UserError(f"--rows-per-shard {self.rows_per_shard}: must be at least 1")
+        if self.workers is None:
+            object.__setattr__(self, "workers", os.cpu_count() or 1)
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: must be 0 (tokenize in this process) or more")
         if self.shuffle and self.mode != "seed":
             raise UserError("--shuffle reproduces the port's seed protocol: use it with --mode seed")
 
@@ -168,9 +175,9 @@ def _build(
     folder: Path,
     progress: ProgressFn | None,
 ) -> dict:
-    from .tokenizer import BertChineseTokenizer
+    from .tokenizer import warm_tables
 
-    tokenizer = BertChineseTokenizer(vocab)
+    warm_tables()  # once here, so that worker processes only load them
     total_bytes = sum(f.size for f in files)
     done = [0]
 
@@ -179,19 +186,19 @@ def _build(
         if progress is not None:
             progress(done[0], total_bytes)
 
-    stats = {"articles_total": sum(f.articles for f in files), "articles_kept": 0, "bad_lines": 0}
-    stats["articles_dropped"] = 0
-    stats["stream_tokens"] = 0
+    stats = {"articles_total": sum(f.articles for f in files), "articles_kept": 0, "articles_dropped": 0,
+             "bad_lines": 0, "stream_tokens": 0}
     pad_id = vocab.token_to_id.get("[PAD]", 0)
-    writer = ShardWriter(folder, config.n_ctx, config.rows_per_shard, pad_id)
-    maker = WindowMaker(config.mode, config.n_ctx, config.stride)
+    writer = ShardWriter(folder, config.n_ctx, config.rows_per_shard)
+    maker = WindowMaker(config.mode, config.n_ctx, config.stride, pad_id)
 
-    articles = iter_articles(files, config.skip_bad_lines, on_bytes)
-    kept = _kept_articles(articles, config, stats)
-    windows = _windows(_framed(kept, tokenizer, vocab, stats), maker)
-    if config.shuffle:
-        windows = _shuffled_by_piece(windows, random.Random(0))
-    writer.write(windows)
+    with batch_framer(config.vocab, config.workers, config.min_length) as frame:
+        batches = iter_line_batches(files, BATCH_BYTES, on_bytes)
+        framed = _framed_articles(batches, frame, config, stats)
+        windows = _windows(framed, maker)
+        if config.shuffle:
+            windows = _shuffled_by_piece(windows, random.Random(0))
+        writer.write(windows)
     shards = writer.close()
 
     return {
@@ -201,11 +208,7 @@ def _build(
         "vocab_path": str(config.vocab.resolve()),
         "vocab_size": vocab.size,
         "pad_id": pad_id,
-        "articles_total": stats["articles_total"],
-        "articles_kept": stats["articles_kept"],
-        "articles_dropped": stats["articles_dropped"],
-        "bad_lines": stats["bad_lines"],
-        "stream_tokens": stats["stream_tokens"],
+        **stats,
         "windows": writer.windows,
         "tokens": writer.tokens,
         "scored_tokens": writer.scored_tokens,
@@ -213,68 +216,76 @@ def _build(
     }
 
 
-def _piece_of(index: int, n: int, num_pieces: int) -> int:
+def _pieces_of(indices: np.ndarray, n: int, num_pieces: int) -> np.ndarray:
     """port-protocol.md step 4: the cut is by position, the last piece takes the rest."""
     per_piece = n // num_pieces
     if per_piece == 0:
-        return num_pieces - 1
-    return min(index // per_piece, num_pieces - 1)
+        return np.full(indices.shape, num_pieces - 1, dtype=np.int64)
+    return np.minimum(indices // per_piece, num_pieces - 1)
 
 
-def _kept_articles(articles: Iterable[Article], config: PrepareConfig, stats: dict) -> Iterator[tuple[int, int, str]]:
-    """(piece, article index, text with [SEP] for newlines) of every article long enough."""
-    n = stats["articles_total"]
-    for article in articles:
-        if article.text is None:
-            stats["bad_lines"] += 1
-            stats["articles_dropped"] += 1
-            continue
-        text = article.text.replace("\n", " [SEP] ")
-        if len(text) <= config.min_length:
-            stats["articles_dropped"] += 1
-            continue
-        stats["articles_kept"] += 1
-        yield _piece_of(article.index, n, config.num_pieces), article.index, text
+def _framed_articles(
+    batches: Iterable[LineBatch], frame, config: PrepareConfig, stats: dict
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(piece, framed ids, article index of each id) in stream order, a run per piece and batch."""
+    submitted: deque[LineBatch] = deque()
+
+    def raw_batches() -> Iterator[list[bytes]]:
+        for batch in batches:
+            submitted.append(batch)
+            yield batch.raws
+
+    first_index = 0
+    for result in frame(raw_batches()):
+        batch = submitted.popleft()
+        _count(result, batch, config, stats)
+        kept = first_index + np.flatnonzero(result.status == KEPT)
+        first_index += len(batch.raws)
+        lengths = np.diff(result.bounds)
+        pieces = _pieces_of(kept, stats["articles_total"], config.num_pieces)
+        docs = np.repeat(kept, lengths)
+        # Runs of articles of one piece: their framed ids are contiguous.
+        run_starts = np.flatnonzero(np.diff(pieces, prepend=-1))
+        run_ends = np.append(run_starts[1:], pieces.shape[0])
+        for a, b in zip(run_starts.tolist(), run_ends.tolist()):
+            lo, hi = result.bounds[a], result.bounds[b]
+            yield int(pieces[a]), result.framed[lo:hi], docs[lo:hi]
 
 
-def _framed(kept: Iterable[tuple[int, int, str]], tokenizer, vocab: Vocab, stats: dict) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(piece, article index, [MASK] ids [CLS]) in order, tokenized in batches."""
-    mask = np.array([vocab.mask_id], dtype=np.int32)
-    cls = np.array([vocab.cls_id], dtype=np.int32)
-    batch: list[tuple[int, int, str]] = []
-    chars = 0
-
-    def flush() -> Iterator[tuple[int, int, np.ndarray]]:
-        ids_list = tokenizer.encode_batch([text for _, _, text in batch])
-        for (piece, index, _), ids in zip(batch, ids_list):
-            framed = np.concatenate([mask, ids, cls])
-            stats["stream_tokens"] += framed.shape[0]
-            yield piece, index, framed
-
-    for item in kept:
-        batch.append(item)
-        chars += len(item[2])
-        if chars >= BATCH_CHARS:
-            yield from flush()
-            batch, chars = [], 0
-    if batch:
-        yield from flush()
+def _count(result: FramedBatch, batch: LineBatch, config: PrepareConfig, stats: dict) -> None:
+    bad = np.flatnonzero(result.status == BAD)
+    if bad.size and not config.skip_bad_lines:
+        first = int(bad[0])
+        raise bad_line_error(batch.file, batch.linenos[first], result.problems[first])
+    kept = int((result.status == KEPT).sum())
+    stats["bad_lines"] += int(bad.size)
+    stats["articles_kept"] += kept
+    stats["articles_dropped"] += len(batch.raws) - kept
+    stats["stream_tokens"] += int(result.framed.shape[0])
 
 
-def _windows(framed: Iterable[tuple[int, int, np.ndarray]], maker: WindowMaker) -> Iterator[Window]:
-    for piece, index, ids in framed:
-        yield from maker.add(piece, ids, index)
+def _windows(framed: Iterable[tuple[int, np.ndarray, np.ndarray]], maker: WindowMaker) -> Iterator[Windows]:
+    for piece, ids, docs in framed:
+        yield from maker.add(piece, ids, docs)
     yield from maker.finish()
 
 
-def _shuffled_by_piece(windows: Iterable[Window], rng: random.Random) -> Iterator[Window]:
-    """port-protocol.md step 9: one seeded generator, each piece's windows shuffled in turn."""
-    current: list[Window] = []
-    for window in windows:
-        if current and window.piece != current[0].piece:
-            rng.shuffle(current)
-            yield from current
+def _shuffled_by_piece(blocks: Iterable[Windows], rng: random.Random) -> Iterator[Windows]:
+    """port-protocol.md step 9: one seeded generator, each piece's windows shuffled in turn.
+
+    Shuffling a list of row numbers draws exactly what shuffling the windows would."""
+    current: list[Windows] = []
+
+    def shuffled() -> Windows:
+        piece = Windows.concat(current)
+        order = list(range(len(piece)))
+        rng.shuffle(order)
+        return piece.take(np.asarray(order, dtype=np.int64))
+
+    for block in blocks:
+        if current and block.piece != current[0].piece:
+            yield shuffled()
             current = []
-        current.append(window)
-    rng.shuffle(current)
-    yield from current
+        current.append(block)
+    if current:
+        yield shuffled()

@@ -29,14 +29,19 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
+import os
 import re
 import sys
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from .vocab import SPECIAL_TOKENS, Vocab
+
+log = logging.getLogger(__name__)
 
 MAX_CHARS_PER_WORD = 100
 _CJK_RANGES = (
@@ -62,15 +67,70 @@ _WORD_CACHE_SIZE = 1 << 18
 SPACE, SINGLE, WORD, SOLO, REMOVED, SPECIAL = range(6)
 
 
+#: Bump when the tables' meaning changes: the cache file name carries it.
+_TABLES_VERSION = 1
+
+
 @functools.lru_cache(maxsize=1)
 def _char_classes() -> dict:
-    """The classic's character predicates, from Python's unicodedata.
+    """The classic's character predicates: code point tables and, for regexes, ranges."""
+    tables = _load_or_build_tables()
+    kind = tables["kind"]
+    return {
+        **tables,
+        "removed": _ranges(kind == REMOVED),  # dropped by cleaning
+        "spaced": _ranges(tables["spaced"]),  # CJK and digits: the classic puts spaces around them
+        "isolated": _ranges((kind == SINGLE) | (kind == SOLO)),  # spaced and punctuation: a word each
+        "marks": _ranges(tables["marks"]),  # Mn: removed after NFD
+    }
 
-    Ranges for regular expressions, and two tables indexed by code point: `kind` (SPACE,
-    SINGLE: a token of its own whose text after NFD and mark removal is one character,
-    given in `single_char`; SOLO: a token of its own that needs the word path; WORD;
-    REMOVED) and `single_char`.
+
+def warm_tables() -> None:
+    """Build (or load) the code point tables now, and keep them for other processes."""
+    _char_classes()
+
+
+def tables_cache_path() -> Path:
+    """Where the code point tables are kept: they depend only on Python's Unicode version.
+
+    Building them takes about a second (every code point through unicodedata); loading
+    them, a few milliseconds. NPUEVAL_CACHE_DIR, else XDG_CACHE_HOME/npueval, else
+    ~/.cache/npueval.
     """
+    root = os.environ.get("NPUEVAL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npueval"
+    )
+    name = f"codepoints-unicode{unicodedata.unidata_version}-max{sys.maxunicode:x}-v{_TABLES_VERSION}.npz"
+    return Path(root) / name
+
+
+def _load_or_build_tables() -> dict[str, np.ndarray]:
+    path = tables_cache_path()
+    try:
+        with np.load(path) as data:
+            tables = {k: data[k] for k in ("kind", "single_char", "spaced", "marks")}
+        if all(t.shape == (sys.maxunicode + 1,) for t in tables.values()):
+            return tables
+        log.debug("code point tables in %s have the wrong shape; rebuilding", path)
+    except (OSError, KeyError, ValueError) as exc:
+        log.debug("no usable code point tables at %s (%s); building them", path, exc)
+    tables = _build_tables()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **tables)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home only costs the next run a second
+        log.debug("could not keep code point tables in %s: %s", path, exc)
+    return tables
+
+
+def _build_tables() -> dict[str, np.ndarray]:
+    """Per code point, from Python's unicodedata: `kind` (SPACE; SINGLE, a token of its own
+    whose text after NFD and mark removal is the one character `single_char`; SOLO, a token
+    of its own that needs the word path; WORD; REMOVED), and the `spaced` (CJK or digit) and
+    `marks` (Mn) masks."""
     n = sys.maxunicode + 1
     cats = [unicodedata.category(chr(cp)) for cp in range(n)]
     cat_names = sorted(set(cats))
@@ -106,14 +166,7 @@ def _char_classes() -> dict:
             kind[cp], single_char[cp] = SINGLE, ord(stripped)
         else:
             kind[cp] = SOLO
-    return {
-        "kind": kind,
-        "single_char": single_char,
-        "removed": _ranges(removed),  # dropped by cleaning
-        "spaced": _ranges(spaced),  # CJK and digits: the classic puts spaces around them
-        "isolated": _ranges(isolated),  # spaced, plus punctuation: each its own word
-        "marks": _ranges(marks),  # Mn: removed after NFD
-    }
+    return {"kind": kind, "single_char": single_char, "spaced": spaced, "marks": marks}
 
 
 def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -200,10 +253,13 @@ class BertChineseTokenizer:
         # stand in the lower-cased text as private-use placeholders of kind SPECIAL; a text
         # that already had such a code point holds a REMOVED one and takes the slow path.
         self._kind = classes["kind"].copy()
+        char_id = np.full(self._kind.shape[0], vocab.unk_id, dtype=np.int32)  # one-character tokens
+        for token, token_id in token_to_id.items():
+            if len(token) == 1:
+                char_id[ord(token)] = token_id
+        singles = np.flatnonzero(self._kind == SINGLE)
         self._single_id = np.full(self._kind.shape[0], vocab.unk_id, dtype=np.int32)
-        single_char = classes["single_char"]
-        for cp in np.flatnonzero(self._kind == SINGLE):
-            self._single_id[cp] = token_to_id.get(chr(single_char[cp]), vocab.unk_id)
+        self._single_id[singles] = char_id[classes["single_char"][singles]]
         self._placeholders = {}
         for i, s in enumerate(SPECIAL_TOKENS):
             cp = _PLACEHOLDER_BASE + i
@@ -215,8 +271,14 @@ class BertChineseTokenizer:
     # ------------------------------------------------------------------------------------
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids (int32) of each text."""
+        ids, bounds = self.encode_batch_flat(texts)
+        return [ids[bounds[i]: bounds[i + 1]] for i in range(len(texts))]
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids (int32) end to end, and bounds (int64, len(texts) + 1): text i's
+        ids are ids[bounds[i]:bounds[i + 1]]."""
         if not texts:
-            return []
+            return np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
         lowered, n_specials = zip(*map(self._lower, texts))
         # One array for the batch: every text followed by a space.
         bounds = np.zeros(len(texts) + 1, dtype=np.int64)
@@ -232,16 +294,19 @@ class BertChineseTokenizer:
         slow[text_of(np.flatnonzero(kind == REMOVED))] = True
         placeholders = np.bincount(text_of(np.flatnonzero(kind == SPECIAL)), minlength=len(texts))
         slow |= placeholders != np.asarray(n_specials)
-        for i in np.flatnonzero(slow):
+        slow_idx = np.flatnonzero(slow).tolist()
+        for i in slow_idx:
             kind[bounds[i]: bounds[i + 1]] = SPACE
 
         ids, token_bounds = self._encode_clean(big, cps, kind, bounds)
-        out = [ids[token_bounds[i]: token_bounds[i + 1]] for i in range(len(texts))]
-        slow_idx = np.flatnonzero(slow).tolist()
-        if slow_idx:
-            for i, slow_ids in zip(slow_idx, self._encode_slow([texts[i] for i in slow_idx])):
-                out[i] = slow_ids
-        return out
+        if not slow_idx:
+            return ids, token_bounds
+        per_text = [ids[token_bounds[i]: token_bounds[i + 1]] for i in range(len(texts))]
+        for i, slow_ids in zip(slow_idx, self._encode_slow([texts[i] for i in slow_idx])):
+            per_text[i] = slow_ids
+        token_bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum([a.shape[0] for a in per_text], out=token_bounds[1:])
+        return np.concatenate(per_text), token_bounds
 
     def encode(self, text: str) -> np.ndarray:
         return self.encode_batch([text])[0]

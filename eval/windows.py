@@ -8,7 +8,10 @@ Two modes (DESIGN.md, Dataset):
 - ``sliding``: windows start at 0, s, 2s, …; the first scores positions 1…, every later one
   only the tokens the previous window did not reach (from local position L - s), so every
   token of the stream but its first is scored exactly once, with at least L - s tokens of
-  context outside the first window. The last window may be short (padded when stored).
+  context outside the first window. The last window may be short (padded).
+
+Windows come out in blocks (arrays of rows of one piece), not one object per window: a
+corpus has millions of them.
 """
 
 from __future__ import annotations
@@ -21,28 +24,43 @@ MODES = ("seed", "sliding")
 
 
 @dataclass(frozen=True)
-class Window:
+class Windows:
+    """Consecutive windows of one piece, one row each."""
+
     piece: int
-    ids: np.ndarray  # int32, (n_valid,), n_valid <= n_ctx
-    score_from: int
-    doc_id: int  # the article of the first scored token
+    ids: np.ndarray  # int32 (k, n_ctx), padded after n_valid
+    n_valid: np.ndarray  # int64 (k,)
+    score_from: np.ndarray  # int64 (k,): first scored position, >= 1
+    doc_id: np.ndarray  # int64 (k,): the article of the first scored token
+
+    def __len__(self) -> int:
+        return int(self.n_valid.shape[0])
 
     @property
-    def n_valid(self) -> int:
-        return int(self.ids.shape[0])
-
-    @property
-    def scored(self) -> int:
+    def scored(self) -> np.ndarray:
         return self.n_valid - self.score_from
+
+    def take(self, rows) -> Windows:
+        return Windows(self.piece, self.ids[rows], self.n_valid[rows], self.score_from[rows], self.doc_id[rows])
+
+    @staticmethod
+    def concat(blocks: list[Windows]) -> Windows:
+        return Windows(
+            blocks[0].piece,
+            np.concatenate([b.ids for b in blocks]),
+            np.concatenate([b.n_valid for b in blocks]),
+            np.concatenate([b.score_from for b in blocks]),
+            np.concatenate([b.doc_id for b in blocks]),
+        )
 
 
 class WindowMaker:
     """Feed a piece's stream in order with :meth:`add`; close the piece with :meth:`finish`."""
 
-    def __init__(self, mode: str, n_ctx: int, stride: int):
+    def __init__(self, mode: str, n_ctx: int, stride: int, pad_id: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self.mode, self.n_ctx, self.stride = mode, n_ctx, stride
+        self.mode, self.n_ctx, self.stride, self.pad_id = mode, n_ctx, stride, pad_id
         self._reset(piece=-1)
 
     def _reset(self, piece: int) -> None:
@@ -57,50 +75,68 @@ class WindowMaker:
     def _end(self) -> int:
         return self._base + self._ids.shape[0]
 
-    def add(self, piece: int, ids: np.ndarray, doc_id: int) -> list[Window]:
-        """Append one article's framed ids to piece `piece`; returns windows now complete."""
-        out: list[Window] = []
+    def add(self, piece: int, ids: np.ndarray, docs: np.ndarray) -> list[Windows]:
+        """Append framed ids of piece `piece`, with the article of each id; returns the
+        windows now complete."""
+        out = []
         if piece != self.piece:
             out.extend(self.finish())
             self._reset(piece)
         self._ids = np.concatenate([self._ids, ids.astype(np.int32, copy=False)])
-        self._docs = np.concatenate([self._docs, np.full(ids.shape[0], doc_id, dtype=np.int64)])
+        self._docs = np.concatenate([self._docs, docs.astype(np.int64, copy=False)])
         # A full window is certain once the stream reaches past it (seed: by one token).
         need = self.n_ctx + (1 if self.mode == "seed" else 0)
-        while self._end >= self._next + need:
-            out.append(self._take(self._next, self._next + self.n_ctx))
+        if self._end >= self._next + need:
+            k = (self._end - need - self._next) // self.stride + 1
+            out.append(self._full_windows(k))
         self._trim()
         return out
 
-    def finish(self) -> list[Window]:
+    def finish(self) -> list[Windows]:
         """Windows that only the end of the piece completes (sliding mode's short tail)."""
-        out: list[Window] = []
+        out = []
         if self.mode == "sliding":
             while self._sliding_has_next():
-                out.append(self._take(self._next, min(self._next + self.n_ctx, self._end)))
+                out.append(self._short_window())
         self._reset(self.piece)
         return out
+
+    def _score_from(self, k: int) -> np.ndarray:
+        """Of the next k windows of this piece."""
+        score_from = np.full(k, 1 if self.mode == "seed" else self.n_ctx - self.stride, dtype=np.int64)
+        if self._count == 0:
+            score_from[0] = 1
+        return score_from
+
+    def _full_windows(self, k: int) -> Windows:
+        starts = self._next - self._base + self.stride * np.arange(k, dtype=np.int64)
+        score_from = self._score_from(k)
+        windows = Windows(
+            piece=self.piece,
+            ids=self._ids[starts[:, None] + np.arange(self.n_ctx)],
+            n_valid=np.full(k, self.n_ctx, dtype=np.int64),
+            score_from=score_from,
+            doc_id=self._docs[starts + score_from],
+        )
+        self._count += k
+        self._next += k * self.stride
+        return windows
 
     def _sliding_has_next(self) -> bool:
         if self._count == 0:
             return self._end >= 2
         return self._next - self.stride + self.n_ctx < self._end
 
-    def _take(self, start: int, stop: int) -> Window:
-        lo, hi = start - self._base, stop - self._base
-        if self.mode == "seed" or self._count == 0:
-            score_from = 1
-        else:
-            score_from = self.n_ctx - self.stride
-        window = Window(
-            piece=self.piece,
-            ids=self._ids[lo:hi].copy(),
-            score_from=score_from,
-            doc_id=int(self._docs[lo + score_from]),
-        )
+    def _short_window(self) -> Windows:
+        lo = self._next - self._base
+        n_valid = min(self.n_ctx, self._end - self._next)
+        ids = np.full((1, self.n_ctx), self.pad_id, dtype=np.int32)
+        ids[0, :n_valid] = self._ids[lo: lo + n_valid]
+        score_from = self._score_from(1)
+        windows = Windows(self.piece, ids, np.array([n_valid]), score_from, self._docs[lo + score_from])
         self._count += 1
         self._next += self.stride
-        return window
+        return windows
 
     def _trim(self) -> None:
         drop = min(self._next, self._end) - self._base

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from textgen import write_jsonl
-from npueval.eval.corpus import iter_articles, scan_files, select_files
+from npueval.eval.corpus import bad_line_error, iter_line_batches, parse_text, scan_files, select_files
 from npueval.eval.errors import CorpusError
 
 
@@ -28,12 +28,26 @@ def test_first_file_of_each_sorted_subfolder(tmp_path):
     assert [p.relative_to(root).as_posix() for p in select_files(root, "all")] == ["AA/wiki_00", "AB/wiki_00", "AB/wiki_01"]
 
 
+def lines_of(files, batch_bytes=1 << 20):
+    return [(b.file.rel, n, raw) for b in iter_line_batches(files, batch_bytes) for n, raw in zip(b.linenos, b.raws)]
+
+
 def test_blank_lines_are_not_articles_and_line_numbers_are_physical(tmp_path):
     root = make(tmp_path, {"AA/wiki_00": line("a") + "\n   \n" + line("b\nc")})
     files = scan_files(root, select_files(root, "first"))
     assert (files[0].lines, files[0].articles) == (4, 2)
-    arts = list(iter_articles(files, skip_bad_lines=False))
-    assert [(a.index, a.text, a.line) for a in arts] == [(0, "a", 1), (1, "b\nc", 4)]
+    assert [(parse_text(raw)[0], n) for _, n, raw in lines_of(files)] == [("a", 1), ("b\nc", 4)]
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 7, 64, 1 << 20])
+def test_batches_cut_anywhere_give_the_same_lines(tmp_path, batch_bytes):
+    texts = [f"text {i} " + "字" * i for i in range(40)]
+    root = make(tmp_path, {"AA/wiki_00": "".join(map(line, texts)) + "\n\n", "AB/wiki_00": line("x") + line("y").rstrip("\n")})
+    files = scan_files(root, select_files(root, "first"))
+    got = lines_of(files, batch_bytes)
+    assert [(f, n, parse_text(raw)[0]) for f, n, raw in got] == (
+        [("AA/wiki_00", i + 1, t) for i, t in enumerate(texts)] + [("AB/wiki_00", 1, "x"), ("AB/wiki_00", 2, "y")]
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,23 +62,22 @@ def test_blank_lines_are_not_articles_and_line_numbers_are_physical(tmp_path):
 def test_bad_line_is_named_file_colon_line(tmp_path, bad, message):
     root = make(tmp_path, {"AA/wiki_00": line("a") + "\n" + bad + line("c")})
     files = scan_files(root, select_files(root, "first"))
-    with pytest.raises(CorpusError, match=rf"AA/wiki_00:3: {message}.*--skip-bad-lines"):
-        list(iter_articles(files, skip_bad_lines=False))
-
-
-def test_skipped_bad_line_keeps_its_position(tmp_path):
-    root = make(tmp_path, {"AA/wiki_00": line("a") + "{broken\n" + line("c")})
-    files = scan_files(root, select_files(root, "first"))
-    arts = list(iter_articles(files, skip_bad_lines=True))
-    assert [(a.index, a.text) for a in arts] == [(0, "a"), (1, None), (2, "c")]
+    (_, first, raw_a), (_, lineno, raw_bad), _ = lines_of(files)
+    text, problem = parse_text(raw_bad)
+    assert text is None and problem.startswith(message)
+    assert parse_text(raw_a) == ("a", None) and lineno == 3
+    error = bad_line_error(files[0], lineno, problem)
+    assert isinstance(error, CorpusError)
+    assert str(error).startswith(f"{root}/AA/wiki_00:3: {message}")
+    assert str(error).endswith("--skip-bad-lines to skip and count it")
 
 
 def test_invalid_utf8_is_a_bad_line(tmp_path):
     (tmp_path / "AA").mkdir()
     (tmp_path / "AA" / "wiki_00").write_bytes(line("a").encode() + b'{"text": "\xff\xfe"}\n')
     files = scan_files(tmp_path, select_files(tmp_path, "first"))
-    with pytest.raises(CorpusError, match="wiki_00:2: malformed JSON"):
-        list(iter_articles(files, skip_bad_lines=False))
+    text, problem = parse_text(lines_of(files)[1][2])
+    assert text is None and problem.startswith("malformed JSON")
 
 
 @pytest.mark.parametrize("layout", [{}, {"AA/.keep": ""}, {"AA/wiki_00": "\n\n  \n"}])

@@ -1,0 +1,110 @@
+"""Batches of corpus lines → framed token streams, on every core.
+
+The driver of `prepare` reads lines and keeps everything that depends on order (pieces,
+windows, shards). What each line becomes on its own (JSON parsing, [SEP] for newlines, the
+length filter, tokenizing, [MASK] … [CLS] framing: port-protocol.md steps 2, 3, 5, 6, 7)
+happens here, in worker processes, on batches of about a megabyte of text, and comes back
+in order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .corpus import parse_text
+
+KEPT, SHORT, BAD = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FramedBatch:
+    status: np.ndarray  # int8, one per line: KEPT, SHORT (dropped by --min-length) or BAD
+    problems: dict[int, str]  # line position in the batch → what is wrong with it (BAD lines)
+    framed: np.ndarray  # int32: [MASK] ids [CLS] of each kept line, end to end
+    bounds: np.ndarray  # int64, kept + 1: kept line k is framed[bounds[k]:bounds[k + 1]]
+
+
+_tokenizer = None  # one per process, made by _init
+
+
+def _init(vocab_path: str) -> None:
+    global _tokenizer
+    from .tokenizer import BertChineseTokenizer
+    from .vocab import load_vocab
+
+    _tokenizer = BertChineseTokenizer(load_vocab(vocab_path))
+
+
+def frame_lines(lines: list[bytes], min_length: int) -> FramedBatch:
+    status = np.full(len(lines), KEPT, dtype=np.int8)
+    problems: dict[int, str] = {}
+    texts: list[str] = []
+    for pos, raw in enumerate(lines):
+        text, problem = parse_text(raw)
+        if problem is not None:
+            status[pos] = BAD
+            problems[pos] = problem
+            continue
+        text = text.replace("\n", " [SEP] ")
+        if len(text) <= min_length:
+            status[pos] = SHORT
+            continue
+        texts.append(text)
+    ids, bounds = _tokenizer.encode_batch_flat(texts)
+    framed, framed_bounds = _frame(ids, bounds, _tokenizer.vocab.mask_id, _tokenizer.vocab.cls_id)
+    return FramedBatch(status, problems, framed, framed_bounds)
+
+
+def _frame(ids: np.ndarray, bounds: np.ndarray, mask_id: int, cls_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Put [MASK] before and [CLS] after each text's ids (port-protocol.md step 7)."""
+    n = bounds.shape[0] - 1
+    k = np.arange(n, dtype=np.int64)
+    out = np.empty(ids.shape[0] + 2 * n, dtype=np.int32)
+    out[bounds[:-1] + 2 * k] = mask_id
+    out[bounds[1:] + 2 * k + 1] = cls_id
+    out[np.arange(ids.shape[0]) + 2 * np.repeat(k, np.diff(bounds)) + 1] = ids
+    return out, bounds + 2 * np.arange(n + 1, dtype=np.int64)
+
+
+@contextmanager
+def batch_framer(vocab_path: Path, workers: int, min_length: int):
+    """A function that maps batches of lines to FramedBatches in order.
+
+    `workers` processes (spawned: the parent may hold threads), or the calling process
+    itself with 0. At most two batches per worker are in flight, so memory stays bounded.
+    """
+    if workers == 0:
+        _init(str(vocab_path))
+
+        def run(batches: Iterable[list[bytes]]) -> Iterator[FramedBatch]:
+            for lines in batches:
+                yield frame_lines(lines, min_length)
+
+        yield run
+        return
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(str(vocab_path),)) as pool:
+
+        def run(batches: Iterable[list[bytes]]) -> Iterator[FramedBatch]:
+            pending: deque = deque()
+            for lines in batches:
+                pending.append(pool.submit(frame_lines, lines, min_length))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+        try:
+            yield run
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
