@@ -43,6 +43,19 @@ def write_vocab(path: Path, tokens: list[str]) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tables_cache(tmp_path_factory):
+    """The tokenizer's code point tables are built once for the session, in a folder of its own."""
+    folder = tmp_path_factory.mktemp("npueval-cache")
+    old = os.environ.get("NPUEVAL_CACHE_DIR")
+    os.environ["NPUEVAL_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        del os.environ["NPUEVAL_CACHE_DIR"]
+    else:
+        os.environ["NPUEVAL_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def vocab_path(tmp_path_factory) -> Path:
     return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt", small_vocab_tokens())

@@ -45,15 +45,21 @@ def corpus(tmp_path_factory):
 
 
 def config(corpus, vocab_path, out, **kw):
+    kw.setdefault("workers", 0)  # worker processes are exercised where a test asks for them
     return PrepareConfig(corpus_dir=corpus, vocab=vocab_path, out=out, **kw)
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("files", ["first", "all"])
-def test_seed_mode_equals_the_port(corpus, vocab_path, tmp_path, shuffle, files):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_seed_mode_equals_the_port(corpus, vocab_path, tmp_path, shuffle, files, workers, monkeypatch):
+    import npueval.eval.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "BATCH_BYTES", 20_000)  # many batches, in and out of order
     kw = dict(n_ctx=64, stride=96, num_pieces=7)
     out = tmp_path / "data"
-    result = prepare(config(corpus, vocab_path, out, shuffle=shuffle, files=files, rows_per_shard=50, **kw))
+    result = prepare(config(corpus, vocab_path, out, shuffle=shuffle, files=files, rows_per_shard=50,
+                            workers=workers, **kw))
     expected = port_windows(str(corpus), str(vocab_path), shuffle=shuffle, files=files, **kw)
     rows = read_rows(out)
     assert len(expected) > 100
@@ -154,13 +160,14 @@ def test_out_holding_other_files_needs_force(corpus, vocab_path, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_a_failing_prepare_leaves_nothing_that_looks_complete(tmp_path, vocab_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_prepare_leaves_nothing_that_looks_complete(tmp_path, vocab_path, workers):
     texts = ["\u4e00" * 300] * 30
     write_wiki_corpus(tmp_path / "c", [[texts]])
     bad = tmp_path / "c" / "AA" / "wiki_00"
     bad.write_text(bad.read_text() + "{not json\n")
     with pytest.raises(CorpusError, match=r"wiki_00:31: malformed JSON"):
-        prepare(config(tmp_path / "c", vocab_path, tmp_path / "out", n_ctx=32, rows_per_shard=2))
+        prepare(config(tmp_path / "c", vocab_path, tmp_path / "out", n_ctx=32, rows_per_shard=2, workers=workers))
     assert list(tmp_path.iterdir()) == [tmp_path / "c"]
 
 
@@ -184,6 +191,7 @@ def test_skip_bad_lines_counts_them_and_keeps_positions(tmp_path, vocab_path):
         (dict(stride=0), "--stride 0"),
         (dict(num_pieces=0), "--num-pieces 0"),
         (dict(rows_per_shard=0), "--rows-per-shard 0"),
+        (dict(workers=-1), "--workers -1"),
         (dict(mode="sliding", shuffle=True), "--shuffle .* --mode seed"),
     ],
 )

@@ -79,3 +79,32 @@ def test_special_token_missing_from_vocab_maps_to_unk(tmp_path):
     classic = ClassicBertTokenizer(path)
     text = "a [PAD] b"
     assert fast.encode(text).tolist() == classic.encode(text) == ids(path, "a", "[UNK]", "b")
+
+
+def test_cached_tables_equal_freshly_built_ones(tables_cache):
+    from npueval.eval import tokenizer
+
+    tokenizer.warm_tables()
+    path = tokenizer.tables_cache_path()
+    assert path.parent == tables_cache and path.is_file()
+    loaded = tokenizer._load_or_build_tables()
+    built = tokenizer._build_tables()
+    assert loaded.keys() == built.keys()
+    for key in built:
+        np.testing.assert_array_equal(loaded[key], built[key])
+
+
+def test_a_corrupt_or_unwritable_cache_is_rebuilt(tmp_path, monkeypatch):
+    from npueval.eval import tokenizer
+
+    monkeypatch.setenv("NPUEVAL_CACHE_DIR", str(tmp_path))
+    path = tokenizer.tables_cache_path()
+    path.write_bytes(b"not an npz file")
+    tables = tokenizer._load_or_build_tables()
+    assert tables["kind"][ord("\u4e00")] == tokenizer.SINGLE
+    with np.load(path) as data:  # replaced by a good one
+        np.testing.assert_array_equal(data["kind"], tables["kind"])
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    monkeypatch.setenv("NPUEVAL_CACHE_DIR", str(blocked / "sub"))  # cannot be made
+    assert tokenizer._load_or_build_tables()["kind"][ord(" ")] == tokenizer.SPACE
