@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "reference"))
 
 import classic_bert  # noqa: E402
+import port  # noqa: E402
 import textgen  # noqa: E402
 
 NUM_PIECES, N_CTX, STRIDE, MIN_LENGTH = 100, 512, 768, 128
@@ -67,58 +68,18 @@ def ensure_corpus(work: Path, vocab: Path, target_mb: int, seed: int) -> Path:
 
 
 def corpus_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in port_files(root))
+    """The generated corpora have one file per folder: all of it is read."""
+    return sum(p.stat().st_size for p in root.glob("*/wiki_*"))
 
 
 # -- the port ----------------------------------------------------------------------------------
-
-def port_files(root: Path) -> list[Path]:
-    """get_data_json.py: the first file of every subfolder (both sorted)."""
-    files = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        names = sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))
-        files.extend(names[:1])
-    return files
-
-
-def port_read_lines(root: Path) -> list[str]:
-    """get_data_json.py: every article's text, newlines as " [SEP] ", in one list."""
-    lines = []
-    for path in port_files(root):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    lines.append(json.loads(line)["text"].replace("\n", " [SEP] "))
-    return lines
-
-
-def port_pieces(lines: list[str]) -> list[list[str]]:
-    """pre_data.py: NUM_PIECES pieces cut by position, then short articles dropped."""
-    per = len(lines) // NUM_PIECES
-    pieces = []
-    for i in range(NUM_PIECES):
-        piece = lines[per * i : per * (i + 1)]
-        if i == NUM_PIECES - 1:
-            piece.extend(lines[per * NUM_PIECES :])
-        pieces.append([text for text in piece if len(text) > MIN_LENGTH])
-    return pieces
-
-
-def port_windows(stream: list[int]) -> list[list[int]]:
-    """compare_loss.py: windows of N_CTX every STRIDE tokens."""
-    windows, start = [], 0
-    while start < len(stream) - N_CTX:
-        windows.append(stream[start : start + N_CTX])
-        start += STRIDE
-    return windows
-
 
 def run_port(root: Path, vocab: Path, sample_articles: int | None) -> dict:
     """The port on `root`: windows, their id sum, stream tokens, and where the time went."""
     t0 = time.perf_counter()
     tokenizer = classic_bert.ClassicBertTokenizer(vocab)
     mask, cls = tokenizer.vocab["[MASK]"], tokenizer.vocab["[CLS]"]
-    pieces = port_pieces(port_read_lines(root))
+    pieces = port.pieces(port.read_texts(str(root)), NUM_PIECES, MIN_LENGTH)
     t_read = time.perf_counter()
     budget = sample_articles if sample_articles is not None else sum(map(len, pieces))
     out = {"articles_kept": sum(map(len, pieces)), "chars_kept": sum(len(t) for p in pieces for t in p),
@@ -131,7 +92,7 @@ def run_port(root: Path, vocab: Path, sample_articles: int | None) -> dict:
             stream.append(cls)
             out["articles_tokenized"] += 1
             out["chars_tokenized"] += len(text)
-        windows = port_windows(stream)
+        windows = port.seed_windows(stream, N_CTX, STRIDE)
         out["stream_tokens"] += len(stream)
         out["windows"] += len(windows)
         out["id_sum"] += sum(map(sum, windows))

@@ -175,18 +175,18 @@ def _ranges(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
 
 
-def _python_class(ranges: list[tuple[int, int]]) -> str:
-    def esc(cp: int) -> str:
-        return f"\\U{cp:08x}"
+def _char_class(ranges: list[tuple[int, int]], escape) -> str:
+    return "[" + "".join(escape(a) if a == b else f"{escape(a)}-{escape(b)}" for a, b in ranges) + "]"
 
-    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
+
+def _python_class(ranges: list[tuple[int, int]]) -> str:
+    """A character class for Python's `re`."""
+    return _char_class(ranges, lambda cp: f"\\U{cp:08x}")
 
 
 def _onig_class(ranges: list[tuple[int, int]]) -> str:
-    def esc(cp: int) -> str:
-        return f"\\x{{{cp:x}}}"
-
-    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
+    """A character class for the Oniguruma regexes of `tokenizers`."""
+    return _char_class(ranges, lambda cp: f"\\x{{{cp:x}}}")
 
 
 class BertChineseTokenizer:

@@ -31,21 +31,27 @@ def read_texts(corpus_dir: str, files: str = "first") -> list[str]:
     return texts
 
 
-def piece_streams(texts: list[str], tokenizer: ClassicBertTokenizer, num_pieces: int = 100,
-                  min_length: int = 128) -> list[list[int]]:
-    """Steps 3–7: [SEP] for newlines, pieces cut by position, short texts dropped, framing."""
+def pieces(texts: list[str], num_pieces: int = 100, min_length: int = 128) -> list[list[str]]:
+    """Steps 3–5: [SEP] for newlines, pieces cut by position, then short texts dropped."""
     lines = [t.replace("\n", " [SEP] ") for t in texts]
     n = len(lines)
-    mask, cls = tokenizer.vocab["[MASK]"], tokenizer.vocab["[CLS]"]
-    streams = []
+    out = []
     for i in range(num_pieces):
         piece = lines[n // num_pieces * i: n // num_pieces * (i + 1)]
         if i == num_pieces - 1:
             piece.extend(lines[n // num_pieces * num_pieces:])
+        out.append([text for text in piece if len(text) > min_length])
+    return out
+
+
+def piece_streams(texts: list[str], tokenizer: ClassicBertTokenizer, num_pieces: int = 100,
+                  min_length: int = 128) -> list[list[int]]:
+    """Steps 3–7: each piece's stream of [MASK] ids [CLS] per kept article."""
+    mask, cls = tokenizer.vocab["[MASK]"], tokenizer.vocab["[CLS]"]
+    streams = []
+    for piece in pieces(texts, num_pieces, min_length):
         stream: list[int] = []
         for text in piece:
-            if len(text) <= min_length:
-                continue
             stream.append(mask)
             stream.extend(tokenizer.encode(text))
             stream.append(cls)
