@@ -1,6 +1,7 @@
 """The `npueval` command as a user runs it: exit codes and one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -89,3 +90,31 @@ def test_interrupt_exits_130(monkeypatch, capsys, tmp_path, vocab_path):
     monkeypatch.setattr(prep, "prepare", interrupted)
     assert main(["prepare", str(tmp_path), "--vocab", str(vocab_path), "--out", str(tmp_path / "o")]) == 130
     assert capsys.readouterr().err.strip() == "npueval prepare: interrupted"
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, vocab_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300] * 20]])
+    base = ["npueval", "prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--workers", "0"]
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a width
+    r = subprocess.run([*base, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=follower, timeout=120)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert r.returncode == 0
+    assert b"prepare:   0%|" in shown
+    piped = run(*base[1:], "--out", str(tmp_path / "pipe"))
+    assert piped.returncode == 0 and "%|" not in piped.stderr
