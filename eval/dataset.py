@@ -85,12 +85,12 @@ class ShardWriter:
         first = self.windows
         table = pa.Table.from_arrays(
             [
-                pa.FixedSizeListArray.from_arrays(pa.array(ids[:rows].reshape(-1)), self.n_ctx),
-                pa.array(score_from[:rows].astype(np.int16)),
-                pa.array(n_valid[:rows].astype(np.int16)),
-                pa.array(piece[:rows]),
-                pa.array(np.arange(first, first + rows, dtype=np.int64)),
-                pa.array(doc_id[:rows]),
+                pa.FixedSizeListArray.from_arrays(_arrow(ids[:rows].reshape(-1)), self.n_ctx),
+                _arrow(score_from[:rows].astype(np.int16)),
+                _arrow(n_valid[:rows].astype(np.int16)),
+                _arrow(piece[:rows]),
+                _arrow(np.arange(first, first + rows, dtype=np.int64)),
+                _arrow(doc_id[:rows]),
             ],
             schema=schema(self.n_ctx),
         )
@@ -101,6 +101,15 @@ class ShardWriter:
         self.windows += rows
         self.tokens += int(n_valid[:rows].sum())
         self.scored_tokens += int((n_valid[:rows] - score_from[:rows]).sum())
+
+
+def _arrow(values: np.ndarray):
+    """A numpy array as an Arrow array, zero-copy. Not `pa.array`: it imports pandas, when
+    installed, to check its argument (0.4 s of start-up on this machine)."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -175,9 +175,6 @@ def _build(
     folder: Path,
     progress: ProgressFn | None,
 ) -> dict:
-    from .tokenizer import warm_tables
-
-    warm_tables()  # once here, so that worker processes only load them
     total_bytes = sum(f.size for f in files)
     done = [0]
 
