@@ -32,6 +32,10 @@ class VocabError(UserError):
     """A vocab.txt that is missing or lacks the tokens the protocol needs."""
 
 
+class CheckpointError(UserError):
+    """A checkpoint folder that cannot be used as it is."""
+
+
 class DatasetError(UserError):
     """An output or data folder that holds something other than what was asked for."""
 
