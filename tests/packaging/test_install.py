@@ -65,5 +65,7 @@ def test_install_exposes_only_the_npueval_namespace(source, tmp_path, editable):
         assert str(source) not in found, f"`import {name}` resolves into the source tree: {found}"
     r = subprocess.run([str(python.parent / "npueval"), "--version"], capture_output=True, text=True, cwd=elsewhere)
     assert r.returncode == 0 and r.stdout.startswith("npueval ")
-    # setuptools' own build files must not land in our npueval.build package folder.
-    assert sorted(p.name for p in (source / "build").iterdir() if p.name != "__pycache__") == ["__init__.py"]
+    # setuptools' own build files (build/lib, build/bdist.*) must not land in our npueval.build folder.
+    tracked = {Path(p).name for p in subprocess.run(["git", "ls-files", "build"], cwd=REPO, check=True,
+                                                     capture_output=True, text=True).stdout.split()}
+    assert {p.name for p in (source / "build").iterdir() if p.name != "__pycache__"} == tracked
