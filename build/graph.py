@@ -1,0 +1,138 @@
+"""A small editing layer over an ONNX graph: who produces and who consumes each tensor.
+
+What auto-optimizer's OnnxGraph gave the port's opt_onnx_update.py (ascend.md §4), on plain
+onnx, which installs with numpy 2: constants as numpy arrays, producer and consumer lookups,
+nodes and initializers added, nodes removed, a topological sort before saving.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+class Graph:
+    def __init__(self, model):
+        from onnx import shape_inference
+
+        self.model = shape_inference.infer_shapes(model)
+        self.graph = self.model.graph
+        self._names = itertools.count()
+
+    # -- lookups ------------------------------------------------------------------------
+    def producer(self, tensor: str):
+        for node in self.graph.node:
+            if tensor in node.output:
+                return node
+        return None
+
+    def consumers(self, tensor: str) -> list:
+        return [node for node in self.graph.node if tensor in node.input]
+
+    def is_graph_output(self, tensor: str) -> bool:
+        return any(o.name == tensor for o in self.graph.output)
+
+    def only_consumer(self, tensor: str):
+        """The single node that reads `tensor`, or None (several readers, or a graph output)."""
+        users = self.consumers(tensor)
+        return users[0] if len(users) == 1 and not self.is_graph_output(tensor) else None
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        from onnx import numpy_helper
+
+        for init in self.graph.initializer:
+            if init.name == tensor:
+                return numpy_helper.to_array(init)
+        node = self.producer(tensor)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def shape(self, tensor: str) -> list[int] | None:
+        """Static shape from shape inference, or None where it is not known."""
+        for info in itertools.chain(self.graph.value_info, self.graph.input, self.graph.output):
+            if info.name == tensor:
+                dims = info.type.tensor_type.shape.dim
+                if all(d.HasField("dim_value") for d in dims):
+                    return [d.dim_value for d in dims]
+        return None
+
+    @staticmethod
+    def attr(node, name: str, default=None):
+        from onnx import helper
+
+        for attr in node.attribute:
+            if attr.name == name:
+                return helper.get_attribute_value(attr)
+        return default
+
+    # -- edits --------------------------------------------------------------------------
+    def add_constant(self, hint: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = f"{hint}/npueval_{next(self._names)}"
+        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def add_node(self, op_type: str, inputs: list[str], output: str | None = None, hint: str = "", **attrs) -> str:
+        from onnx import helper
+
+        name = f"{hint}/{op_type}_npueval_{next(self._names)}"
+        output = output or f"{name}_output"
+        self.graph.node.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
+        return output
+
+    def nodes(self, op_type: str) -> list[str]:
+        """Names of the nodes of `op_type`. Edits rebuild the node list, so passes hold names
+        and fetch nodes with :meth:`node`, never node objects across an edit."""
+        return [n.name for n in self.graph.node if n.op_type == op_type]
+
+    def node(self, name: str):
+        for node in self.graph.node:
+            if node.name == name:
+                return node
+        return None
+
+    def remove(self, *nodes) -> None:
+        doomed = {n.name for n in nodes}
+        keep = [n for n in self.graph.node if n.name not in doomed]
+        del self.graph.node[:]
+        self.graph.node.extend(keep)
+
+    def finish(self):
+        """Drop dead nodes and unused initializers, sort topologically, check; returns the model."""
+        import onnx
+
+        while True:
+            needed = {o.name for o in self.graph.output} | {name for node in self.graph.node for name in node.input}
+            dead = [n for n in self.graph.node if not any(out in needed for out in n.output)]
+            if not dead:
+                break
+            self.remove(*dead)
+        used = {name for node in self.graph.node for name in node.input}
+        keep = [i for i in self.graph.initializer if i.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(keep)
+        self._toposort()
+        del self.graph.value_info[:]
+        onnx.checker.check_model(self.model)
+        return self.model
+
+    def _toposort(self) -> None:
+        known = {i.name for i in self.graph.input} | {i.name for i in self.graph.initializer} | {""}
+        pending = list(self.graph.node)
+        ordered = []
+        while pending:
+            ready = [n for n in pending if all(i in known for i in n.input)]
+            if not ready:
+                raise ValueError("the edited graph has a cycle or a dangling input")
+            for node in ready:
+                known.update(node.output)
+            ids = {id(n) for n in ready}
+            pending = [n for n in pending if id(n) not in ids]
+            ordered.extend(ready)
+        del self.graph.node[:]
+        self.graph.node.extend(ordered)

@@ -1,0 +1,178 @@
+"""Stage 3: NPU graph passes, the intent of the port's opt_onnx_update.py on plain onnx.
+
+Each pass finds its pattern wherever it stands and returns how many times it fired; the
+build records the counts, and the tests assert them on npueval's own export, so a pass that
+stops matching cannot go unnoticed. Order matters: the fused QKV projection is split before
+the remaining Reshape+Gemm+Reshape projections are turned into MatMul+Add.
+
+- drop_present_outputs: key/value cache outputs ("present…") are not evaluated.
+- split_qkv: Reshape → Gemm(D → 3D) → Reshape → Split(3) ⇒ three MatMul+Add on the 3-D input.
+- gemm_to_matmul: Reshape(→2-D) → Gemm → Reshape(→3-D) ⇒ MatMul+Add on the 3-D input.
+- scale_q_first: MatMul(Q, Kᵀ) → Mul(c) | Div(c) → (Add) → Softmax ⇒ MatMul(Q·c, Kᵀ): the
+  scale is applied to Q (L×d) rather than to the scores (L×L).
+- mask_sub_to_add: scores − k·(1 − mask) with a constant mask ⇒ scores + (−k·(1 − mask)).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from .graph import Graph
+
+log = logging.getLogger(__name__)
+
+
+def drop_present_outputs(g: Graph) -> int:
+    present = [o for o in g.graph.output if o.name.startswith("present")]
+    for output in present:
+        g.graph.output.remove(output)
+    return len(present)
+
+
+def _gemm_weights(g: Graph, gemm) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W as (in, out), bias) of a plain Gemm y = x·W + b with constant W and b."""
+    if len(gemm.input) != 3 or g.attr(gemm, "transA", 0) or g.attr(gemm, "alpha", 1.0) != 1.0:
+        return None
+    if g.attr(gemm, "beta", 1.0) != 1.0:
+        return None
+    weight, bias = g.constant(gemm.input[1]), g.constant(gemm.input[2])
+    if weight is None or bias is None or weight.ndim != 2 or bias.ndim != 1:
+        return None
+    if g.attr(gemm, "transB", 0):
+        weight = weight.T
+    return weight, bias
+
+
+def _reshape_gemm_reshape(g: Graph, gemm):
+    """(reshape before, reshape after, the input as (B, L, D)) around `gemm`, or None.
+
+    The input is the first Reshape's input; when it is not already (B, L, D) (attention's
+    output projection reads the heads as (B, L, H, d)), a Reshape to (B, L, D) is added.
+    """
+    before = g.producer(gemm.input[0])
+    if before is None or before.op_type != "Reshape":
+        return None
+    reader = g.only_consumer(before.output[0])
+    if reader is None or reader.name != gemm.name:
+        return None
+    after = g.only_consumer(gemm.output[0])
+    if after is None or after.op_type != "Reshape":
+        return None
+    x_shape, flat_shape, out_shape = g.shape(before.input[0]), g.shape(before.output[0]), g.shape(after.output[0])
+    if x_shape is None or flat_shape is None or out_shape is None or len(out_shape) != 3 or len(flat_shape) != 2:
+        return None
+    batch, length, depth = out_shape[0], out_shape[1], flat_shape[1]
+    if int(np.prod(x_shape)) != batch * length * depth:
+        return None
+    x = before.input[0]
+    if x_shape != [batch, length, depth]:
+        x = g.add_node("Reshape", [x, g.add_constant(before.name, np.array([batch, length, depth], dtype=np.int64))],
+                       hint=before.name)
+    return before, after, x
+
+
+def split_qkv(g: Graph) -> int:
+    fired = 0
+    for name in g.nodes("Gemm"):
+        gemm = g.node(name)
+        around = _reshape_gemm_reshape(g, gemm)
+        weights = _gemm_weights(g, gemm)
+        if around is None or weights is None:
+            continue
+        before, after, x = around
+        split = g.only_consumer(after.output[0])
+        if split is None or split.op_type != "Split" or len(split.output) != 3:
+            continue
+        weight, bias = weights
+        width = weight.shape[1] // 3
+        sizes = g.constant(split.input[1]) if len(split.input) > 1 else g.attr(split, "split")
+        axis = g.attr(split, "axis", 0)
+        if axis not in (2, -1) or (sizes is not None and list(np.asarray(sizes)) != [width] * 3):
+            continue
+        for i, out in enumerate(split.output):
+            w = g.add_constant(gemm.name, weight[:, i * width:(i + 1) * width])
+            b = g.add_constant(gemm.name, bias[i * width:(i + 1) * width])
+            g.add_node("Add", [g.add_node("MatMul", [x, w], hint=gemm.name), b], output=out, hint=gemm.name)
+        g.remove(before, gemm, after, split)
+        fired += 1
+    return fired
+
+
+def gemm_to_matmul(g: Graph) -> int:
+    fired = 0
+    for name in g.nodes("Gemm"):
+        gemm = g.node(name)
+        around = _reshape_gemm_reshape(g, gemm)
+        weights = _gemm_weights(g, gemm)
+        if around is None or weights is None:
+            continue
+        before, after, x = around
+        weight, bias = weights
+        matmul = g.add_node("MatMul", [x, g.add_constant(gemm.name, weight)], hint=gemm.name)
+        g.add_node("Add", [matmul, g.add_constant(gemm.name, bias)], output=after.output[0], hint=gemm.name)
+        g.remove(before, gemm, after)
+        fired += 1
+    return fired
+
+
+def scale_q_first(g: Graph) -> int:
+    fired = 0
+    for name in g.nodes("MatMul"):
+        matmul = g.node(name)
+        scale = g.only_consumer(matmul.output[0])
+        if scale is None or scale.op_type not in ("Mul", "Div") or scale.input[0] != matmul.output[0]:
+            continue
+        c = g.constant(scale.input[1])
+        if c is None or c.size != 1:
+            continue
+        nxt = g.only_consumer(scale.output[0])
+        if nxt is not None and nxt.op_type == "Add":
+            nxt = g.only_consumer(nxt.output[0])
+        if nxt is None or nxt.op_type != "Softmax":
+            continue
+        factor = (c if scale.op_type == "Mul" else 1.0 / c).astype(c.dtype).reshape(())
+        q_scaled = g.add_node("Mul", [matmul.input[0], g.add_constant(scale.name, factor)], hint=scale.name)
+        g.add_node("MatMul", [q_scaled, matmul.input[1]], output=scale.output[0], hint=matmul.name)
+        g.remove(matmul, scale)
+        fired += 1
+    return fired
+
+
+def mask_sub_to_add(g: Graph) -> int:
+    """scores − m with m a constant (the port's `w*b − 1e4*(1 − b)`) ⇒ scores + (−m)."""
+    fired = 0
+    for name in g.nodes("Sub"):
+        sub = g.node(name)
+        m = g.constant(sub.input[1])
+        if m is None or m.size == 1:
+            continue
+        nxt = g.only_consumer(sub.output[0])
+        if nxt is None or nxt.op_type != "Softmax":
+            continue
+        g.add_node("Add", [sub.input[0], g.add_constant(sub.name, -m)], output=sub.output[0], hint=sub.name)
+        g.remove(sub)
+        fired += 1
+    return fired
+
+
+#: In the order they run.
+PASSES: tuple[tuple[str, Callable[[Graph], int]], ...] = (
+    ("drop_present_outputs", drop_present_outputs),
+    ("split_qkv", split_qkv),
+    ("gemm_to_matmul", gemm_to_matmul),
+    ("scale_q_first", scale_q_first),
+    ("mask_sub_to_add", mask_sub_to_add),
+)
+
+
+def run_passes(model) -> tuple[object, dict[str, int]]:
+    """All passes in order; returns the edited, checked model and how often each fired."""
+    g = Graph(model)
+    counts = {}
+    for name, npu_pass in PASSES:
+        counts[name] = npu_pass(g)
+        log.info("pass %s fired %d time(s)", name, counts[name])
+    return g.finish(), counts
