@@ -15,7 +15,6 @@ log = logging.getLogger("npueval")
 #: Stages that later issues build; until then the subcommand says so (exit 2).
 _NOT_YET = {
     "devices": ("list every NPU chip of this host (npu-smi)", 4),
-    "build": ("checkpoint → ONNX → NPU graph with the loss inside → OM (ATC)", 3),
     "run": ("evaluate a model on a prepared data set on every device of a Ray cluster", 4),
     "bench": ("device-only and end-to-end throughput", 4),
     "report": ("a readable summary and a plot of a results folder", 5),
@@ -110,6 +109,44 @@ class _progress_bar:
             self.bar.close()
 
 
+def _add_build(sub) -> None:
+    p = sub.add_parser(
+        "build",
+        help="checkpoint → verified ONNX → NPU graph with the loss inside → OM (ATC)",
+        description="Export a GPT2-Chinese checkpoint to ONNX, simplify it at a static shape, apply the NPU "
+        "graph passes, put the cross-entropy into the graph, verify every stage against PyTorch, and "
+        "compile it with ATC (or write DIR/atc.sh where there is no CANN).",
+    )
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="folder with config.json, vocab.txt and the weights")
+    p.add_argument("--out", required=True, help="folder for the stages' files, the OM and manifest.json")
+    p.add_argument("--batch-size", type=int, default=4, help="static batch of the compiled model (default 4)")
+    p.add_argument("--seq-len", type=int, default=512, help="static sequence length (default 512)")
+    p.add_argument("--output", choices=("nll", "logits"), default="nll",
+                   help="nll: per-token loss in the graph (default); logits: the port's (B, L, V) output")
+    p.add_argument("--soc", default="auto", help="ATC's soc_version, e.g. Ascend310P3; auto: from npu-smi (default)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest relative error of any stage against PyTorch (default 1e-4)")
+    p.set_defaults(handler=_cmd_build)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from npueval.build.pipeline import BuildConfig, build
+
+    config = BuildConfig(checkpoint=args.checkpoint, out=args.out, batch_size=args.batch_size, seq_len=args.seq_len,
+                         output=args.output, soc=args.soc, tolerance=args.tolerance)
+    result = build(config)
+    m = result.manifest
+    worst = max(stage["verify"]["rel_err"] for stage in m["stages"].values())
+    print(f"{m['onnx']}: {m['output']} output, batch {m['batch_size']} × {m['seq_len']}, opset {m['opset']}, "
+          f"largest relative error {worst:.2g} against PyTorch → {result.out}")
+    if result.om is None:
+        print(f"No CANN here: compile on an NPU host with {result.out / 'atc.sh'}")
+    else:
+        print(f"OM: {result.om}")
+    return EXIT_OK
+
+
 def _add_not_yet(sub, name: str, summary: str, issue: int) -> None:
     p = sub.add_parser(name, help=f"{summary} (not yet)", description=f"{summary}. Not yet available.")
     _add_verbosity(p, default=argparse.SUPPRESS)
@@ -143,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
     for name in ("devices",):
         _add_not_yet(sub, name, *_NOT_YET[name])
     _add_prepare(sub)
-    for name in ("build", "run", "bench", "report"):
+    _add_build(sub)
+    for name in ("run", "bench", "report"):
         _add_not_yet(sub, name, *_NOT_YET[name])
     return p
 

@@ -1,0 +1,158 @@
+"""`npueval build`: checkpoint → verified ONNX → NPU graph with the loss inside → OM.
+
+Stages (each writes its file into DIR and an entry into DIR/manifest.json):
+1 export, 2 simplify, 3 NPU graph passes, 4 loss head (or the logits kept), 5 verification
+after every stage, 6 ATC (or atc.sh without CANN), 7 the manifest, which `npueval run`
+reads to know how to feed the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npueval.eval.errors import UserError
+
+from . import atc
+from .checkpoint import load_model, open_checkpoint
+from .export import INPUT, LOGITS, export_onnx, op_histogram
+from .loss_head import LOSS_OPS, NLL, TARGETS, add_loss_head
+from .passes import run_passes
+from .simplify import simplify
+from .verify import DEFAULT_TOLERANCE, check_stage, random_ids
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("nll", "logits")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    checkpoint: Path
+    out: Path
+    batch_size: int = 4
+    seq_len: int = 512
+    output: str = "nll"
+    soc: str = "auto"
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", Path(self.checkpoint))
+        object.__setattr__(self, "out", Path(self.out))
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.seq_len < 2:
+            raise UserError(f"--seq-len {self.seq_len}: must be at least 2")
+        if self.output not in OUTPUTS:
+            raise UserError(f"--output {self.output!r}: choose one of {', '.join(OUTPUTS)}")
+        if not self.tolerance > 0:
+            raise UserError(f"--tolerance {self.tolerance}: must be a positive relative error")
+        atc.check_soc(self.soc)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    manifest: dict = field(repr=False)
+    om: Path | None  # None when there was no CANN: DIR/atc.sh holds the command
+
+
+def build(config: BuildConfig) -> BuildResult:
+    ckpt = open_checkpoint(config.checkpoint)
+    if config.seq_len > ckpt.config["n_positions"]:
+        raise UserError(f"--seq-len {config.seq_len}: the model has only {ckpt.config['n_positions']} positions")
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(ckpt)
+    ids = random_ids(config.batch_size, config.seq_len, ckpt.config["vocab_size"])
+    stages: dict[str, dict] = {}
+
+    def verified(name: str, info: dict) -> dict:
+        info["verify"] = check_stage(out / info["file"], model, ids, config.tolerance)
+        stages[name] = info
+        log.info("stage %s: %s, rel err %.2g", name, info["file"], info["verify"]["rel_err"])
+        return info
+
+    export = export_onnx(model, out / "1-export.onnx", config.seq_len)
+    verified("export", export)
+    verified("simplify", simplify(out / "1-export.onnx", out / "2-simplified.onnx", config.batch_size, config.seq_len))
+    verified("passes", _passes(out / "2-simplified.onnx", out / "3-npu.onnx"))
+    if config.output == "nll":
+        final = verified("loss_head", add_loss_head(out / "3-npu.onnx", out / "model.onnx"))["file"]
+    else:
+        os.replace(out / "3-npu.onnx", out / "model.onnx")
+        stages["passes"]["file"] = final = "model.onnx"
+
+    inputs = {INPUT: [config.batch_size, config.seq_len]}
+    if config.output == "nll":
+        inputs[TARGETS] = [config.batch_size, config.seq_len]
+    output_shape = [config.batch_size, config.seq_len] + ([] if config.output == "nll" else [ckpt.config["vocab_size"]])
+    keep_dtype = atc.write_inputs(out, LOSS_OPS if config.output == "nll" else ())
+    om, atc_info = _compile(out, final, inputs, keep_dtype, config.soc)
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "checkpoint": str(ckpt.folder.resolve()),
+        "weights_sha256": ckpt.weights_sha256,
+        "vocab_sha256": ckpt.vocab.sha256,
+        "config": ckpt.config,
+        "batch_size": config.batch_size,
+        "seq_len": config.seq_len,
+        "output": config.output,
+        "inputs": [{"name": k, "dtype": "int64", "shape": v} for k, v in inputs.items()],
+        "outputs": [{"name": NLL if config.output == "nll" else LOGITS, "dtype": "float32", "shape": output_shape}],
+        "opset": export["opset"],
+        "exporter": export["exporter"],
+        "onnx": final,
+        "om": om.name if om else None,
+        "tolerance": config.tolerance,
+        "tolerance_loosened": config.tolerance > DEFAULT_TOLERANCE,
+        "stages": stages,
+        "atc": atc_info,
+    }
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return BuildResult(out, manifest, om)
+
+
+def _passes(src: Path, dst: Path) -> dict:
+    import onnx
+
+    model, counts = run_passes(onnx.load(str(src)))
+    onnx.save(model, str(dst))
+    return {"file": dst.name, "counts": counts, "ops_after": op_histogram(dst)}
+
+
+def _compile(out: Path, onnx_file: str, inputs: dict, keep_dtype: str | None, soc: str) -> tuple[Path | None, dict]:
+    """Run ATC where CANN is; else write atc.sh. Either way atc.sh holds the command."""
+    found = atc.find_atc()
+    script_soc = soc if soc != "auto" else "Ascend${chip}"
+    args = atc.atc_args(onnx_file, "model", script_soc, inputs, keep_dtype)
+    script = atc.write_script(out, args, soc_given=soc != "auto")
+    info = {"script": script.name, "found": None, "argv": None, "result": None}
+    if found is None:
+        log.warning(
+            "no CANN here (no atc on PATH, no $ASCEND_TOOLKIT_HOME, no set_env.sh): the verified ONNX is %s; "
+            "compile it on an NPU host with %s", out / onnx_file, script,
+        )
+        info["result"] = "no CANN: run atc.sh on a host with CANN"
+        return None, info
+    prefix, where = found
+    if soc == "auto":
+        from npueval.cluster.npu_smi import soc_version_from_npu_smi
+
+        soc = soc_version_from_npu_smi()
+    args = atc.atc_args(onnx_file, "model", soc, inputs, keep_dtype)
+    info.update(found=where, argv=["atc", *args])
+    info.update(atc.run_atc(prefix, args, out))
+    om = out / "model.om"
+    if not om.is_file():
+        raise UserError(f"atc reported success but wrote no {om}; see {out / 'atc.log'}")
+    info["result"] = "ok"
+    return om, info

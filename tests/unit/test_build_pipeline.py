@@ -1,0 +1,150 @@
+"""`npueval build` end to end on tiny GPT-2s, with fake `atc` and `npu-smi` on PATH."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from checkpoints import make_checkpoint
+from conftest import small_vocab_tokens
+from npueval.build.loss_head import LOSS_OPS, targets_for
+from npueval.build.pipeline import BuildConfig, build
+from npueval.build.verify import random_ids
+from npueval.eval.cli import main
+from npueval.eval.errors import UserError
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+B, L = 2, 32
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "gpt2")
+
+
+@pytest.fixture
+def no_cann(monkeypatch, tmp_path):
+    """PATH without atc or npu-smi, and no CANN variables."""
+    for var in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", os.path.dirname(os.sys.executable) + os.pathsep + "/usr/bin:/bin")
+
+
+@pytest.fixture
+def fake_cann(no_cann, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(FAKES) + os.pathsep + os.environ["PATH"])
+    record = tmp_path / "atc-calls.jsonl"
+    monkeypatch.setenv("FAKE_ATC_RECORD", str(record))
+    return record
+
+
+def calls(record: Path) -> list[dict]:
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def test_without_cann_the_build_stops_after_verification_and_writes_atc_sh(checkpoint, tmp_path, no_cann):
+    result = build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L))
+    m = result.manifest
+    assert result.om is None and m["om"] is None and m["atc"]["result"].startswith("no CANN")
+    assert list(m["stages"]) == ["export", "simplify", "passes", "loss_head"]
+    assert all(stage["verify"]["rel_err"] < 1e-6 for stage in m["stages"].values())
+    assert m["stages"]["passes"]["counts"] == {"drop_present_outputs": 0, "split_qkv": 2, "gemm_to_matmul": 2,
+                                               "scale_q_first": 2, "mask_sub_to_add": 0}
+    assert "Slice" not in m["stages"]["simplify"]["ops_after"]
+    assert m["inputs"] == [{"name": "input_ids", "dtype": "int64", "shape": [B, L]},
+                           {"name": "targets", "dtype": "int64", "shape": [B, L]}]
+    assert m["outputs"] == [{"name": "nll", "dtype": "float32", "shape": [B, L]}]
+    assert (m["opset"], m["batch_size"], m["seq_len"], m["output"]) == (13, B, L, "nll")
+    assert m["vocab_sha256"] and m["weights_sha256"] and m["config"]["n_layer"] == 2
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == m
+    assert (tmp_path / "out" / "keep_dtype.cfg").read_text() == "".join(f"OpType::{op}\n" for op in LOSS_OPS)
+    assert (tmp_path / "out" / "op_precision.ini").read_text() == (Path(__file__).parents[2] / "op_precision.ini").read_text()
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    ids = random_ids(B, L, m["config"]["vocab_size"], seed=5)
+    nll = session.run(None, {"input_ids": ids, "targets": targets_for(ids)})[0]
+    assert nll.shape == (B, L) and np.isfinite(nll).all()
+
+
+def test_with_cann_atc_gets_the_documented_command(checkpoint, tmp_path, fake_cann):
+    out = tmp_path / "out"
+    result = build(BuildConfig(checkpoint, out, batch_size=B, seq_len=L))
+    (call,) = calls(fake_cann)
+    assert call["argv"] == [
+        "--model=model.onnx", "--framework=5", "--output=model", f"--input_shape=input_ids:{B},{L};targets:{B},{L}",
+        "--input_format=ND", "--soc_version=Ascend310P3", "--op_precision_mode=op_precision.ini",
+        "--precision_mode=force_fp16", "--log=error", "--keep_dtype=keep_dtype.cfg",
+    ]
+    assert call["cwd"] == str(out)
+    assert call["keep_dtype"] == "OpType::LogSoftmax\nOpType::Unsqueeze\nOpType::GatherElements\nOpType::Squeeze\nOpType::Neg\n"
+    assert result.om == out / "model.om" and result.om.is_file()
+    assert result.manifest["atc"]["result"] == "ok" and result.manifest["om"] == "model.om"
+    assert "ATC run success" in (out / "atc.log").read_text()
+    # atc.sh, run on the same host, makes the same call.
+    subprocess.run(["bash", str(out / "atc.sh")], check=True, capture_output=True)
+    first, second = calls(fake_cann)
+    assert second == first
+
+
+def test_a_given_soc_needs_no_npu_smi(checkpoint, tmp_path, fake_cann, monkeypatch):
+    monkeypatch.setenv("PATH", os.environ["PATH"].replace(str(FAKES) + os.pathsep, ""))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "atc").symlink_to(FAKES / "atc")
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"])
+    build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L, soc="Ascend910B2C", output="logits"))
+    (call,) = calls(fake_cann)
+    assert "--soc_version=Ascend910B2C" in call["argv"] and f"--input_shape=input_ids:{B},{L}" in call["argv"]
+    assert call["keep_dtype"] is None and not any(a.startswith("--keep_dtype") for a in call["argv"])
+    assert "Ascend910B2C" in (tmp_path / "out" / "atc.sh").read_text()
+
+
+def test_soc_auto_without_npu_smi_is_a_clear_error(checkpoint, tmp_path, fake_cann, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "atc").symlink_to(FAKES / "atc")
+    monkeypatch.setenv("PATH", str(bin_dir) + os.pathsep + os.environ["PATH"].replace(str(FAKES) + os.pathsep, ""))
+    with pytest.raises(UserError, match="--soc auto: npu-smi is not on PATH"):
+        build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L))
+
+
+def test_atc_failing_quotes_its_last_lines(checkpoint, tmp_path, fake_cann, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_ATC_FAIL", "1")
+    code = main(["build", str(checkpoint), "--out", str(tmp_path / "out"), "--batch-size", str(B), "--seq-len", str(L), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "atc failed (exit 1)" in err[0] and "E19999: Inner Error!" in err[0] and "atc.log" in err[0]
+
+
+def test_logits_output_keeps_the_ports_shape(checkpoint, tmp_path, no_cann):
+    m = build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L, output="logits")).manifest
+    vocab = len(small_vocab_tokens())
+    assert m["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [B, L, vocab]}]
+    assert list(m["stages"]) == ["export", "simplify", "passes"] and m["onnx"] == "model.onnx"
+    assert not (tmp_path / "out" / "keep_dtype.cfg").exists()
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--soc", "Kirin990"], "--soc Kirin990: not an Ascend SoC name"),
+    (["--seq-len", "100"], "--seq-len 100: the model has only 64 positions"),
+    (["--output", "probs"], "--output"),
+    (["--batch-size", "0"], "--batch-size 0"),
+])
+def test_bad_flags_exit_2(checkpoint, tmp_path, args, culprit):
+    r = subprocess.run(["npueval", "build", str(checkpoint), "--out", str(tmp_path / "out"), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert culprit in r.stderr
+
+
+def test_a_full_vocabulary_model_goes_through_all_stages(tmp_path, no_cann):
+    tokens = small_vocab_tokens()
+    tokens += [f"##x{i}" for i in range(21128 - len(tokens))]
+    assert len(tokens) == 21128
+    ckpt = make_checkpoint(tmp_path / "ckpt", vocab_tokens=tokens, n_layer=1)
+    m = build(BuildConfig(ckpt, tmp_path / "out", batch_size=B, seq_len=L)).manifest
+    assert m["config"]["vocab_size"] == 21128
+    assert all(stage["verify"]["rel_err"] < 1e-5 for stage in m["stages"].values())
