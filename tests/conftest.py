@@ -43,6 +43,16 @@ def write_vocab(path: Path, tokens: list[str]) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Hardware tests run only when asked for (`-m hardware`) and skip themselves without an NPU."""
+    if "hardware" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="hardware test: run with -m hardware on an Ascend NPU host")
+    for item in items:
+        if "hardware" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tables_cache(tmp_path_factory):
     """The tokenizer's code point tables are built once for the session, in a folder of its own."""
