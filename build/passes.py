@@ -16,7 +16,8 @@ the remaining Reshape+Gemm+Reshape projections are turned into MatMul+Add.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,74 +47,76 @@ def _gemm_weights(g: Graph, gemm) -> tuple[np.ndarray, np.ndarray] | None:
     return weight, bias
 
 
-def _reshape_gemm_reshape(g: Graph, gemm):
-    """(reshape before, reshape after, the input as (B, L, D)) around `gemm`, or None.
+@dataclass(frozen=True)
+class _Linear:
+    """Reshape(x → (B·L, D)) → Gemm(W, b) → Reshape(→ (B, L, N)), found in the graph."""
 
-    The input is the first Reshape's input; when it is not already (B, L, D) (attention's
-    output projection reads the heads as (B, L, H, d)), a Reshape to (B, L, D) is added.
-    """
-    before = g.producer(gemm.input[0])
-    if before is None or before.op_type != "Reshape":
-        return None
-    reader = g.only_consumer(before.output[0])
-    if reader is None or reader.name != gemm.name:
-        return None
-    after = g.only_consumer(gemm.output[0])
-    if after is None or after.op_type != "Reshape":
-        return None
-    x_shape, flat_shape, out_shape = g.shape(before.input[0]), g.shape(before.output[0]), g.shape(after.output[0])
-    if x_shape is None or flat_shape is None or out_shape is None or len(out_shape) != 3 or len(flat_shape) != 2:
-        return None
-    batch, length, depth = out_shape[0], out_shape[1], flat_shape[1]
-    if int(np.prod(x_shape)) != batch * length * depth:
-        return None
-    x = before.input[0]
-    if x_shape != [batch, length, depth]:
-        x = g.add_node("Reshape", [x, g.add_constant(before.name, np.array([batch, length, depth], dtype=np.int64))],
-                       hint=before.name)
-    return before, after, x
+    before: object
+    gemm: object
+    after: object
+    weight: np.ndarray  # (D, N)
+    bias: np.ndarray  # (N,)
+    x: str
+    x_is_3d: bool
+    shape_3d: list[int]  # (B, L, D)
+
+    def input_3d(self, g: Graph) -> str:
+        """x as (B, L, D): attention's output projection reads the heads as (B, L, H, d)."""
+        if self.x_is_3d:
+            return self.x
+        shape = g.add_constant(self.before.name, np.array(self.shape_3d, dtype=np.int64))
+        return g.add_node("Reshape", [self.x, shape], hint=self.before.name)
+
+
+def _linears(g: Graph) -> Iterator[_Linear]:
+    """Every Reshape+Gemm+Reshape, looked up afresh after each edit the caller makes."""
+    for name in g.nodes("Gemm"):
+        gemm = g.node(name)
+        weights = _gemm_weights(g, gemm) if gemm is not None else None
+        if weights is None:
+            continue
+        before = g.producer(gemm.input[0])
+        if before is None or before.op_type != "Reshape":
+            continue
+        reader = g.only_consumer(before.output[0])
+        after = g.only_consumer(gemm.output[0])
+        if reader is None or reader.name != gemm.name or after is None or after.op_type != "Reshape":
+            continue
+        x_shape, flat_shape, out_shape = g.shape(before.input[0]), g.shape(before.output[0]), g.shape(after.output[0])
+        if None in (x_shape, flat_shape, out_shape) or len(out_shape) != 3 or len(flat_shape) != 2:
+            continue
+        shape_3d = [out_shape[0], out_shape[1], flat_shape[1]]
+        if int(np.prod(x_shape)) != int(np.prod(shape_3d)):
+            continue
+        yield _Linear(before, gemm, after, *weights, before.input[0], x_shape == shape_3d, shape_3d)
 
 
 def split_qkv(g: Graph) -> int:
     fired = 0
-    for name in g.nodes("Gemm"):
-        gemm = g.node(name)
-        around = _reshape_gemm_reshape(g, gemm)
-        weights = _gemm_weights(g, gemm)
-        if around is None or weights is None:
-            continue
-        before, after, x = around
-        split = g.only_consumer(after.output[0])
+    for lin in _linears(g):
+        split = g.only_consumer(lin.after.output[0])
         if split is None or split.op_type != "Split" or len(split.output) != 3:
             continue
-        weight, bias = weights
-        width = weight.shape[1] // 3
+        width = lin.weight.shape[1] // 3
         sizes = g.constant(split.input[1]) if len(split.input) > 1 else g.attr(split, "split")
-        axis = g.attr(split, "axis", 0)
-        if axis not in (2, -1) or (sizes is not None and list(np.asarray(sizes)) != [width] * 3):
+        if g.attr(split, "axis", 0) not in (2, -1) or (sizes is not None and list(np.asarray(sizes)) != [width] * 3):
             continue
+        x = lin.input_3d(g)
         for i, out in enumerate(split.output):
-            w = g.add_constant(gemm.name, weight[:, i * width:(i + 1) * width])
-            b = g.add_constant(gemm.name, bias[i * width:(i + 1) * width])
-            g.add_node("Add", [g.add_node("MatMul", [x, w], hint=gemm.name), b], output=out, hint=gemm.name)
-        g.remove(before, gemm, after, split)
+            part = slice(i * width, (i + 1) * width)
+            w, b = g.add_constant(lin.gemm.name, lin.weight[:, part]), g.add_constant(lin.gemm.name, lin.bias[part])
+            g.add_node("Add", [g.add_node("MatMul", [x, w], hint=lin.gemm.name), b], output=out, hint=lin.gemm.name)
+        g.remove(lin.before, lin.gemm, lin.after, split)
         fired += 1
     return fired
 
 
 def gemm_to_matmul(g: Graph) -> int:
     fired = 0
-    for name in g.nodes("Gemm"):
-        gemm = g.node(name)
-        around = _reshape_gemm_reshape(g, gemm)
-        weights = _gemm_weights(g, gemm)
-        if around is None or weights is None:
-            continue
-        before, after, x = around
-        weight, bias = weights
-        matmul = g.add_node("MatMul", [x, g.add_constant(gemm.name, weight)], hint=gemm.name)
-        g.add_node("Add", [matmul, g.add_constant(gemm.name, bias)], output=after.output[0], hint=gemm.name)
-        g.remove(before, gemm, after)
+    for lin in _linears(g):
+        matmul = g.add_node("MatMul", [lin.input_3d(g), g.add_constant(lin.gemm.name, lin.weight)], hint=lin.gemm.name)
+        g.add_node("Add", [matmul, g.add_constant(lin.gemm.name, lin.bias)], output=lin.after.output[0], hint=lin.gemm.name)
+        g.remove(lin.before, lin.gemm, lin.after)
         fired += 1
     return fired
 
