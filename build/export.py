@@ -1,14 +1,21 @@
 """Stage 1: the PyTorch model → ONNX with a dynamic batch axis (the port's pth2onnx.py).
 
-TorchScript exporter at opset 13, as the port: ATC takes it, and with eager attention the
-graph holds the ops the NPU passes expect. transformers 5 needs an explicit all-ones
-attention mask for that exporter (stack-notes.md), so the model is wrapped.
+The exported graph is the port's: TorchScript exporter at opset 13, outputs `logits` and one
+`present.{i}` (key and value) per layer, and GPT2-Chinese's attention as transformers 2.x
+wrote it, `w = q·kᵀ / √d; w = w·b − 1e4·(1 − b)` with b the causal mask, instead of
+transformers 5's added mask. That is what the port's opt_onnx_update.py edits, so the NPU
+passes of stage 3 each find their pattern once per layer. The numbers are the same: stage 5
+checks the export against transformers' own eager attention. transformers 5 needs an
+explicit all-ones attention mask for this exporter (stack-notes.md), so the model is wrapped;
+without padding (npueval never pads inside a window's context) the causal mask is all there is.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -20,6 +27,50 @@ OPSET = 13
 EXPORTER = "torch.onnx TorchScript (dynamo=False)"
 INPUT = "input_ids"
 LOGITS = "logits"
+PORT_ATTENTION = "gpt2_chinese"
+ATTENTION = "GPT2-Chinese (transformers 2.x): w = q·kᵀ / √d; w·b − 1e4·(1 − b); softmax"
+
+
+def _port_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers 2.x GPT2 `_attn`, in the signature transformers 5 calls attention with."""
+    import torch
+
+    weights = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(value.size(-1))
+    rows, cols = weights.size(-2), weights.size(-1)
+    # b = tril(ones)[cols - rows:cols, :cols], built from comparisons (Trilu needs opset 14).
+    b = (torch.arange(cols)[None, :] <= torch.arange(rows)[:, None] + (cols - rows)).to(weights.dtype)
+    weights = torch.softmax(weights * b - 1e4 * (1 - b), dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+@contextlib.contextmanager
+def _port_attention_in(model):
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PORT_ATTENTION, _port_attention)
+    saved = model.config._attn_implementation
+    model.config._attn_implementation = PORT_ATTENTION
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = saved
+
+
+def _port_module(model):
+    """`input_ids` → (logits, present.0, …): the outputs of the port's transformers 2.5.1 model."""
+    import torch
+
+    class PortOutputs(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids):
+            out = self.lm(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
+            presents = [torch.stack([layer.keys, layer.values]) for layer in out.past_key_values.layers]
+            return (out.logits, *presents)
+
+    return PortOutputs(model).eval()
 
 
 def logits_module(model):
@@ -44,9 +95,10 @@ def export_onnx(model, path: Path, seq_len: int) -> dict:
     """Write the ONNX file; returns what the build manifest records about it."""
     import torch
 
-    module = logits_module(model)
+    module = _port_module(model)
+    presents = [f"present.{i}" for i in range(model.config.n_layer)]
     example = torch.zeros((2, seq_len), dtype=torch.int64)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _port_attention_in(model):
         warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
         torch.onnx.export(
             module,
@@ -55,11 +107,12 @@ def export_onnx(model, path: Path, seq_len: int) -> dict:
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT],
-            output_names=[LOGITS],
-            dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}},
+            output_names=[LOGITS, *presents],
+            dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}, **{p: {1: "batch"} for p in presents}},
         )
     log.info("exported %s", path)
-    return {"file": path.name, "opset": OPSET, "exporter": EXPORTER, "ops": op_histogram(path)}
+    return {"file": path.name, "opset": OPSET, "exporter": EXPORTER, "attention": ATTENTION,
+            "outputs": [LOGITS, *presents], "ops": op_histogram(path)}
 
 
 def op_histogram(path: Path) -> dict[str, int]:

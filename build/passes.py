@@ -8,8 +8,8 @@ the remaining Reshape+Gemm+Reshape projections are turned into MatMul+Add.
 - drop_present_outputs: key/value cache outputs ("present…") are not evaluated.
 - split_qkv: Reshape → Gemm(D → 3D) → Reshape → Split(3) ⇒ three MatMul+Add on the 3-D input.
 - gemm_to_matmul: Reshape(→2-D) → Gemm → Reshape(→3-D) ⇒ MatMul+Add on the 3-D input.
-- scale_q_first: MatMul(Q, Kᵀ) → Mul(c) | Div(c) → (Add) → Softmax ⇒ MatMul(Q·c, Kᵀ): the
-  scale is applied to Q (L×d) rather than to the scores (L×L).
+- scale_q_first: MatMul(Q, Kᵀ) → Mul(c) | Div(c) → (masking by constants) → Softmax ⇒
+  MatMul(Q·c, Kᵀ): the scale is applied to Q (L×d) rather than to the scores (L×L).
 - mask_sub_to_add: scores − k·(1 − mask) with a constant mask ⇒ scores + (−k·(1 − mask)).
 """
 
@@ -131,8 +131,10 @@ def scale_q_first(g: Graph) -> int:
         c = g.constant(scale.input[1])
         if c is None or c.size != 1:
             continue
+        # Up to the Softmax, only masking with constants may follow (the port's w·b − 1e4·(1 − b),
+        # or an added mask): scaling Q first is the same as scaling the scores there.
         nxt = g.only_consumer(scale.output[0])
-        if nxt is not None and nxt.op_type == "Add":
+        while nxt is not None and nxt.op_type in ("Add", "Sub", "Mul") and g.constant(nxt.input[1]) is not None:
             nxt = g.only_consumer(nxt.output[0])
         if nxt is None or nxt.op_type != "Softmax":
             continue
