@@ -135,7 +135,7 @@ def _compile(out: Path, onnx_file: str, inputs: dict, keep_dtype: str | None, so
     script_soc = soc if soc != "auto" else "Ascend${chip}"
     args = atc.atc_args(onnx_file, "model", script_soc, inputs, keep_dtype)
     script = atc.write_script(out, args, soc_given=soc != "auto")
-    info = {"script": script.name, "found": None, "argv": None, "result": None}
+    info = {"script": script.name, "found": None, "argv": ["atc", *args], "result": None}
     if found is None:
         log.warning(
             "no CANN here (no atc on PATH, no $ASCEND_TOOLKIT_HOME, no set_env.sh): the verified ONNX is %s; "

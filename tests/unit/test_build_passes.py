@@ -135,6 +135,8 @@ def test_drop_present_outputs():
     fired, edited = apply(drop_present_outputs, model)
     assert fired == 1 and [o.name for o in edited.graph.output] == ["logits"]
     assert ops(edited) == ["Relu"]  # the node that only fed the dropped output is gone
+    again, _ = apply(drop_present_outputs, edited)
+    assert again == 0  # nothing named present… left
 
 
 def test_counts_on_npuevals_own_export(tmp_path):

@@ -50,6 +50,7 @@ def test_without_cann_the_build_stops_after_verification_and_writes_atc_sh(check
     result = build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L))
     m = result.manifest
     assert result.om is None and m["om"] is None and m["atc"]["result"].startswith("no CANN")
+    assert "--soc_version=Ascend${chip}" in m["atc"]["argv"]  # the command atc.sh runs
     assert list(m["stages"]) == ["export", "simplify", "passes", "loss_head"]
     assert all(stage["verify"]["rel_err"] < 1e-6 for stage in m["stages"].values())
     assert m["stages"]["passes"]["counts"] == {"drop_present_outputs": 2, "split_qkv": 2, "gemm_to_matmul": 2,
@@ -140,11 +141,14 @@ def test_bad_flags_exit_2(checkpoint, tmp_path, args, culprit):
     assert culprit in r.stderr
 
 
-def test_a_full_vocabulary_model_goes_through_all_stages(tmp_path, no_cann):
+def test_a_full_vocabulary_model_goes_through_all_stages(tmp_path, fake_cann):
     tokens = small_vocab_tokens()
     tokens += [f"##x{i}" for i in range(21128 - len(tokens))]
     assert len(tokens) == 21128
     ckpt = make_checkpoint(tmp_path / "ckpt", vocab_tokens=tokens, n_layer=1)
-    m = build(BuildConfig(ckpt, tmp_path / "out", batch_size=B, seq_len=L)).manifest
-    assert m["config"]["vocab_size"] == 21128
+    result = build(BuildConfig(ckpt, tmp_path / "out", batch_size=B, seq_len=L))
+    m = result.manifest
+    assert m["config"]["vocab_size"] == 21128 and result.om.is_file() and m["atc"]["result"] == "ok"
     assert all(stage["verify"]["rel_err"] < 1e-5 for stage in m["stages"].values())
+    assert m["stages"]["passes"]["counts"] == dict.fromkeys(
+        ["drop_present_outputs", "split_qkv", "gemm_to_matmul", "scale_q_first", "mask_sub_to_add"], 1)
