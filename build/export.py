@@ -56,46 +56,32 @@ def _port_attention_in(model):
         model.config._attn_implementation = saved
 
 
-def _port_module(model):
-    """`input_ids` → (logits, present.0, …): the outputs of the port's transformers 2.5.1 model."""
+def logits_module(model, presents: bool = False):
+    """`input_ids` (B, L) int64 → logits (B, L, V) float32, full attention mask; with
+    `presents`, also a key/value output per layer, as the port's transformers 2.5.1 model had."""
     import torch
 
-    class PortOutputs(torch.nn.Module):
+    class Wrapped(torch.nn.Module):
         def __init__(self, lm):
             super().__init__()
             self.lm = lm
 
         def forward(self, input_ids):
-            out = self.lm(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
-            presents = [torch.stack([layer.keys, layer.values]) for layer in out.past_key_values.layers]
-            return (out.logits, *presents)
-
-    return PortOutputs(model).eval()
-
-
-def logits_module(model):
-    """`input_ids` (B, L) int64 → logits (B, L, V) float32, no cache, full attention mask."""
-    import torch
-
-    class Logits(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids):
-            mask = torch.ones_like(input_ids)
-            return self.lm(input_ids, attention_mask=mask, use_cache=False).logits
+            out = self.lm(input_ids, attention_mask=torch.ones_like(input_ids), use_cache=presents)
+            if not presents:
+                return out.logits
+            return (out.logits, *[torch.stack([layer.keys, layer.values]) for layer in out.past_key_values.layers])
 
     # eval() on the wrapper: export restores the wrapper's mode afterwards, and a wrapper left
     # in training mode would switch the model's dropout on for everything that follows.
-    return Logits(model).eval()
+    return Wrapped(model).eval()
 
 
 def export_onnx(model, path: Path, seq_len: int) -> dict:
     """Write the ONNX file; returns what the build manifest records about it."""
     import torch
 
-    module = _port_module(model)
+    module = logits_module(model, presents=True)
     presents = [f"present.{i}" for i in range(model.config.n_layer)]
     example = torch.zeros((2, seq_len), dtype=torch.int64)
     with warnings.catch_warnings(), _port_attention_in(model):
