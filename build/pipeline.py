@@ -145,9 +145,9 @@ def _compile(out: Path, onnx_file: str, inputs: dict, keep_dtype: str | None, so
         return None, info
     prefix, where = found
     if soc == "auto":
-        from npueval.cluster.npu_smi import soc_version_from_npu_smi
+        from npueval.cluster.discovery import soc_version
 
-        soc = soc_version_from_npu_smi()
+        soc = soc_version()
     args = atc.atc_args(onnx_file, "model", soc, inputs, keep_dtype)
     info.update(found=where, argv=["atc", *args])
     info.update(atc.run_atc(prefix, args, out))

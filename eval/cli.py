@@ -14,7 +14,6 @@ log = logging.getLogger("npueval")
 
 #: Stages that later issues build; until then the subcommand says so (exit 2).
 _NOT_YET = {
-    "devices": ("list every NPU chip of this host (npu-smi)", 4),
     "run": ("evaluate a model on a prepared data set on every device of a Ray cluster", 4),
     "bench": ("device-only and end-to-end throughput", 4),
     "report": ("a readable summary and a plot of a results folder", 5),
@@ -109,6 +108,36 @@ class _progress_bar:
             self.bar.close()
 
 
+def _add_devices(sub) -> None:
+    p = sub.add_parser("devices", help="list every NPU chip of this host (npu-smi), healthy or not",
+                       description="List every NPU chip of this host from npu-smi: card, chip, logic id (ACL's device "
+                       "id), name, soc_version, health, memory, bus id. No npu-smi: an empty list.")
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="a JSON list of objects instead of a table")
+    p.set_defaults(handler=_cmd_devices)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    import json
+
+    from npueval.cluster.discovery import discover
+
+    devices = discover()
+    if args.json:
+        print(json.dumps([d.to_json() for d in devices], indent=2))
+        return EXIT_OK
+    if not devices:
+        print("No NPU found (no npu-smi on PATH).")
+        return EXIT_OK
+    header = ("logic", "card", "chip", "name", "soc_version", "health", "memory MB", "bus id")
+    rows = [(str(d.logic_id), str(d.card), str(d.chip), d.name, d.soc_version, d.health,
+             f"{d.mem_used_mb}/{d.mem_total_mb}", d.bus_id) for d in devices]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
 def _add_build(sub) -> None:
     p = sub.add_parser(
         "build",
@@ -177,8 +206,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"npueval {version('npueval')}")
     _add_verbosity(p, default=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name in ("devices",):
-        _add_not_yet(sub, name, *_NOT_YET[name])
+    _add_devices(sub)
     _add_prepare(sub)
     _add_build(sub)
     for name in ("run", "bench", "report"):

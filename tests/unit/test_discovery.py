@@ -1,0 +1,113 @@
+"""`npu-smi` parsing (ascend.md §2 captures, byte for byte) and `npueval devices`."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from npueval.cluster.discovery import Device, NpuSmiError, devices_from, parse_info, parse_mapping
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+DUO = (FAKES / "npu-smi-info-310p3-duo.txt").read_text()
+DUO_MAP = (FAKES / "npu-smi-info-m-310p3-duo.txt").read_text()
+A2 = (FAKES / "npu-smi-info-910b.txt").read_text()
+MODELZOO = (FAKES / "npu-smi-info-310p3-modelzoo.txt").read_text()
+
+DUO_DEVICES = [
+    Device(1, 0, 0, "310P3", "Ascend310P3", "OK", 16302, 44280, "0000:01:00.0"),
+    Device(1, 1, 1, "310P3", "Ascend310P3", "OK", 15543, 43693, "0000:01:00.0"),
+    Device(2, 0, 2, "310P3", "Ascend310P3", "OK", 35563, 44280, "0000:02:00.0"),
+    Device(2, 1, 3, "310P3", "Ascend310P3", "OK", 35204, 43693, "0000:02:00.0"),
+]
+
+
+def test_310p3_duo_two_chips_per_card_process_table_ignored():
+    assert "16302/ 44280" in DUO  # the capture is byte-exact: five digits, no space before "/"
+    assert devices_from(DUO, DUO_MAP) == DUO_DEVICES
+    assert devices_from(DUO, None) == DUO_DEVICES  # the Device column is the logic id
+
+
+def test_910b_layout_hbm_memory_and_logic_ids_from_the_mapping():
+    mapping = "NPU ID   Chip ID   Chip Logic ID   Chip Name\n0 0 0 Ascend 910B2C\n0 1 - Mcu\n1 0 1 Ascend 910B2C\n1 1 - Mcu\n"
+    assert devices_from(A2, mapping) == [
+        Device(0, 0, 0, "910B2C", "Ascend910B2C", "OK", 20701, 65536, "0000:5A:00.0"),
+        Device(1, 0, 1, "910B2C", "Ascend910B2C", "OK", 20687, 65536, "0000:19:00.0"),
+    ]
+    with pytest.raises(NpuSmiError, match="no logic id for card 0 chip 0"):
+        devices_from(A2, None)  # 910B has no Device column
+
+
+def test_mapping_capture_with_tabs_trailing_spaces_and_the_mcu_row():
+    text = (FAKES / "npu-smi-info-m-910b3.txt").read_text()
+    assert "\t" in text and text.splitlines()[0].endswith(" ")
+    assert parse_mapping(text) == {(0, 0): 0}
+
+
+def test_modelzoo_template_narrow_layout():
+    devices = devices_from(MODELZOO, None)
+    assert [(d.card, d.chip, d.logic_id, d.mem_used_mb, d.mem_total_mb, d.bus_id) for d in devices] == [
+        (0, 0, 0, 1074, 21534, "0000:82:00.0"), (1, 0, 1, 1070, 21534, "0000:89:00.0")]
+
+
+def test_no_running_processes_rows_extra_columns_and_other_widths():
+    no_procs = DUO.replace("| 1       0                     | 3277562         | mindie_llm_back          | 14513                     |",
+                           "| No running processes found in NPU 1                                                            |")
+    extra = "\n".join(line.rstrip() + " extra col |" if line.strip().startswith("|") else line for line in DUO.splitlines())
+    narrow = "\n".join(" ".join(line.split()) for line in DUO.splitlines())
+    for text in (no_procs, extra, narrow):
+        assert devices_from(text, DUO_MAP) == DUO_DEVICES
+
+
+def test_every_chip_is_listed_healthy_or_not():
+    text = DUO.replace("| 2       310P3                 | OK              | NA           61                17057 / 17057         |",
+                       "| 2       310P3                 | Alarm           | NA           61                17057 / 17057         |")
+    devices = devices_from(text, DUO_MAP)
+    assert [d.health for d in devices] == ["OK", "OK", "Alarm", "OK"] and not devices[2].healthy
+
+
+@pytest.mark.parametrize("text, message, quoted", [
+    ("npu-smi: command failed\nDcmi module initialize failed. Ret is -8005\n", "no chip rows in its output, which begins",
+     "Dcmi module initialize failed"),
+    ("| 0  310P3 | OK | NA 40 0 / 0 |\n| garbage |\n", "cannot read the chip of this card row", "| 0  310P3 | OK |"),
+    ("| 0  310P3 | OK | NA 40 0 / 0 |\n| 0 0 | not-a-bus | 0 1074 / 21534 |\n", "cannot read this chip row", "not-a-bus"),
+])
+def test_unreadable_output_quotes_what_it_could_not_read(text, message, quoted):
+    with pytest.raises(NpuSmiError, match=message) as err:
+        parse_info(text)
+    assert quoted in str(err.value)
+
+
+def devices_cli(*args, env=None):
+    return subprocess.run(["npueval", "devices", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_devices_json_on_a_310p3_duo_host():
+    env = {**os.environ, "PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}"}
+    r = devices_cli("--json", env=env)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    assert listed == [d.to_json() for d in DUO_DEVICES]
+    assert set(listed[0]) == {"card", "chip", "logic_id", "name", "soc_version", "health", "mem_used_mb",
+                              "mem_total_mb", "bus_id"}
+    table = devices_cli(env=env)
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["logic", "card", "chip"]
+    assert len(table.stdout.splitlines()) == 5
+
+
+def test_devices_without_npu_smi_is_an_empty_list():
+    import sys
+
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}/usr/bin:/bin"}
+    r = devices_cli("--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+def test_devices_with_unreadable_npu_smi_output_exits_1_with_one_line(tmp_path):
+    bad = tmp_path / "info.txt"
+    bad.write_text("Dcmi module initialize failed. Ret is -8005\n")
+    env = {**os.environ, "PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", "FAKE_NPU_SMI_INFO": str(bad)}
+    r = devices_cli("--json", env=env)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "Dcmi module initialize failed" in r.stderr
