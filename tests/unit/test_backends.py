@@ -1,0 +1,96 @@
+"""The simulated and onnx backends against independent references (a Python loop, PyTorch)."""
+
+import numpy as np
+import pytest
+
+from npueval.actors.backend import Backend
+from npueval.actors.onnx_backend import OnnxBackend, nll_from_logits
+from npueval.actors.simulated import SimulatedBackend
+from npueval.eval.errors import UserError
+
+B, L = 3, 32
+
+
+def test_simulated_nll_is_the_documented_function():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 21128, (B, L))
+    backend = SimulatedBackend(B, L)
+    got = backend.nll(x)
+    expected = [[np.float32(1 + ((int(x[r, j]) * 7919 + int(x[r, j + 1]) * 104729 + j) % 9973) / 9973)
+                 for j in range(L - 1)] for r in range(B)]
+    assert got.dtype == np.float32 and got.shape == (B, L - 1)
+    assert got.tolist() == expected
+    assert isinstance(backend, Backend)
+
+
+def test_simulated_device_time_and_bad_batches():
+    backend = SimulatedBackend(B, L, device_ms=20)
+    backend.nll(np.zeros((2, L), dtype=np.int64))
+    backend.nll(np.zeros((B, L), dtype=np.int64))
+    assert backend.device_seconds() == pytest.approx(0.04)
+    for shape in [(B + 1, L), (B, L + 1), (0, L), (L,)]:
+        with pytest.raises(ValueError, match=r"a batch must be \(1…3, 32\) ids"):
+            backend.nll(np.zeros(shape, dtype=np.int64))
+
+
+def torch_nll(logits, ids):
+    import torch
+
+    t = torch.from_numpy(logits)
+    return torch.nn.functional.cross_entropy(
+        t[:, :-1].reshape(-1, t.shape[-1]), torch.from_numpy(ids[:, 1:]).reshape(-1), reduction="none"
+    ).reshape(ids.shape[0], -1).numpy()
+
+
+def test_host_cross_entropy_across_chunks_equals_pytorch():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 500, (3, 400))
+    logits = (rng.normal(size=(3, 400, 500)) * 8).astype(np.float32)
+    np.testing.assert_allclose(nll_from_logits(logits, ids), torch_nll(logits, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    import onnx
+
+    from checkpoints import make_checkpoint
+    from npueval.build.checkpoint import load_model, open_checkpoint
+    from npueval.build.export import export_onnx
+    from npueval.build.loss_head import add_loss_head
+    from npueval.build.passes import run_passes
+    from npueval.build.simplify import simplify
+
+    folder = tmp_path_factory.mktemp("graphs")
+    model = load_model(open_checkpoint(make_checkpoint(folder / "ckpt")))
+    export_onnx(model, folder / "e.onnx", L)
+    simplify(folder / "e.onnx", folder / "s.onnx", B, L)
+    edited, _ = run_passes(onnx.load(str(folder / "s.onnx")))
+    onnx.save(edited, str(folder / "logits.onnx"))
+    add_loss_head(folder / "logits.onnx", folder / "nll.onnx")
+    return model, folder
+
+
+@pytest.mark.parametrize("graph", ["nll.onnx", "logits.onnx"])
+def test_onnx_backend_equals_pytorch_and_pads_a_short_batch(graphs, graph):
+    from npueval.build.export import reference_logits
+
+    model, folder = graphs
+    backend = OnnxBackend(folder / graph)
+    assert (backend.batch_size, backend.seq_len, backend.loss_head) == (B, L, graph == "nll.onnx")
+    assert backend.providers == ["CPUExecutionProvider"]
+    ids = np.random.default_rng(2).integers(0, model.config.vocab_size, (B, L))
+    got = backend.nll(ids)
+    assert got.dtype == np.float32 and got.shape == (B, L - 1)
+    np.testing.assert_allclose(got, torch_nll(reference_logits(model, ids), ids), rtol=1e-4, atol=2e-5)
+    np.testing.assert_array_equal(backend.nll(ids[:2]), got[:2])  # padded to B, real rows back
+    assert backend.device_seconds() > 0
+    backend.close()
+
+
+def test_onnx_backend_refuses_what_it_cannot_run(tmp_path):
+    with pytest.raises(UserError, match="--model .*missing.onnx: no such file"):
+        OnnxBackend(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(UserError, match="--model .*bad.onnx: onnxruntime cannot load it"):
+        OnnxBackend(bad)
