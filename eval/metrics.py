@@ -1,0 +1,98 @@
+"""The numbers of a run, reduced from per-window sums (DESIGN.md, Metrics).
+
+Everything is a sum in float64 (math.fsum, so the order blocks arrive in cannot change a bit),
+never a mean of means, with one documented exception: `seed_ppl`, the port's number (its
+readme's "Loss 16.5"), exp of the mean over the port's batches of each batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LossMetrics:
+    nll_sum: float  # Σ NLL over every scored token, nats
+    scored_tokens: int
+    windows: int
+    mean_ce: float  # nats per token
+    perplexity: float
+    seed_ppl: float  # the port's batch-mean perplexity
+    seed_batches: int
+
+
+def reduce_loss(window_ids: np.ndarray, nll_sums: np.ndarray, n_scored: np.ndarray, pieces: np.ndarray,
+                batch_size: int) -> LossMetrics:
+    """Per-window sums (any order) → the run's loss metrics.
+
+    `seed_ppl` batches windows as the port does: per piece, `batch_size` consecutive windows in
+    stored (window_id) order; a short last batch counts over its real targets.
+    """
+    if not (window_ids.shape == nll_sums.shape == n_scored.shape == pieces.shape):
+        raise ValueError("window_ids, nll_sums, n_scored and pieces must have one entry per window")
+    if np.unique(window_ids).size != window_ids.size:
+        raise ValueError("a window was counted twice")
+    order = np.argsort(window_ids, kind="stable")
+    sums = nll_sums[order].astype(np.float64)
+    counts = n_scored[order].astype(np.int64)
+    pieces = pieces[order]
+    nll_sum = math.fsum(sums.tolist())
+    tokens = int(counts.sum())
+    mean_ce = nll_sum / tokens if tokens else float("nan")
+
+    batch_means = []
+    for piece in np.unique(pieces):
+        in_piece = np.flatnonzero(pieces == piece)
+        for start in range(0, in_piece.size, batch_size):
+            rows = in_piece[start: start + batch_size]
+            batch_tokens = int(counts[rows].sum())
+            if batch_tokens:
+                batch_means.append(math.fsum(sums[rows].tolist()) / batch_tokens)
+    seed_ppl = math.exp(math.fsum(batch_means) / len(batch_means)) if batch_means else float("nan")
+    return LossMetrics(nll_sum, tokens, int(window_ids.size), mean_ce, math.exp(mean_ce) if tokens else float("nan"),
+                       seed_ppl, len(batch_means))
+
+
+def drop_last_rows(pieces: np.ndarray, batch_size: int) -> np.ndarray:
+    """`run --drop-last`: a mask that keeps, per piece, all but the last (count mod batch_size) rows
+    (pieces given in stored order), as the port drops each piece's incomplete last batch."""
+    keep = np.ones(pieces.shape[0], dtype=bool)
+    for piece in np.unique(pieces):
+        rows = np.flatnonzero(pieces == piece)
+        extra = rows.size % batch_size
+        if extra:
+            keep[rows[-extra:]] = False
+    return keep
+
+
+@dataclass(frozen=True)
+class Throughput:
+    eval_s: float
+    samples_per_s: float
+    tokens_per_s: float
+    device_fps: float  # Σ over devices of ais_bench's 1000·B / mean execute ms
+    scaling_efficiency: float  # samples/s on N devices ÷ (N · 1000 · B / device_ms)
+    host_overhead: float  # (N · eval_s − Σ device_s) / Σ device_s
+
+
+def throughput(windows: int, scored_tokens: int, eval_s: float, batch_size: int,
+               device_mean_ms: list[float], device_seconds: list[float]) -> Throughput:
+    """`device_mean_ms` and `device_seconds`: one entry per device (mean execute ms per batch,
+    and the device's total pure inference time)."""
+    n = len(device_mean_ms)
+    fps = [1000 * batch_size / ms for ms in device_mean_ms if ms > 0]
+    total_device_s = math.fsum(device_seconds)
+    samples = windows / eval_s if eval_s > 0 else float("nan")
+    mean_ms = math.fsum(device_mean_ms) / n if n else float("nan")
+    ideal = n * 1000 * batch_size / mean_ms if n and mean_ms > 0 else float("nan")
+    return Throughput(
+        eval_s=eval_s,
+        samples_per_s=samples,
+        tokens_per_s=scored_tokens / eval_s if eval_s > 0 else float("nan"),
+        device_fps=math.fsum(fps),
+        scaling_efficiency=samples / ideal if math.isfinite(ideal) and ideal > 0 else float("nan"),
+        host_overhead=(n * eval_s - total_device_s) / total_device_s if total_device_s > 0 else float("nan"),
+    )
