@@ -1,0 +1,95 @@
+"""Start or join Ray, and check that it has the devices a run asks for (DESIGN.md, Ray).
+
+- `--address HOST:PORT|auto` joins that cluster; without it, RAY_ADDRESS (which
+  `ray job submit` sets) is used; otherwise npueval starts a local Ray that listens on
+  127.0.0.1 only (its dashboard too) and sends no usage reports.
+- When npueval starts Ray on an NPU host, only the healthy chips' logic ids are made visible
+  to it (ASCEND_RT_VISIBLE_DEVICES at Ray's start, ascending), so no actor lands on a sick one.
+- Ray lets an unmet resource request wait forever (stack-notes.md); `require` fails at once
+  with what the cluster has instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from npueval.eval.errors import UserError
+
+from .discovery import Device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RaySession:
+    address: str  # what was joined, or "local"
+    started_here: bool
+    resources: dict  # the cluster's total resources when connected
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, simulated_npus: int | None = None,
+            devices: list[Device] | None = None, allow_unhealthy: bool = False) -> RaySession:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1.
+
+    `simulated_npus` declares an "NPU" custom resource on a local Ray (simulated backend);
+    `devices` are this host's chips, of which the healthy ones are made visible to a local Ray.
+    """
+    import ray
+
+    # Without the acl module Ray logs a harmless traceback while it looks for NPUs.
+    logging.getLogger("ray._private.accelerators.npu").setLevel(logging.CRITICAL)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return RaySession(address or "local", False, dict(ray.cluster_resources()))
+    if address:
+        if simulated_npus:
+            raise UserError("--devices with the simulated backend needs a Ray npueval starts; drop --address")
+        ray.init(address=address, log_to_driver=False)
+        return RaySession(address, False, dict(ray.cluster_resources()))
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    resources = {}
+    if simulated_npus:
+        resources["NPU"] = float(simulated_npus)
+    elif devices:
+        os.environ["ASCEND_RT_VISIBLE_DEVICES"] = visible_devices(devices, allow_unhealthy)
+    ray.init(
+        num_cpus=num_cpus,
+        resources=resources or None,
+        include_dashboard=False,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return RaySession("local", True, dict(ray.cluster_resources()))
+
+
+def visible_devices(devices: list[Device], allow_unhealthy: bool = False) -> str:
+    """ASCEND_RT_VISIBLE_DEVICES for a Ray npueval starts: the healthy chips' logic ids, ascending."""
+    for d in devices:
+        if not (d.healthy or allow_unhealthy):
+            log.warning("leaving out NPU logic id %d (card %d chip %d): health %s", d.logic_id, d.card, d.chip, d.health)
+    return ",".join(str(d.logic_id) for d in sorted(devices, key=lambda d: d.logic_id) if d.healthy or allow_unhealthy)
+
+
+def require(resources: dict, wanted: dict[str, float]) -> None:
+    """Fail now, naming what the cluster has, if it cannot meet `wanted` (e.g. {"NPU": 8})."""
+    short = {k: v for k, v in wanted.items() if resources.get(k, 0) < v}
+    if short:
+        has = ", ".join(f"{k} {resources.get(k, 0):g}" for k in sorted(wanted))
+        asked = ", ".join(f"{k} {v:g}" for k, v in sorted(wanted.items()))
+        raise UserError(
+            f"--devices: the run asks for {asked} but the Ray cluster has {has}; "
+            "ask for fewer devices, or join a cluster that has them (--address)"
+        )
+
+
+def disconnect(session: RaySession) -> None:
+    """Disconnect this driver: a Ray npueval started stops with it, a joined cluster runs on."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
