@@ -75,6 +75,12 @@ def _frame(ids: np.ndarray, bounds: np.ndarray, mask_id: int, cls_id: int) -> tu
     return out, bounds + 2 * np.arange(n + 1, dtype=np.int64)
 
 
+def _ray_running() -> bool:
+    """A Ray driver has threads of its own that a fork would copy half-way: spawn then."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 @contextmanager
 def batch_framer(vocab_path: Path, workers: int, min_length: int):
     """A function that maps batches of lines to FramedBatches in order.
@@ -82,7 +88,8 @@ def batch_framer(vocab_path: Path, workers: int, min_length: int):
     `workers` processes, or the calling process itself with 0. At most two batches per
     worker are in flight, so memory stays bounded. The tokenizer is built here first; on
     Linux the workers are forked and start with it (building it costs about as much as
-    tokenizing 10 MB of text), elsewhere they are spawned and build their own.
+    tokenizing 10 MB of text); elsewhere, or inside a Ray driver, they are spawned and build
+    their own.
     """
     _init(str(vocab_path))
     if workers == 0:
@@ -94,7 +101,7 @@ def batch_framer(vocab_path: Path, workers: int, min_length: int):
         yield run_here
         return
 
-    if sys.platform == "linux":
+    if sys.platform == "linux" and not _ray_running():
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
