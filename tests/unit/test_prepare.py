@@ -203,3 +203,13 @@ def test_bad_flags(tmp_path, vocab_path, kw, message):
 def test_default_strides():
     assert PrepareConfig("c", "v", "o").stride == 768
     assert PrepareConfig("c", "v", "o", mode="sliding", n_ctx=512).stride == 256
+
+
+def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monkeypatch):
+    """Inside a Ray driver (or off Linux) the workers are spawned and build their own tokenizer."""
+    import npueval.eval.batches as batches
+
+    monkeypatch.setattr(batches, "_ray_running", lambda: True)
+    spawned = prepare(config(corpus, vocab_path, tmp_path / "spawned", workers=2, n_ctx=64, stride=96)).manifest
+    here = prepare(config(corpus, vocab_path, tmp_path / "here", workers=0, n_ctx=64, stride=96)).manifest
+    assert [s["sha256"] for s in spawned["shards"]] == [s["sha256"] for s in here["shards"]]
