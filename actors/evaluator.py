@@ -1,0 +1,72 @@
+"""What one device does with one block of windows: per-window NLL sums (DESIGN.md, Block result).
+
+A plain class, so tests build it directly; the driver makes it remote in one place. Column j
+of `nll` is the NLL of token j + 1, so a window's scored columns are
+score_from − 1 ≤ j < n_valid − 1 (positions score_from ≤ t < n_valid).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    block_id: int
+    node_id: str
+    device: str
+    nll_sum: float  # float64, the sum of the per-window sums
+    scored_tokens: int
+    windows: int
+    batches: int
+    device_s: float
+    wall_s: float
+    window_ids: np.ndarray = field(repr=False)  # int64 (n,)
+    window_nll: np.ndarray = field(repr=False)  # float64 (n,)
+    window_scored: np.ndarray = field(repr=False)  # int64 (n,)
+
+
+def scored_mask(score_from: np.ndarray, n_valid: np.ndarray, seq_len: int) -> np.ndarray:
+    """(n, L − 1) bool: the nll columns each window scores."""
+    j = np.arange(seq_len - 1)
+    return (j >= (score_from[:, None] - 1)) & (j < (n_valid[:, None] - 1))
+
+
+class Evaluator:
+    def __init__(self, backend: Backend, node_id: str = "local", device: str = "0"):
+        self.backend, self.node_id, self.device = backend, node_id, device
+
+    def evaluate(self, block_id: int, input_ids: np.ndarray, score_from: np.ndarray, n_valid: np.ndarray,
+                 window_ids: np.ndarray) -> BlockResult:
+        start, device_before = time.perf_counter(), self.backend.device_seconds()
+        batch = self.backend.batch_size
+        mask = scored_mask(score_from.astype(np.int64), n_valid.astype(np.int64), input_ids.shape[1])
+        sums = np.empty(input_ids.shape[0], dtype=np.float64)
+        batches = 0
+        for lo in range(0, input_ids.shape[0], batch):
+            nll = self.backend.nll(input_ids[lo: lo + batch]).astype(np.float64)
+            sums[lo: lo + batch] = np.where(mask[lo: lo + batch], nll, 0.0).sum(axis=1)
+            batches += 1
+        scored = mask.sum(axis=1).astype(np.int64)
+        return BlockResult(
+            block_id=block_id,
+            node_id=self.node_id,
+            device=self.device,
+            nll_sum=float(sums.sum()),
+            scored_tokens=int(scored.sum()),
+            windows=int(input_ids.shape[0]),
+            batches=batches,
+            device_s=self.backend.device_seconds() - device_before,
+            wall_s=time.perf_counter() - start,
+            window_ids=window_ids.astype(np.int64),
+            window_nll=sums,
+            window_scored=scored,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
