@@ -111,7 +111,7 @@ def measure(graphs: dict[str, Path], batch: int, vocab: int, repeat: int) -> dic
 
 def table(shape: str, rows: list[dict]) -> str:
     lines = [
-        f"| shape | B | logits graph s | host CE s | logits path s | loss-head graph s | bytes back (fp16 logits → nll) | removed | host CE vs 310P3 device time |",
+        "| shape | B | logits graph s | host CE s | logits path s | loss-head graph s | bytes back (fp16 logits → nll) | removed | host CE vs 310P3 device time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -152,3 +152,29 @@ def test_a_full_vocabulary_model_goes_through_all_stages(tmp_path, fake_cann):
     assert all(stage["verify"]["rel_err"] < 1e-5 for stage in m["stages"].values())
     assert m["stages"]["passes"]["counts"] == dict.fromkeys(
         ["drop_present_outputs", "split_qkv", "gemm_to_matmul", "scale_q_first", "mask_sub_to_add"], 1)
+
+
+@pytest.mark.parametrize("breakage, culprit", [
+    ("no-weights", "no weights; expected model.safetensors"),
+    ("no-vocab", "no vocab.txt"),
+    ("mismatch", "config.json (3 layers"),
+    ("pickle", "pytorch_model.bin: refused"),
+])
+def test_bad_checkpoints_exit_2_with_one_line(tmp_path, breakage, culprit):
+    import torch
+
+    folder = make_checkpoint(tmp_path / "ckpt", "bin" if breakage == "pickle" else "safetensors")
+    if breakage == "no-weights":
+        (folder / "model.safetensors").unlink()
+    elif breakage == "no-vocab":
+        (folder / "vocab.txt").unlink()
+    elif breakage == "mismatch":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    else:
+        state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+        torch.save({**state, "extra": {"code": print}}, folder / "pytorch_model.bin")
+    r = subprocess.run(["npueval", "build", str(folder), "--out", str(tmp_path / "out"), "--seq-len", str(L)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert culprit in r.stderr
