@@ -29,6 +29,25 @@ class BlockResult:
     window_ids: np.ndarray = field(repr=False)  # int64 (n,)
     window_nll: np.ndarray = field(repr=False)  # float64 (n,)
     window_scored: np.ndarray = field(repr=False)  # int64 (n,)
+    check: CheckStats | None = None  # --check-against: this block's batches also run on the host
+
+
+@dataclass(frozen=True)
+class CheckStats:
+    """The device's per-token NLL against the host ONNX model's, over scored positions."""
+
+    batches: int
+    tokens: int
+    max_abs: float
+    max_rel: float
+
+    @staticmethod
+    def merge(stats: list[CheckStats]) -> CheckStats | None:
+        stats = [s for s in stats if s is not None and s.batches]
+        if not stats:
+            return None
+        return CheckStats(sum(s.batches for s in stats), sum(s.tokens for s in stats),
+                          max(s.max_abs for s in stats), max(s.max_rel for s in stats))
 
 
 def scored_mask(score_from: np.ndarray, n_valid: np.ndarray, seq_len: int) -> np.ndarray:
@@ -38,8 +57,14 @@ def scored_mask(score_from: np.ndarray, n_valid: np.ndarray, seq_len: int) -> np
 
 
 class Evaluator:
-    def __init__(self, backend: Backend, node_id: str = "local", device: str = "0"):
+    """`reference` (optional) is the host ONNX model of `--check-against`: the first
+    `check_batches` batches this evaluator runs also go through it, and the per-token NLL of
+    both are compared over the scored positions."""
+
+    def __init__(self, backend: Backend, node_id: str = "local", device: str = "0",
+                 reference: Backend | None = None, check_batches: int = 0):
         self.backend, self.node_id, self.device = backend, node_id, device
+        self.reference, self._check_left = reference, check_batches if reference is not None else 0
 
     def evaluate(self, block_id: int, input_ids: np.ndarray, score_from: np.ndarray, n_valid: np.ndarray,
                  window_ids: np.ndarray) -> BlockResult:
@@ -47,11 +72,14 @@ class Evaluator:
         batch = self.backend.batch_size
         mask = scored_mask(score_from.astype(np.int64), n_valid.astype(np.int64), input_ids.shape[1])
         sums = np.empty(input_ids.shape[0], dtype=np.float64)
-        batches = 0
+        batches, checks = 0, []
         for lo in range(0, input_ids.shape[0], batch):
             nll = self.backend.nll(input_ids[lo: lo + batch]).astype(np.float64)
             sums[lo: lo + batch] = np.where(mask[lo: lo + batch], nll, 0.0).sum(axis=1)
             batches += 1
+            if self._check_left > 0:
+                self._check_left -= 1
+                checks.append(self._check(input_ids[lo: lo + batch], nll, mask[lo: lo + batch]))
         scored = mask.sum(axis=1).astype(np.int64)
         return BlockResult(
             block_id=block_id,
@@ -66,7 +94,16 @@ class Evaluator:
             window_ids=window_ids.astype(np.int64),
             window_nll=sums,
             window_scored=scored,
+            check=CheckStats.merge(checks),
         )
+
+    def _check(self, input_ids: np.ndarray, nll: np.ndarray, mask: np.ndarray) -> CheckStats:
+        expected = self.reference.nll(input_ids).astype(np.float64)[mask]
+        error = np.abs(nll[mask] - expected)
+        rel = error / np.maximum(np.abs(expected), 1e-12)
+        return CheckStats(1, int(mask.sum()), float(error.max(initial=0.0)), float(rel.max(initial=0.0)))
 
     def close(self) -> None:
         self.backend.close()
+        if self.reference is not None:
+            self.reference.close()

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RaySession:
     address: str  # what was joined, or "local"
-    started_here: bool
+    started_here: bool  # npueval started this Ray (it stops with the driver)
     resources: dict  # the cluster's total resources when connected
+    connected_here: bool = True  # False: this process was already connected (tests, embedding)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, simulated_npus: int | None = None,
@@ -42,7 +43,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
     logging.getLogger("ray._private.accelerators.npu").setLevel(logging.CRITICAL)
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return RaySession(address or "local", False, dict(ray.cluster_resources()))
+        return RaySession(address or "local", False, dict(ray.cluster_resources()), connected_here=False)
     if address:
         if simulated_npus:
             raise UserError("--devices with the simulated backend needs a Ray npueval starts; drop --address")
@@ -88,8 +89,9 @@ def require(resources: dict, wanted: dict[str, float]) -> None:
 
 
 def disconnect(session: RaySession) -> None:
-    """Disconnect this driver: a Ray npueval started stops with it, a joined cluster runs on."""
+    """Disconnect this driver: a Ray npueval started stops with it, a joined cluster runs on, and
+    a connection this process already had before `connect` is left as it was."""
     import ray
 
-    if ray.is_initialized():
+    if session.connected_here and ray.is_initialized():
         ray.shutdown()

@@ -14,7 +14,6 @@ log = logging.getLogger("npueval")
 
 #: Stages that later issues build; until then the subcommand says so (exit 2).
 _NOT_YET = {
-    "run": ("evaluate a model on a prepared data set on every device of a Ray cluster", 4),
     "bench": ("device-only and end-to-end throughput", 4),
     "report": ("a readable summary and a plot of a results folder", 5),
 }
@@ -176,6 +175,88 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="evaluate a model on a prepared data set on every device of a Ray cluster",
+        description="Evaluate a model on a prepared data set with one Ray actor per device; write results.json, "
+        "windows.parquet and result.txt into --out, and a summary table on stdout.",
+    )
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.add_argument("--data", required=True, help="a folder made by `npueval prepare`")
+    p.add_argument("--out", required=True, help="the results folder (finished blocks are saved there as they come)")
+    p.add_argument("--model", help="an `npueval build` folder, a .onnx or an .om file")
+    p.add_argument("--backend", choices=("auto", "om", "onnx", "simulated"), default="auto",
+                   help="auto (default): om when the cluster has NPUs and the model an OM, else onnx")
+    p.add_argument("--devices", type=int, help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")
+    p.add_argument("--batch-size", type=int, help="the simulated backend's batch (default: the model's, else 8)")
+    p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
+    p.add_argument("--limit", type=int, help="evaluate the first WINDOWS windows only")
+    p.add_argument("--drop-last", action="store_true",
+                   help="drop each piece's incomplete last batch, as the port does (default: pad and mask)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished blocks")
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds another run's blocks")
+    p.add_argument("--address", help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--max-retries", type=int, default=3, help="times a failed block is sent again (default 3)")
+    p.add_argument("--vocab", help="the checkpoint's vocab.txt, to check a bare model file against the data")
+    p.add_argument("--check-against", metavar="MODEL.onnx",
+                   help="also run the first batches of each device through this ONNX model on the host and compare")
+    p.add_argument("--check-batches", type=int, default=4, help="batches per device for --check-against (default 4)")
+    p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
+    p.add_argument("--block-windows", type=int, help="windows per block (default: 32 model batches)")
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .results import summary_table
+    from .run import RunConfig, run
+
+    config = RunConfig(
+        data=args.data, out=args.out, model=args.model, backend=args.backend, devices=args.devices,
+        batch_size=args.batch_size, device_ms=args.device_ms, limit=args.limit, drop_last=args.drop_last,
+        resume=args.resume, force=args.force, address=args.address, max_retries=args.max_retries,
+        vocab=args.vocab, check_against=args.check_against, check_batches=args.check_batches,
+        allow_unhealthy=args.allow_unhealthy, block_windows=args.block_windows,
+        command=tuple(["npueval", *sys.argv[1:]]),
+    )
+    with _window_progress() as progress:
+        result = run(config, progress=progress)
+    print(summary_table(result.results))
+    print(f"\n→ {result.out / 'results.json'}")
+    return EXIT_OK
+
+
+class _window_progress:
+    """Windows done, tokens/s and ETA: a bar on a terminal, a log line every 10% otherwise."""
+
+    def __init__(self):
+        self.bar, self.logged = None, 0
+
+    def __enter__(self):
+        import time
+
+        start = time.perf_counter()
+
+        def update(done: int, total: int, tokens: int) -> None:
+            if sys.stderr.isatty():
+                if self.bar is None:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=total, desc="run", unit="win", leave=False)
+                self.bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s")
+                self.bar.update(done - self.bar.n)
+            elif total and done * 10 // total > self.logged:
+                self.logged = done * 10 // total
+                log.info("%d of %d windows (%d%%), %.0f tokens/s", done, total, 100 * done // total,
+                         tokens / max(time.perf_counter() - start, 1e-9))
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _add_not_yet(sub, name: str, summary: str, issue: int) -> None:
     p = sub.add_parser(name, help=f"{summary} (not yet)", description=f"{summary}. Not yet available.")
     _add_verbosity(p, default=argparse.SUPPRESS)
@@ -209,7 +290,8 @@ def parser() -> argparse.ArgumentParser:
     _add_devices(sub)
     _add_prepare(sub)
     _add_build(sub)
-    for name in ("run", "bench", "report"):
+    _add_run(sub)
+    for name in ("bench", "report"):
         _add_not_yet(sub, name, *_NOT_YET[name])
     return p
 

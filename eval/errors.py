@@ -46,3 +46,9 @@ class NotYetAvailable(UserError):
 
 class RunError(NpuevalError):
     """A device, block or stage that kept failing (exit 1)."""
+
+
+class Interrupted(NpuevalError):
+    """Ctrl-C during a run: what was finished is kept (exit 130)."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -15,6 +15,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REFERENCE = Path(__file__).parent / "reference"
 sys.path.insert(0, str(REFERENCE))
+# Ray's workers do not get the driver's sys.path, only its environment: test helpers that travel
+# to actors (tests/ledger.py) must be importable there too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).parent), str(REFERENCE), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 # GPT2-Chinese's special ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103.
 _LATIN_WORDS = ("the", "of", "and", "wiki", "china", "beijing", "nba", "ray", "npu", "token", "model")

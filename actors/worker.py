@@ -1,0 +1,192 @@
+"""The actor of a run: one per device, holding one backend (DESIGN.md, Ray).
+
+`DeviceWorker` is a plain class, so tests build it directly; `remote_workers` makes it a Ray
+actor in one place. The model's bytes come through Ray's object store (no shared disk between
+nodes) and are written once per node to a local file of mode 0o644: ais_bench refuses a model
+file that is group- or other-writable, or a link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npueval.eval.errors import UserError
+
+from .backend import Backend
+from .evaluator import BlockResult, Evaluator
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("om", "onnx", "simulated")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model's bytes in the object store (`ref`), and how to check them on arrival."""
+
+    name: str
+    sha256: str
+    size: int
+    ref: object  # ray.ObjectRef of the file's bytes
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    backend: str  # om | onnx | simulated
+    model: ModelFile | None = None  # None for the simulated backend
+    batch_size: int = 8  # simulated only: the others read it from the model
+    seq_len: int = 512  # simulated only
+    device_ms: float = 0.0  # simulated only: sleep per model batch
+    threads: int = 1  # onnxruntime threads of this actor
+    reference: ModelFile | None = None  # --check-against: the host ONNX model
+    check_batches: int = 0
+    allow_unhealthy: bool = False
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend != "simulated" and self.model is None:
+            raise UserError(f"--backend {self.backend} needs --model")
+
+
+#: A test or an embedding application may build the backend itself (a ledger in tests).
+BackendFactory = Callable[[WorkerSpec, "Path | None"], Backend]
+
+
+def local_model_file(model: ModelFile, folder: Path | None = None) -> Path:
+    """The model's bytes as a local file of mode 0o644, written once per node and checked."""
+    import ray
+
+    folder = folder or Path(tempfile.gettempdir()) / f"npueval-{os.getuid()}" / model.sha256[:16]
+    path = folder / model.name
+    if path.is_file() and not path.is_symlink() and path.stat().st_size == model.size:
+        return path
+    data = ray.get(model.ref)
+    if hashlib.sha256(data).hexdigest() != model.sha256:
+        raise UserError(f"model {model.name}: the bytes that reached this node do not match its sha256")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Several actors of one node may arrive at once: each writes its own file, the rename is atomic.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{model.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
+    if spec.backend == "simulated":
+        from .simulated import SimulatedBackend
+
+        return SimulatedBackend(spec.batch_size, spec.seq_len, spec.device_ms)
+    if spec.backend == "onnx":
+        from .onnx_backend import OnnxBackend
+
+        return OnnxBackend(model_path, threads=spec.threads)
+    from .om_backend import OmBackend
+
+    return OmBackend(model_path, device_id=0)  # Ray made our chip the only visible one: index 0
+
+
+def assigned_npu() -> str | None:
+    """The NPU id Ray gave this actor (its logic id), or None outside Ray or without one."""
+    try:
+        import ray
+
+        ids = ray.get_runtime_context().get_accelerator_ids().get("NPU", [])
+    except Exception:  # not in a Ray worker
+        return None
+    return ids[0] if ids else None
+
+
+def check_chip_health(logic_id: str, allow_unhealthy: bool) -> None:
+    """On a cluster npueval joined, nobody left the sick chips out: refuse to run on one."""
+    from npueval.cluster.discovery import discover
+
+    for device in discover():
+        if str(device.logic_id) == logic_id and not device.healthy:
+            if allow_unhealthy:
+                log.warning("NPU logic id %s is %s; running on it anyway (--allow-unhealthy)", logic_id, device.health)
+                return
+            raise UserError(
+                f"NPU logic id {logic_id} (card {device.card} chip {device.chip}) reports health {device.health}: "
+                "fix or leave it out of the cluster, or pass --allow-unhealthy"
+            )
+
+
+class DeviceWorker:
+    """An error while setting up (a bad model, a sick chip) is kept and raised by every call, so
+    the driver gets it as it was, once, instead of Ray restarting an actor that cannot start."""
+
+    def __init__(self, spec: WorkerSpec, label: str, factory: BackendFactory | None = None):
+        npu = assigned_npu()
+        self.device = f"npu:{npu}" if npu is not None else label
+        try:
+            import ray
+
+            self.node_id = ray.get_runtime_context().get_node_id()
+        except Exception:  # not in a Ray worker: a test builds it directly
+            self.node_id = "local"
+        self.evaluator, self._error = None, None
+        try:
+            self.evaluator = self._evaluator(spec, npu, factory)
+        except Exception as exc:  # noqa: BLE001 - re-raised by the first call, see the class docstring
+            self._error = exc
+
+    def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:
+        if spec.backend == "om" and npu is not None:
+            check_chip_health(npu, spec.allow_unhealthy)
+        model_path = local_model_file(spec.model) if spec.model is not None else None
+        backend = (factory or make_backend)(spec, model_path)
+        reference = None
+        if spec.reference is not None:
+            from .onnx_backend import OnnxBackend
+
+            reference = OnnxBackend(local_model_file(spec.reference), threads=1, providers=["CPUExecutionProvider"])
+        return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches)
+
+    def _ready(self) -> Evaluator:
+        if self._error is not None:
+            raise self._error
+        return self.evaluator
+
+    def describe(self) -> dict:
+        import socket
+
+        backend = self._ready().backend
+        return {"node": self.node_id, "device": self.device, "batch_size": backend.batch_size,
+                "seq_len": backend.seq_len, "host": socket.gethostname(), "pid": os.getpid()}
+
+    def evaluate(self, block_id: int, rows: dict) -> BlockResult:
+        return self._ready().evaluate(block_id, rows["input_ids"], rows["score_from"], rows["n_valid"],
+                                      rows["window_ids"])
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+
+def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: BackendFactory | None = None) -> list:
+    """`count` DeviceWorker actors: {"NPU": 1} each for om and simulated, one CPU each for onnx.
+
+    NPU actors ask for no CPU: the chip does the work, and 32 simulated devices must fit on a
+    two-core machine. Ray restarts a dead actor up to `max_restarts` times; calls that were in
+    flight fail and the driver sends their blocks again (max_task_retries=0), so it counts them.
+    """
+    import ray
+
+    if spec.backend == "onnx":
+        options = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+    else:
+        options = {"num_cpus": 0, "resources": {"NPU": 1}}
+    actor = ray.remote(DeviceWorker).options(max_restarts=max_restarts, max_task_retries=0, **options)
+    return [actor.remote(spec, f"cpu:{k}", factory) for k in range(count)]
+

@@ -1,0 +1,104 @@
+"""Blocks: fixed ranges of window_id, the unit a device evaluates, retries and resumes.
+
+`plan_blocks` cuts the windows a run evaluates (--limit) into blocks of `block_windows`; the
+`BlockReader` reads a block's rows from the Parquet shards (the data manifest says which shard
+holds which window ids), keeps only the windows the run scores (--drop-last), and checks that
+every token id fits the model's vocabulary, naming the shard and row of the first that does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+
+
+@dataclass(frozen=True)
+class Block:
+    block_id: int
+    first: int  # first window_id
+    stop: int  # one past the last window_id
+
+
+def plan_blocks(windows: int, block_windows: int) -> list[Block]:
+    return [Block(k, lo, min(lo + block_windows, windows)) for k, lo in enumerate(range(0, windows, block_windows))]
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """piece and doc_id of every window, in window_id order: for --drop-last, seed_ppl and windows.parquet."""
+
+    piece: np.ndarray  # int32 (W,)
+    doc_id: np.ndarray  # int64 (W,)
+
+
+def read_index(data_dir: Path, manifest: dict) -> WindowIndex:
+    import pyarrow.parquet as pq
+
+    pieces, docs = [], []
+    for shard in manifest["shards"]:
+        table = pq.read_table(data_dir / shard["name"], columns=["piece", "doc_id"])
+        pieces.append(table.column("piece").to_numpy())
+        docs.append(table.column("doc_id").to_numpy())
+    if not pieces:
+        return WindowIndex(np.zeros(0, np.int32), np.zeros(0, np.int64))
+    return WindowIndex(np.concatenate(pieces).astype(np.int32), np.concatenate(docs).astype(np.int64))
+
+
+class BlockReader:
+    """Rows of a block as numpy arrays. Blocks come in window order, so one shard is cached."""
+
+    def __init__(self, data_dir: Path, manifest: dict, keep: np.ndarray, vocab_size: int | None):
+        self.data_dir, self.keep, self.vocab_size = data_dir, keep, vocab_size
+        self.shards = manifest["shards"]
+        self.n_ctx = manifest["n_ctx"]
+        self._starts = np.array([s["first_window_id"] for s in self.shards], dtype=np.int64)
+        self._cached: tuple[int, dict] | None = None
+
+    def read(self, block: Block) -> dict:
+        """input_ids (n, L) int32, score_from, n_valid, window_ids of the block's kept windows."""
+        parts = []
+        lo = block.first
+        while lo < block.stop:
+            k = int(np.searchsorted(self._starts, lo, side="right")) - 1
+            shard = self._shard(k)
+            first = self.shards[k]["first_window_id"]
+            hi = min(block.stop, self.shards[k]["last_window_id"] + 1)
+            rows = slice(lo - first, hi - first)
+            part = {name: column[rows] for name, column in shard.items()}
+            self._check_ids(part["input_ids"], k, lo - first)
+            parts.append(part)
+            lo = hi
+        data = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        kept = self.keep[data["window_ids"]]
+        return {name: column[kept] for name, column in data.items()}
+
+    def _shard(self, k: int) -> dict:
+        if self._cached is None or self._cached[0] != k:
+            import pyarrow.parquet as pq
+
+            name = self.shards[k]["name"]
+            table = pq.read_table(self.data_dir / name, columns=["input_ids", "score_from", "n_valid", "window_id"])
+            ids = table.column("input_ids").combine_chunks().flatten()  # flatten honours slice offsets
+            self._cached = (k, {
+                "input_ids": ids.to_numpy().reshape(-1, self.n_ctx),
+                "score_from": table.column("score_from").to_numpy(),
+                "n_valid": table.column("n_valid").to_numpy(),
+                "window_ids": table.column("window_id").to_numpy(),
+            })
+        return self._cached[1]
+
+    def _check_ids(self, ids: np.ndarray, shard: int, first_row: int) -> None:
+        if self.vocab_size is None or not ids.size:
+            return
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DatasetError(
+                f"{self.data_dir / self.shards[shard]['name']}: row {first_row + int(row)} holds token id "
+                f"{int(ids[row, col])} at position {int(col)}, outside the model's vocabulary of {self.vocab_size}: "
+                "prepare the data with the model's vocab.txt"
+            )

@@ -1,0 +1,113 @@
+"""Sending blocks to the device actors, exactly once (README, "Why plain actors").
+
+Each actor has up to `per_actor` calls in flight (the next block waits on the device while the
+current one runs). A call that fails because its actor died, or with an error that is not the
+user's, sends its block again (to whichever actor is free) and counts a retry; a block that
+fails more than `max_retries` times ends the run, naming the block and the device. A dead actor
+is probed: Ray restarts it up to its max_restarts and it gets work again; one that stays dead
+is left out. Results come back through `on_result`, which saves each block as it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from npueval.actors.evaluator import BlockResult
+
+from .blocks import Block
+from .errors import NpuevalError, RunError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    actor: object
+    name: str  # "npu:3 on node 4f1c…", for messages
+    in_flight: int = 0
+    state: str = "ready"  # ready | probing | dead
+
+
+class Dispatcher:
+    def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = 2):
+        self.slots = [_Slot(a, n) for a, n in zip(actors, names)]
+        self.max_retries, self.per_actor = max_retries, per_actor
+        self.retries = 0
+
+    def run(self, blocks: list[Block], read: Callable[[Block], dict],
+            on_result: Callable[[BlockResult], None]) -> None:
+        import ray
+
+        queue = deque(blocks)
+        payloads: dict[int, object] = {}  # block id → its rows in the object store, kept for a retry
+        in_flight: dict[object, tuple[Block, int]] = {}
+        probes: dict[object, int] = {}
+        failures: Counter[int] = Counter()
+        while queue or in_flight:
+            # Round by round, so that every device gets a block before any gets a second.
+            for depth in range(1, self.per_actor + 1):
+                for k, slot in enumerate(self.slots):
+                    if queue and slot.state == "ready" and slot.in_flight < depth:
+                        block = queue.popleft()
+                        if block.block_id not in payloads:
+                            payloads[block.block_id] = ray.put(read(block))
+                        in_flight[slot.actor.evaluate.remote(block.block_id, payloads[block.block_id])] = (block, k)
+                        slot.in_flight += 1
+            if not in_flight and not probes:
+                raise RunError(f"every device failed; {len(queue)} blocks were left unevaluated")
+            (ref,), _ = ray.wait(list(in_flight) + list(probes), num_returns=1)
+            if ref in probes:
+                self._probed(ref, probes.pop(ref))
+                continue
+            block, k = in_flight.pop(ref)
+            slot = self.slots[k]
+            slot.in_flight -= 1
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - sorted out below: the user's, or the device's
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, NpuevalError):
+                    raise cause from None
+                failures[block.block_id] += 1
+                self.retries += 1
+                log.warning("block %d (windows %d–%d) failed on %s: %s", block.block_id, block.first,
+                            block.stop - 1, slot.name, _first_line(exc))
+                if failures[block.block_id] > self.max_retries:
+                    raise RunError(
+                        f"block {block.block_id} (windows {block.first}–{block.stop - 1}) failed "
+                        f"{failures[block.block_id]} times, last on {slot.name}: {_first_line(exc)}; "
+                        "the finished blocks are saved, continue with --resume"
+                    ) from None
+                queue.appendleft(block)
+                if _actor_died(exc) and slot.state == "ready":
+                    slot.state = "probing"
+                    probes[slot.actor.describe.remote()] = k
+                continue
+            payloads.pop(block.block_id, None)
+            on_result(result)
+
+    def _probed(self, ref, k: int) -> None:
+        import ray
+
+        slot = self.slots[k]
+        try:
+            ray.get(ref)
+            slot.state = "ready"
+            log.info("%s is back (restarted by Ray)", slot.name)
+        except Exception as exc:  # noqa: BLE001 - any failure to answer leaves the device out
+            slot.state = "dead"
+            log.warning("%s is left out of the run: %s", slot.name, _first_line(exc))
+
+
+def _actor_died(exc: Exception) -> bool:
+    from ray.exceptions import RayActorError
+
+    return isinstance(exc, RayActorError)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,116 @@
+"""What `run --model` points at, and whether it fits the data set (DESIGN.md, The job).
+
+A build folder (manifest.json from `npueval build`) says everything: the OM and the verified
+ONNX, batch, sequence length, output and the checkpoint's vocab sha256. A bare model file says
+less: an ONNX model's shapes are read from it; an OM's only an NPU actor can read. The vocab
+check then needs `--vocab`, otherwise results.json says vocab_checked: false.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .vocab import file_sha256, load_vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    om: Path | None
+    onnx: Path | None
+    batch_size: int | None  # None: an OM without a manifest (its actor reads it)
+    seq_len: int | None
+    vocab_size: int | None
+    vocab_sha256: str | None
+    manifest_sha256: str | None  # of the build manifest, None for a bare file
+    identity: str  # what --resume compares: the manifest's sha256, or the model file's
+
+    @property
+    def name(self) -> str:
+        return str(self.om or self.onnx)
+
+
+def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSpec:
+    path = Path(model)
+    if path.is_dir():
+        return _from_build(path)
+    if not path.is_file():
+        raise UserError(f"--model {path}: no such file or folder")
+    vocab_sha = vocab_size = None
+    if vocab is not None:
+        v = load_vocab(vocab)
+        vocab_sha, vocab_size = v.sha256, v.size
+    identity = file_sha256(path)
+    if path.suffix == ".om":
+        return ModelSpec(path, None, None, None, vocab_size, vocab_sha, None, identity)
+    if path.suffix != ".onnx":
+        raise UserError(f"--model {path}: expected a build folder, a .onnx or an .om file")
+    batch, seq_len, model_vocab = _onnx_shapes(path)
+    if vocab_size is not None and model_vocab is not None and vocab_size != model_vocab:
+        raise UserError(f"--vocab {vocab} has {vocab_size} tokens but --model {path} predicts {model_vocab}")
+    return ModelSpec(None, path, batch, seq_len, model_vocab or vocab_size, vocab_sha, None, identity)
+
+
+def _from_build(folder: Path) -> ModelSpec:
+    manifest_path = folder / "manifest.json"
+    try:
+        raw = manifest_path.read_bytes()
+        m = json.loads(raw)
+        onnx = folder / m["onnx"]
+        om = folder / m["om"] if m.get("om") else None
+        batch, seq_len = int(m["batch_size"]), int(m["seq_len"])
+        vocab_size, vocab_sha = int(m["config"]["vocab_size"]), m["vocab_sha256"]
+    except FileNotFoundError:
+        raise UserError(f"--model {folder}: no manifest.json; point it at an `npueval build` folder or a model file") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"--model {manifest_path}: not a build manifest ({exc!r}); run `npueval build` again") from None
+    for p in (onnx, om):
+        if p is not None and not p.is_file():
+            raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` again")
+    sha = hashlib.sha256(raw).hexdigest()
+    return ModelSpec(om, onnx, batch, seq_len, vocab_size, vocab_sha, sha, sha)
+
+
+def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
+    """(batch, seq_len, vocab size when the output is logits) of a static-shape ONNX model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        raise UserError(f"--model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    shape = inputs.get("input_ids")
+    if shape is None or len(shape) != 2 or not all(isinstance(d, int) for d in shape):
+        raise UserError(f"--model {path}: needs a static (batch, length) input named input_ids, has {inputs}")
+    out = session.get_outputs()[0].shape
+    vocab = out[2] if "targets" not in inputs and len(out) == 3 and isinstance(out[2], int) else None
+    return shape[0], shape[1], vocab
+
+
+def check_pair(model: ModelSpec, data_manifest: dict, data_dir: Path) -> bool:
+    """Refuse a model/data pair whose vocab or sequence length differ; True when the vocab was checked."""
+    n_ctx = data_manifest["n_ctx"]
+    if model.seq_len is not None and model.seq_len != n_ctx:
+        raise UserError(
+            f"--model {model.name} takes sequences of {model.seq_len} tokens but --data {data_dir} holds windows of "
+            f"{n_ctx}: build the model with --seq-len {n_ctx} or prepare the data with --n-ctx {model.seq_len}"
+        )
+    if model.vocab_sha256 is None:
+        log.warning("the model's vocabulary is unknown (a bare model file without --vocab): not checked against the data")
+        return False
+    if model.vocab_sha256 != data_manifest["vocab_sha256"]:
+        raise UserError(
+            f"--model {model.name} was built with vocab sha256 {model.vocab_sha256[:12]}… but --data {data_dir} was "
+            f"tokenized with {data_manifest['vocab_sha256'][:12]}… ({data_manifest.get('vocab_path')}): "
+            "prepare the data with the checkpoint's vocab.txt"
+        )
+    return True

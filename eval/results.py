@@ -1,0 +1,145 @@
+"""From finished blocks to results.json, windows.parquet, result.txt and the summary table."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from npueval.actors.evaluator import BlockResult, CheckStats
+
+from .blocks import WindowIndex
+from .errors import RunError
+from .metrics import LossMetrics, reduce_loss, throughput
+
+
+@dataclass(frozen=True)
+class Collected:
+    """Every finished block's per-window sums, concatenated in block order."""
+
+    window_ids: np.ndarray
+    nll: np.ndarray
+    scored: np.ndarray
+    nodes: np.ndarray  # object (n,)
+    devices: np.ndarray  # object (n,)
+
+
+def collect(blocks: list[BlockResult], expected: np.ndarray) -> Collected:
+    """Concatenate in block order, and prove that each expected window was counted exactly once."""
+    window_ids = np.concatenate([b.window_ids for b in blocks]) if blocks else np.zeros(0, np.int64)
+    if window_ids.size != expected.size or not np.array_equal(np.sort(window_ids), np.sort(expected)):
+        missing = np.setdiff1d(expected, window_ids)
+        raise RunError(
+            f"the finished blocks hold {window_ids.size} windows, the run needs {expected.size} "
+            f"({missing.size} missing, {window_ids.size - np.unique(window_ids).size} counted twice)"
+        )
+    repeat = [b.windows for b in blocks]
+    return Collected(
+        window_ids=window_ids,
+        nll=np.concatenate([b.window_nll for b in blocks]),
+        scored=np.concatenate([b.window_scored for b in blocks]),
+        nodes=np.repeat(np.array([b.node_id for b in blocks], dtype=object), repeat),
+        devices=np.repeat(np.array([b.device for b in blocks], dtype=object), repeat),
+    )
+
+
+def loss(collected: Collected, index: WindowIndex, batch_size: int) -> LossMetrics:
+    return reduce_loss(collected.window_ids, collected.nll, collected.scored, index.piece[collected.window_ids],
+                       batch_size)
+
+
+def per_device(blocks: list[BlockResult], batch_size: int, devices: list[dict] = ()) -> list[dict]:
+    """One row per device: every device of `devices` (the run's actors, idle ones included) and
+    every device a block was evaluated on (earlier, resumed blocks included)."""
+    grouped: dict[tuple[str, str], list[BlockResult]] = defaultdict(list)
+    for d in devices:
+        grouped.setdefault((d["node"], d["device"]), [])
+    for b in blocks:
+        grouped[(b.node_id, b.device)].append(b)
+    rows = []
+    for (node, device), mine in sorted(grouped.items()):
+        batches = sum(b.batches for b in mine)
+        device_s = math.fsum(b.device_s for b in mine)
+        check = CheckStats.merge([b.check for b in mine])
+        rows.append({
+            "node": node, "device": device, "windows": sum(b.windows for b in mine), "batches": batches,
+            "device_s": device_s, "fps": batch_size * batches / device_s if device_s > 0 else None,
+            "check": None if check is None else {"batches": check.batches, "tokens": check.tokens,
+                                                 "max_abs_err": check.max_abs, "max_rel_err": check.max_rel},
+        })
+    return rows
+
+
+def speed(fresh: list[BlockResult], eval_s: float, batch_size: int) -> dict:
+    """Rates over this command's blocks (a resumed run's earlier blocks have no eval_s here)."""
+    devices = per_device(fresh, batch_size)
+    t = throughput(
+        windows=sum(b.windows for b in fresh),
+        scored_tokens=sum(b.scored_tokens for b in fresh),
+        eval_s=eval_s,
+        batch_size=batch_size,
+        device_mean_ms=[1000 * d["device_s"] / d["batches"] for d in devices if d["batches"]],
+        device_seconds=[d["device_s"] for d in devices if d["batches"]],
+    )
+    return {"eval_s": eval_s, "samples_per_s": finite(t.samples_per_s), "tokens_per_s": finite(t.tokens_per_s),
+            "device_fps_sum": finite(t.device_fps), "host_overhead": finite(t.host_overhead)}
+
+
+def windows_table(collected: Collected, index: WindowIndex):
+    import pyarrow as pa
+
+    order = np.argsort(collected.window_ids, kind="stable")
+    ids = collected.window_ids[order]
+    return pa.table({
+        "window_id": ids,
+        "piece": index.piece[ids],
+        "doc_id": index.doc_id[ids],
+        "nll_sum": collected.nll[order],
+        "n_scored": collected.scored[order],
+        "node": pa.array(collected.nodes[order].tolist(), pa.string()),
+        "device": pa.array(collected.devices[order].tolist(), pa.string()),
+    })
+
+
+def result_txt(results: dict) -> str:
+    """The port's number where the port prints it, for drop-in comparison."""
+    return (f"seed_ppl {fmt(results['seed_ppl'])}\nppl {fmt(results['ppl'])}\nmean_ce {fmt(results['mean_ce'])}\n"
+            f"tokens {results['tokens']}\nwindows {results['windows']}\n")
+
+
+def summary_table(results: dict) -> str:
+    lines = [
+        f"npueval run: {results['windows']} windows, {results['tokens']} scored tokens, "
+        f"backend {results['backend']}, {sum(1 for d in results['per_device'] if d['windows'])} devices",
+        "",
+        f"  mean cross-entropy   {fmt(results['mean_ce'])} nats/token",
+        f"  perplexity           {fmt(results['ppl'])}",
+        f"  seed_ppl (the port)  {fmt(results['seed_ppl'])}",
+        f"  throughput           {fmt(results['samples_per_s'], 1)} samples/s, {fmt(results['tokens_per_s'], 0)} "
+        f"tokens/s over {results['eval_s']:.1f} s",
+        f"  device FPS (sum)     {fmt(results['device_fps_sum'], 1)}",
+    ]
+    if results["windows_dropped"]:
+        lines.append(f"  dropped (--drop-last) {results['windows_dropped']} windows")
+    if results["retries"]:
+        lines.append(f"  retries              {results['retries']}")
+    if results["fallback"]:
+        f = results["fallback"]
+        lines.append(f"  fallback             {f['from']} → {f['to']}: {f['reason']}")
+    lines += ["", "  node          device    windows  batches  device s      FPS  check max rel err"]
+    for d in results["per_device"]:
+        check = "" if d["check"] is None else f"{d['check']['max_rel_err']:.2e}"
+        lines.append(f"  {d['node'][:12]:<12}  {d['device']:<8} {d['windows']:>8} {d['batches']:>8} "
+                     f"{d['device_s']:>9.2f} {fmt(d['fps'], 1):>8}  {check}")
+    return "\n".join(lines)
+
+
+def finite(x: float | None) -> float | None:
+    """JSON has no NaN: a rate over nothing is null."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"

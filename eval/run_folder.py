@@ -1,0 +1,117 @@
+"""The results folder of a run (OUT): finished blocks, then results.json, windows.parquet, result.txt.
+
+Each finished block is written at once and atomically to OUT/blocks/ (a temporary file renamed),
+so a run that dies, is interrupted or is killed loses only the blocks in flight; `--resume`
+continues it. OUT/run.json records what the blocks are blocks of (data, model, backend, plan):
+`--resume` refuses blocks of another run, and an OUT that holds blocks is refused without
+`--resume` or `--force`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from npueval.actors.evaluator import BlockResult, CheckStats
+
+from .errors import DatasetError
+
+RUN = "run.json"
+BLOCKS = "blocks"
+OUTPUTS = ("results.json", "windows.parquet", "result.txt")
+
+
+class RunFolder:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.blocks = self.out / BLOCKS
+
+    def start(self, identity: dict, resume: bool, force: bool) -> set[int]:
+        """Prepare OUT for this run; the ids of the blocks already finished (with --resume)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise DatasetError(f"--out {self.out} is a file; name a folder")
+        held = self.finished()
+        if held and not (resume or force):
+            raise DatasetError(
+                f"--out {self.out} already holds {len(held)} finished blocks of a run: continue it with --resume, "
+                "or start over with --force"
+            )
+        if force and not resume:
+            shutil.rmtree(self.blocks, ignore_errors=True)
+            for name in (RUN, *OUTPUTS):
+                (self.out / name).unlink(missing_ok=True)
+            held = set()
+        if held:
+            before = self._identity()
+            differ = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+            if differ:
+                key = differ[0]
+                raise DatasetError(
+                    f"--resume: the blocks in {self.out} are of another run ({key}: {before.get(key)!r} there, "
+                    f"{identity.get(key)!r} now); use another --out, or --force to start over"
+                )
+        self.blocks.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.out / RUN, json.dumps(identity, indent=2) + "\n")
+        return held
+
+    def finished(self) -> set[int]:
+        if not self.blocks.is_dir():
+            return set()
+        return {int(p.stem.split("-")[1]) for p in self.blocks.glob("block-*.parquet")}
+
+    def _identity(self) -> dict:
+        try:
+            return json.loads((self.out / RUN).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            raise DatasetError(f"--resume: {self.out / RUN} is missing or unreadable; start over with --force") from None
+
+    def save(self, result: BlockResult) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        meta = {"block_id": result.block_id, "node": result.node_id, "device": result.device,
+                "windows": result.windows, "batches": result.batches, "device_s": result.device_s,
+                "wall_s": result.wall_s, "check": asdict(result.check) if result.check else None}
+        table = pa.table({"window_id": result.window_ids, "nll_sum": result.window_nll,
+                          "n_scored": result.window_scored})
+        table = table.replace_schema_metadata({"npueval": json.dumps(meta)})
+        path = self.blocks / f"block-{result.block_id:06d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def load(self, block_id: int) -> BlockResult:
+        import pyarrow.parquet as pq
+
+        path = self.blocks / f"block-{block_id:06d}.parquet"
+        table = pq.read_table(path)
+        meta = json.loads(table.schema.metadata[b"npueval"])
+        nll = table.column("nll_sum").to_numpy()
+        scored = table.column("n_scored").to_numpy()
+        return BlockResult(
+            block_id=meta["block_id"], node_id=meta["node"], device=meta["device"],
+            nll_sum=float(np.sum(nll)), scored_tokens=int(scored.sum()), windows=meta["windows"],
+            batches=meta["batches"], device_s=meta["device_s"], wall_s=meta["wall_s"],
+            window_ids=table.column("window_id").to_numpy(), window_nll=nll, window_scored=scored,
+            check=CheckStats(**meta["check"]) if meta["check"] else None,
+        )
+
+    def write_outputs(self, results: dict, windows, result_txt: str) -> None:
+        import pyarrow.parquet as pq
+
+        tmp = self.out / ".windows.parquet.tmp"
+        pq.write_table(windows, tmp)
+        os.replace(tmp, self.out / "windows.parquet")
+        _write_atomic(self.out / "result.txt", result_txt)
+        _write_atomic(self.out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

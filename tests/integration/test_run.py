@@ -1,0 +1,225 @@
+"""`npueval run` on a real local Ray with resources={"NPU": 4} and the simulated backend.
+
+The numbers are checked against a numpy reference written from DESIGN.md's NLL function alone;
+faults (an actor killed, the driver killed, a block that keeps failing) against a call ledger
+that the backend keeps in each actor (tests/ledger.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ledger import LedgerFactory, read_ledger, row_hash
+from npueval.eval.errors import DatasetError, RunError, UserError
+from npueval.eval.run import RunConfig, run
+
+from run_data import read_shards, seed_data, simulated_reference  # noqa: F401 (a fixture)
+
+BLOCK = 24  # windows per block: three batches of 8, a dozen blocks
+
+
+@pytest.fixture(scope="module")
+def ray_npu4():
+    from npueval.cluster.ray_cluster import connect, disconnect
+
+    session = connect(num_cpus=2, simulated_npus=4)
+    yield session
+    disconnect(session)
+
+
+def simulated(data, out, **kw) -> RunConfig:
+    kw.setdefault("block_windows", BLOCK)
+    return RunConfig(data=data, out=out, backend="simulated", batch_size=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def baseline(ray_npu4, seed_data, tmp_path_factory):
+    return run(simulated(seed_data, tmp_path_factory.mktemp("baseline") / "out", devices=4)).results
+
+
+def block_first_rows(data, block: int) -> str:
+    return row_hash(read_shards(data)["input_ids"][block * BLOCK])
+
+
+def test_simulated_run_equals_the_numpy_reference(baseline, seed_data):
+    nll_sum, tokens, per_window = simulated_reference(seed_data)
+    manifest = json.loads((seed_data / "manifest.json").read_text())
+    assert baseline["tokens"] == tokens == manifest["scored_tokens"]
+    assert baseline["windows"] == manifest["windows"] > 10 * BLOCK
+    assert baseline["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+    assert baseline["ppl"] == pytest.approx(np.exp(nll_sum / tokens), rel=1e-12)
+    assert baseline["retries"] == 0 and baseline["fallback"] is None and baseline["backend"] == "simulated"
+    assert sorted(d["device"] for d in baseline["per_device"]) == ["npu:0", "npu:1", "npu:2", "npu:3"]
+    assert all(d["windows"] > 0 for d in baseline["per_device"])
+    assert sum(d["windows"] for d in baseline["per_device"]) == manifest["windows"]
+
+
+def test_results_folder_holds_every_window_once(baseline, seed_data, tmp_path):
+    out = tmp_path / "out"
+    results = run(simulated(seed_data, out, devices=2)).results
+    _, _, per_window = simulated_reference(seed_data)
+    windows = pq.read_table(out / "windows.parquet").to_pydict()
+    assert windows["window_id"] == list(range(len(per_window)))
+    np.testing.assert_allclose(windows["nll_sum"], per_window, rtol=1e-12)
+    shards = read_shards(seed_data)
+    assert windows["piece"] == shards["piece"].tolist() and windows["doc_id"] == shards["doc_id"].tolist()
+    assert set(windows["device"]) == {"npu:0", "npu:1"}
+    on_disk = json.loads((out / "results.json").read_text())
+    for key in ("mean_ce", "ppl", "seed_ppl", "tokens", "windows", "windows_dropped", "backend", "fallback",
+                "retries", "wall_s", "eval_s", "samples_per_s", "tokens_per_s", "device_fps_sum", "per_device",
+                "model_manifest_sha256", "data_manifest_sha256", "started_at", "ended_at", "provenance"):
+        assert key in on_disk, key
+    assert on_disk["mean_ce"] == results["mean_ce"] == baseline["mean_ce"]  # devices and blocks change no bit
+    assert on_disk["seed_ppl"] == baseline["seed_ppl"]
+    assert on_disk["provenance"]["ray"] and on_disk["provenance"]["hosts"]
+    assert (out / "result.txt").read_text().startswith(f"seed_ppl {results['seed_ppl']:.4f}\n")
+
+
+def test_seed_ppl_and_drop_last_follow_the_port(ray_npu4, seed_data, tmp_path):
+    """The port's number: per piece, batches of B consecutive windows; --drop-last drops each
+    piece's incomplete last batch (port-protocol.md step 9)."""
+    shards = read_shards(seed_data)
+    _, _, per_window = simulated_reference(seed_data)
+    scored = (shards["n_valid"] - shards["score_from"]).astype(np.int64)
+    for drop_last in (False, True):
+        batch_means, kept = [], np.zeros(len(per_window), bool)
+        for piece in np.unique(shards["piece"]):
+            rows = np.flatnonzero(shards["piece"] == piece)
+            for lo in range(0, len(rows), 8):
+                batch = rows[lo: lo + 8]
+                if drop_last and len(batch) < 8:
+                    continue
+                kept[batch] = True
+                batch_means.append(per_window[batch].sum() / scored[batch].sum())
+        results = run(simulated(seed_data, tmp_path / str(drop_last), devices=3, drop_last=drop_last)).results
+        assert results["seed_ppl"] == pytest.approx(np.exp(np.mean(batch_means)), rel=1e-12)
+        assert results["windows"] == kept.sum()
+        assert results["windows_dropped"] == (len(per_window) - kept.sum() if drop_last else 0)
+        assert results["mean_ce"] == pytest.approx(per_window[kept].sum() / scored[kept].sum(), rel=1e-12)
+    assert results["windows_dropped"] > 0
+
+
+def test_limit_evaluates_the_first_windows(ray_npu4, seed_data, tmp_path):
+    results = run(simulated(seed_data, tmp_path / "out", devices=2, limit=50)).results
+    keep = np.arange(len(read_shards(seed_data)["piece"])) < 50
+    nll_sum, tokens, _ = simulated_reference(seed_data, keep)
+    assert results["windows"] == 50 and results["tokens"] == tokens
+    assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+
+
+def test_an_actor_killed_mid_block_changes_no_number(baseline, seed_data, tmp_path):
+    ledger = tmp_path / "ledger"
+    killed_block = 5
+    factory = LedgerFactory(str(ledger), kill_self_at=block_first_rows(seed_data, killed_block))
+    results = run(simulated(seed_data, tmp_path / "out", devices=4), factory=factory).results
+    assert results["retries"] > 0
+    assert (results["mean_ce"], results["seed_ppl"], results["tokens"]) == (
+        baseline["mean_ce"], baseline["seed_ppl"], baseline["tokens"])
+    calls = read_ledger(ledger)
+    first = block_first_rows(seed_data, killed_block)
+    ran_it = [pid for pid, batches in calls.items() if any(first in b for b in batches)]
+    assert len(ran_it) == 2, "the killed process started the block, a restarted one ran it again"
+    windows = pq.read_table(tmp_path / "out" / "windows.parquet").column("window_id").to_pylist()
+    assert windows == list(range(baseline["windows"]))
+
+
+def test_a_block_that_keeps_failing_ends_the_run_and_keeps_the_rest(ray_npu4, seed_data, tmp_path):
+    out = tmp_path / "out"
+    factory = LedgerFactory(str(tmp_path / "ledger"), fail_at=block_first_rows(seed_data, 3))
+    with pytest.raises(RunError, match=r"block 3 \(windows 72–95\) failed 3 times, last on npu:\d on node"):
+        run(simulated(seed_data, out, devices=2, max_retries=2), factory=factory)
+    finished = {p.name for p in (out / "blocks").iterdir()}
+    assert "block-000000.parquet" in finished and "block-000003.parquet" not in finished
+    assert not (out / "results.json").exists()
+    with pytest.raises(DatasetError, match=r"already holds \d+ finished blocks.*--resume.*--force"):
+        run(simulated(seed_data, out, devices=2))
+
+
+def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, seed_data, tmp_path):
+    """The driver (a separate process joined to this Ray) is killed when block 6 starts; --resume
+    finishes the run without running any finished block again."""
+    import ray
+
+    out, first_ledger, second_ledger = tmp_path / "out", tmp_path / "ledger1", tmp_path / "ledger2"
+    script = textwrap.dedent(f"""
+        import os, sys
+        from ledger import LedgerFactory
+        from npueval.eval.run import RunConfig, run
+        factory = LedgerFactory({str(first_ledger)!r}, kill_pid_at=({block_first_rows(seed_data, 6)!r}, os.getpid()))
+        run(RunConfig(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8, devices=2,
+                      block_windows={BLOCK}, address={ray.get_runtime_context().gcs_address!r}), factory=factory)
+    """)
+    driver = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert driver.returncode == -9, driver.stderr[-2000:]
+    finished = sorted(int(p.stem.split("-")[1]) for p in (out / "blocks").glob("block-*.parquet"))
+    assert finished and 6 not in finished and not (out / "results.json").exists()
+
+    with pytest.raises(DatasetError, match="--resume"):
+        run(simulated(seed_data, out, devices=2), factory=LedgerFactory(str(second_ledger)))
+    resumed = run(simulated(seed_data, out, devices=2, resume=True), factory=LedgerFactory(str(second_ledger))).results
+    assert (resumed["mean_ce"], resumed["seed_ppl"], resumed["tokens"], resumed["windows"]) == (
+        baseline["mean_ce"], baseline["seed_ppl"], baseline["tokens"], baseline["windows"])
+    assert resumed["blocks_resumed"] == len(finished)
+    ran_again = {h for batches in read_ledger(second_ledger).values() for b in batches for h in b}
+    shards = read_shards(seed_data)
+    for block in finished:
+        rows = shards["input_ids"][block * BLOCK: (block + 1) * BLOCK]
+        assert not ran_again & {row_hash(r) for r in rows}, f"finished block {block} was run again"
+
+
+def test_resume_refuses_blocks_of_another_run(ray_npu4, seed_data, tmp_path):
+    out = tmp_path / "out"
+    run(simulated(seed_data, out, devices=2, limit=48))
+    with pytest.raises(DatasetError, match=r"--resume: the blocks in .* are of another run \(limit: 48 there, 96 now\)"):
+        run(simulated(seed_data, out, devices=2, limit=96, resume=True))
+    again = run(simulated(seed_data, out, devices=2, limit=96, force=True)).results
+    assert again["windows"] == 96
+
+
+def test_a_request_for_more_devices_than_the_cluster_has_fails_at_once(ray_npu4, seed_data, tmp_path):
+    with pytest.raises(UserError, match=r"asks for NPU 8 but the Ray cluster has NPU 4"):
+        run(simulated(seed_data, tmp_path / "out", devices=8))
+
+
+def test_the_cli_prints_the_summary(ray_npu4, seed_data, tmp_path, capsys):
+    from npueval.eval.cli import main
+
+    code = main(["run", "--data", str(seed_data), "--out", str(tmp_path / "out"), "--backend", "simulated",
+                 "--devices", "2", "--limit", "40", "--block-windows", "8"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "mean cross-entropy" in printed and "seed_ppl (the port)" in printed and "npu:1" in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert f"{results['mean_ce']:.4f}" in printed
+    assert results["provenance"]["command"][0] == "npueval"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "simulated", "--devices", "0"], "--devices 0: must be at least 1"),
+    (["--backend", "onnx", "--device-ms", "5"], "--device-ms is the simulated backend's"),
+    (["--resume", "--force", "--backend", "simulated"], "--resume and --force contradict"),
+    (["--backend", "onnx"], "--backend onnx needs --model"),
+])
+def test_bad_flags_are_one_line_errors(seed_data, tmp_path, capsys, argv, message):
+    from npueval.eval.cli import main
+
+    code = main(["run", "--data", str(seed_data), "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, capsys):
+    from npueval.eval.cli import main
+
+    assert main(["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--backend", "simulated"]) == 2
+    assert "--data" in capsys.readouterr().err
+    os.makedirs(tmp_path / "empty")
+    assert main(["run", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--backend", "simulated"]) == 2

@@ -1,0 +1,53 @@
+"""Prepared data sets for the run tests (the `seed_data` fixture), and the numpy reference of the simulated backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import small_vocab_tokens
+from textgen import generate_wiki_corpus
+
+
+def prepare_data(folder: Path, vocab: Path, target_bytes: int, **kw) -> Path:
+    from npueval.eval.prepare import PrepareConfig, prepare
+
+    generate_wiki_corpus(folder / "wiki", small_vocab_tokens(), target_bytes, articles_per_file=60)
+    kw.setdefault("rows_per_shard", 50)  # several shards, so blocks cross shard boundaries
+    prepare(PrepareConfig(corpus_dir=folder / "wiki", vocab=vocab, out=folder / "data", files="all", workers=0, **kw))
+    return folder / "data"
+
+
+@pytest.fixture(scope="session")
+def seed_data(tmp_path_factory, vocab_path) -> Path:
+    """About 300 seed-mode windows of 512 tokens in shards of 50."""
+    return prepare_data(tmp_path_factory.mktemp("seed"), vocab_path, 600_000)
+
+
+def read_shards(data: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    import pyarrow as pa
+
+    table = pa.concat_tables(pq.read_table(path) for path in sorted(data.glob("shard-*.parquet")))
+    return {
+        "input_ids": np.stack(table.column("input_ids").to_numpy(zero_copy_only=False)).astype(np.int64),
+        **{c: table.column(c).to_numpy() for c in ("score_from", "n_valid", "piece", "window_id", "doc_id")},
+    }
+
+
+def simulated_reference(data: Path, keep: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
+    """Σ NLL, scored tokens and per-window sums straight from the shards, with DESIGN.md's function:
+    nll of token t = 1 + ((x[t−1]·7919 + x[t]·104729 + (t−1)) mod 9973) / 9973, float32, summed
+    in float64 over score_from ≤ t < n_valid. No driver, block or batch code involved."""
+    rows = read_shards(data)
+    x = rows["input_ids"]
+    j = np.arange(x.shape[1] - 1)
+    nll = (1 + ((x[:, :-1] * 7919 + x[:, 1:] * 104729 + j) % 9973) / 9973).astype(np.float32).astype(np.float64)
+    t = j + 1
+    mask = (t >= rows["score_from"][:, None]) & (t < rows["n_valid"][:, None])
+    per_window = np.where(mask, nll, 0.0).sum(axis=1)
+    keep = np.ones(len(per_window), bool) if keep is None else keep
+    return float(np.sum(per_window[keep])), int(mask[keep].sum()), per_window
