@@ -30,6 +30,7 @@ class ModelSpec:
     vocab_sha256: str | None
     manifest_sha256: str | None  # of the build manifest, None for a bare file
     identity: str  # what --resume compares: the manifest's sha256, or the model file's
+    vocab_source: str = "its build manifest"  # where vocab_sha256 came from, for messages
 
     @property
     def name(self) -> str:
@@ -47,14 +48,15 @@ def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSp
         v = load_vocab(vocab)
         vocab_sha, vocab_size = v.sha256, v.size
     identity = file_sha256(path)
+    source = f"--vocab {vocab}"
     if path.suffix == ".om":
-        return ModelSpec(path, None, None, None, vocab_size, vocab_sha, None, identity)
+        return ModelSpec(path, None, None, None, vocab_size, vocab_sha, None, identity, source)
     if path.suffix != ".onnx":
         raise UserError(f"--model {path}: expected a build folder, a .onnx or an .om file")
     batch, seq_len, model_vocab = _onnx_shapes(path)
     if vocab_size is not None and model_vocab is not None and vocab_size != model_vocab:
         raise UserError(f"--vocab {vocab} has {vocab_size} tokens but --model {path} predicts {model_vocab}")
-    return ModelSpec(None, path, batch, seq_len, model_vocab or vocab_size, vocab_sha, None, identity)
+    return ModelSpec(None, path, batch, seq_len, model_vocab or vocab_size, vocab_sha, None, identity, source)
 
 
 def _from_build(folder: Path) -> ModelSpec:
@@ -109,7 +111,7 @@ def check_pair(model: ModelSpec, data_manifest: dict, data_dir: Path) -> bool:
         return False
     if model.vocab_sha256 != data_manifest["vocab_sha256"]:
         raise UserError(
-            f"--model {model.name} was built with vocab sha256 {model.vocab_sha256[:12]}… but --data {data_dir} was "
+            f"--model {model.name}: the vocab of {model.vocab_source} has sha256 {model.vocab_sha256[:12]}… but --data {data_dir} was "
             f"tokenized with {data_manifest['vocab_sha256'][:12]}… ({data_manifest.get('vocab_path')}): "
             "prepare the data with the checkpoint's vocab.txt"
         )

@@ -1,0 +1,159 @@
+"""`npueval run` with real models: onnxruntime on CPU workers against PyTorch, and the om backend
+on simulated NPU resources against the fake ais_bench (tests/fakes), which rounds to fp16 here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from checkpoints import make_checkpoint, tiny_model
+from conftest import small_vocab_tokens
+from npueval.eval.errors import DatasetError, UserError
+from npueval.eval.run import RunConfig, choose_backend, run
+from run_data import prepare_data, read_shards
+
+FAKES = Path(__file__).parents[1] / "fakes"
+B, L = 4, 64
+
+
+@pytest.fixture(scope="module")
+def ray_with_fake_chips():
+    """A local Ray with 2 simulated NPUs whose actors import the fake ais_bench (fp16 outputs)."""
+    from npueval.cluster.ray_cluster import connect, disconnect
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "FAKE_AIS_BENCH_FP16")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKES), os.environ["PYTHONPATH"]])
+    os.environ["FAKE_AIS_BENCH_FP16"] = "1"
+    session = connect(num_cpus=2, simulated_npus=2)
+    for k, v in saved.items():  # the workers have it now; later subprocesses of the tests must not
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    yield session
+    disconnect(session)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny GPT-2 checkpoint, built (loss head in the graph) with the fake atc: OM + ONNX."""
+    from npueval.build.pipeline import BuildConfig, build
+
+    folder = tmp_path_factory.mktemp("model")
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{FAKES}{os.pathsep}{old_path}"
+    try:
+        build(BuildConfig(make_checkpoint(folder / "ckpt"), folder / "build", batch_size=B, seq_len=L,
+                          soc="Ascend310P3"))
+    finally:
+        os.environ["PATH"] = old_path
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sliding_data(model, tmp_path_factory):
+    return prepare_data(tmp_path_factory.mktemp("sliding"), model / "ckpt" / "vocab.txt", 60_000, mode="sliding",
+                        n_ctx=L, stride=L // 2)
+
+
+def torch_reference(data: Path):
+    """Per-window NLL sums from the PyTorch model over score_from ≤ t < n_valid, in float64."""
+    import torch
+
+    rows = read_shards(data)
+    net = tiny_model(len(small_vocab_tokens()))
+    sums = []
+    with torch.no_grad():
+        for lo in range(0, len(rows["input_ids"]), 64):
+            x = torch.from_numpy(rows["input_ids"][lo: lo + 64])
+            logp = torch.log_softmax(net(x).logits.double(), dim=-1)
+            nll = -logp[:, :-1].gather(2, x[:, 1:, None])[..., 0]
+            t = torch.arange(1, x.shape[1])
+            mask = (t >= torch.from_numpy(rows["score_from"][lo: lo + 64].astype(np.int64))[:, None]) & (
+                t < torch.from_numpy(rows["n_valid"][lo: lo + 64].astype(np.int64))[:, None])
+            sums.append((nll * mask).sum(1).numpy())
+    scored = (rows["n_valid"] - rows["score_from"]).astype(np.int64)
+    return np.concatenate(sums), scored, rows["piece"]
+
+
+def test_onnx_on_two_cpu_workers_equals_pytorch(ray_with_fake_chips, model, sliding_data, tmp_path):
+    results = run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", backend="onnx",
+                            devices=2, block_windows=40)).results
+    sums, scored, pieces = torch_reference(sliding_data)
+    assert results["backend"] == "onnx" and results["tokens"] == scored.sum()
+    assert results["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-5)
+    batch_means = []  # the port's formula: per piece, batches of B consecutive windows
+    for piece in np.unique(pieces):
+        rows = np.flatnonzero(pieces == piece)
+        batch_means += [sums[rows[i: i + B]].sum() / scored[rows[i: i + B]].sum() for i in range(0, len(rows), B)]
+    assert results["seed_ppl"] == pytest.approx(np.exp(np.mean(batch_means)), rel=1e-5)
+    assert sorted(d["device"] for d in results["per_device"]) == ["cpu:0", "cpu:1"]
+    assert results["vocab_checked"] is True and results["model_manifest_sha256"]
+
+
+def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sliding_data, tmp_path):
+    """auto picks the OM where the cluster has NPUs; --check-against measures the fp16 drift."""
+    results = run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
+                            check_against=model / "build" / "model.onnx", check_batches=3)).results
+    sums, scored, _ = torch_reference(sliding_data)
+    assert results["backend"] == "om" and results["fallback"] is None
+    assert results["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-3)  # fp16 outputs
+    devices = {d["device"]: d for d in results["per_device"]}
+    assert set(devices) == {"npu:0", "npu:1"}
+    for d in devices.values():
+        assert d["check"]["batches"] == 3 and d["check"]["tokens"] > 0
+        assert 0 < d["check"]["max_rel_err"] < 2e-3 and 0 < d["check"]["max_abs_err"] < 2e-2
+        assert d["fps"] > 0  # from ais_bench's exec_time_list
+
+
+def test_a_bare_model_file_reads_its_shapes_and_says_whether_the_vocab_was_checked(
+        ray_with_fake_chips, model, sliding_data, tmp_path):
+    onnx = model / "build" / "model.onnx"
+    unchecked = run(RunConfig(data=sliding_data, out=tmp_path / "a", model=onnx, devices=1, limit=20)).results
+    checked = run(RunConfig(data=sliding_data, out=tmp_path / "b", model=onnx, devices=1, limit=20,
+                            vocab=model / "ckpt" / "vocab.txt")).results
+    assert unchecked["vocab_checked"] is False and checked["vocab_checked"] is True
+    assert unchecked["mean_ce"] == checked["mean_ce"] and unchecked["model_manifest_sha256"] is None
+
+
+def test_a_pair_that_does_not_fit_is_refused_before_any_device_work(model, sliding_data, tmp_path, vocab_path):
+    other_vocab = tmp_path / "vocab.txt"
+    other_vocab.write_text(vocab_path.read_text() + "extra\n")
+    with pytest.raises(UserError, match=r"the vocab of its build manifest has sha256 .* but --data .* was tokenized"):
+        run(RunConfig(data=prepare_data(tmp_path / "v", other_vocab, 20_000, mode="sliding", n_ctx=L),
+                      out=tmp_path / "o1", model=model / "build"))
+    with pytest.raises(UserError, match=r"takes sequences of 64 tokens but --data .* holds windows of 32"):
+        run(RunConfig(data=prepare_data(tmp_path / "n", model / "ckpt" / "vocab.txt", 20_000, mode="sliding",
+                                        n_ctx=32), out=tmp_path / "o2", model=model / "build"))
+    with pytest.raises(UserError, match=r"the vocab of --vocab .*vocab.txt has sha256 .* but --data .* was tokenized"):
+        run(RunConfig(data=sliding_data, out=tmp_path / "o3", model=model / "build" / "model.onnx", vocab=other_vocab))
+
+
+def test_a_token_outside_the_models_vocabulary_names_shard_and_row(ray_with_fake_chips, model, sliding_data, tmp_path):
+    """A logits model over a smaller vocabulary than the data's ids, given as a bare file."""
+    from npueval.build.pipeline import BuildConfig, build
+
+    small = small_vocab_tokens()[:300]
+    build(BuildConfig(make_checkpoint(tmp_path / "ckpt", vocab_tokens=small), tmp_path / "build", batch_size=B,
+                      seq_len=L, output="logits", soc="Ascend310P3"))
+    ids = read_shards(sliding_data)["input_ids"]
+    row = int(np.argmax((ids >= 300).any(axis=1)))
+    with pytest.raises(DatasetError, match=rf"shard-00000\.parquet: row {row} holds token id \d+ at position \d+, "
+                                           r"outside the model's vocabulary of 300"):
+        run(RunConfig(data=sliding_data, out=tmp_path / "out", model=tmp_path / "build" / "model.onnx", devices=1))
+    with pytest.raises(UserError, match=r"--vocab .* has \d+ tokens but --model .* predicts 300"):
+        run(RunConfig(data=sliding_data, out=tmp_path / "out", model=tmp_path / "build" / "model.onnx",
+                      vocab=model / "ckpt" / "vocab.txt"))
+
+
+def test_auto_falls_back_to_onnx_without_npus_and_says_why(model):
+    from npueval.eval.model_spec import resolve_model
+
+    spec = resolve_model(model / "build")
+    config = RunConfig(data=Path("d"), out=Path("o"), model=model / "build")
+    assert choose_backend(config, spec, {"NPU": 2}).backend == "om"
+    choice = choose_backend(config, spec, {"CPU": 2})
+    assert choice.backend == "onnx" and choice.fallback == {"from": "om", "to": "onnx",
+                                                            "reason": "the Ray cluster has no NPU"}
+    with pytest.raises(UserError, match="is an OM and the Ray cluster has no NPU"):
+        choose_backend(config, resolve_model(model / "build" / "model.om"), {"CPU": 2})
