@@ -218,8 +218,9 @@ class ActorDevice:
         self.pid = os.getpid()
         self.reconstructed = _reconstructed()
 
-    def ready(self) -> int:
-        return self.pid
+    @ray.method(max_task_retries=-1)  # a probe waits out a restart; fails only if the actor is gone
+    def ready(self) -> tuple[int, bool]:
+        return self.pid, self.reconstructed
 
     def run(self, block_id: int, table: pa.Table):
         maybe_die(block_id, self.fault_block, self.marker)
@@ -228,60 +229,113 @@ class ActorDevice:
 
 
 def run_actors(tables, n_dev, device_ms, block, fault_block=None, marker=None,
-               max_restarts=2, max_task_retries=0, in_flight=2, max_attempts=4) -> dict:
+               max_restarts=2, max_task_retries=0, in_flight=2, max_attempts=4,
+               deadline_s=90.0) -> dict:
+    """Driver loop: `in_flight` calls per actor, a block ledger, failed blocks resubmitted.
+
+    A call that fails with RayActorError puts its block back at the head of the queue and
+    takes its actor out of rotation until a `ready` probe answers (Ray restarts it, up to
+    `max_restarts`); an actor that is gone for good is replaced by a fresh one.
+    """
     t0 = time.perf_counter()
     ttfr = None
     refs = [ray.put(t) for t in tables]
-    actors = [ActorDevice.options(max_restarts=max_restarts, max_task_retries=max_task_retries)
-              .remote(device_ms, block, fault_block, marker) for _ in range(n_dev)]
+
+    def new_actor():
+        return (ActorDevice.options(max_restarts=max_restarts, max_task_retries=max_task_retries)
+                .remote(device_ms, block, fault_block, marker))
+
+    actors = [new_actor() for _ in range(n_dev)]
+    healthy = [True] * n_dev
     pending = deque(range(len(tables)))
     attempts = Counter()
-    inflight: dict = {}  # ObjectRef -> (block id, actor index)
+    inflight: dict = {}  # ObjectRef -> ("run", block id, actor index) | ("probe", None, index)
     ledger: dict = {}    # block id -> (window ids, sums)
-    failures, duplicates, pids, recon_rows, error = [], 0, set(), 0, None
+    failures, events, duplicates, pids, recon_rows, error = [], [], 0, set(), 0, None
 
     def submit(a: int) -> None:
-        if pending:
+        if pending and healthy[a]:
             b = pending.popleft()
             attempts[b] += 1
-            inflight[actors[a].run.remote(b, refs[b])] = (b, a)
+            inflight[actors[a].run.remote(b, refs[b])] = ("run", b, a)
+
+    def probe(a: int) -> None:
+        healthy[a] = False
+        inflight[actors[a].ready.remote()] = ("probe", None, a)
 
     for _ in range(in_flight):
         for a in range(n_dev):
             submit(a)
     while inflight:
-        [ref], _ = ray.wait(list(inflight), num_returns=1)
-        b, a = inflight.pop(ref)
+        ready, _ = ray.wait(list(inflight), num_returns=1,
+                            timeout=max(0.0, deadline_s - (time.perf_counter() - t0)))
+        if not ready:
+            error = (f"stuck: nothing finished within {deadline_s:.0f} s; in flight "
+                     f"{sorted((k, b_, a_) for k, b_, a_ in inflight.values())}")
+            break
+        ref = ready[0]
+        kind, b, a = inflight.pop(ref)
+        now = round(time.perf_counter() - t0, 3)
+        if kind == "probe":
+            try:
+                pid, recon = ray.get(ref)
+                healthy[a] = True
+                events.append({"t": now, "actor": a, "event": f"back (pid {pid}, "
+                               f"reconstructed={recon})"})
+            except ray.exceptions.RayActorError as e:
+                events.append({"t": now, "actor": a, "event": f"gone ({type(e).__name__}); "
+                               "replaced"})
+                actors[a] = new_actor()
+                probe(a)
+                continue
+            for _ in range(in_flight):
+                submit(a)
+            continue
         try:
             bid, wid, sums, pid, recon = ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            failures.append({"block": b, "actor": a, "attempt": attempts[b],
-                             "t": round(time.perf_counter() - t0, 3),
+            failures.append({"block": b, "actor": a, "attempt": attempts[b], "t": now,
                              "error": type(e).__name__})
             if attempts[b] >= max_attempts:
                 error = f"block {b} failed {attempts[b]} times"
                 break
             pending.appendleft(b)  # the ledger, not Ray, decides what is redone
+            if healthy[a]:
+                probe(a)
+            continue
+        if ttfr is None:
+            ttfr = time.perf_counter() - t0
+        if bid in ledger:
+            duplicates += 1
         else:
-            if ttfr is None:
-                ttfr = time.perf_counter() - t0
-            if bid in ledger:
-                duplicates += 1
-            else:
-                ledger[bid] = (wid, sums)
-            pids.add(pid)
-            recon_rows += len(wid) if recon else 0
+            ledger[bid] = (wid, sums)
+        pids.add(pid)
+        recon_rows += len(wid) if recon else 0
         submit(a)
+    if error is None and pending:
+        error = f"{len(pending)} blocks never ran"
     for h in actors:
         ray.kill(h)
     wall = time.perf_counter() - t0
     done = [ledger[b] for b in sorted(ledger)]
     return {
-        "wall": wall, "ttfr": ttfr, "error": error, "failures": failures,
+        "wall": wall, "ttfr": ttfr, "error": error, "failures": failures, "events": events,
         "duplicates_dropped": duplicates, "pids": sorted(pids), "reconstructed_rows": recon_rows,
         "window_id": np.concatenate([d[0] for d in done]) if done else np.empty(0, np.int64),
         "nll_sum": np.concatenate([d[1] for d in done]) if done else np.empty(0),
     }
+
+
+def wait_for_npus(n: int, timeout: float = 60.0) -> float:
+    """Wait (outside any timing) until the previous run's actors have given back all n NPUs."""
+    t = time.perf_counter()
+    while ray.available_resources().get("NPU", 0) < n:
+        if time.perf_counter() - t > timeout:
+            print(f"warning: NPUs not released after {timeout:.0f} s: "
+                  f"{ray.available_resources().get('NPU', 0)}/{n} free", flush=True)
+            break
+        time.sleep(0.05)
+    return time.perf_counter() - t
 
 
 # -- checks and reporting --------------------------------------------------------------------
@@ -337,7 +391,7 @@ def main() -> int:
 
     logging.getLogger("ray._private.accelerators.npu").setLevel(logging.CRITICAL)
     t = time.perf_counter()
-    ray.init(num_cpus=2, resources={"NPU": args.npus}, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, resources={"NPU": args.npus}, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False)
     ray_init_s = time.perf_counter() - t
     ctx = ray.data.DataContext.get_current()
@@ -355,6 +409,7 @@ def main() -> int:
     }
     # Warm-up (not measured): first Ray Data execution starts its helper actors, imports, etc.
     for name, fn in engines.items():
+        wait_for_npus(args.npus)
         r = fn(0)
         assert check(r, ref_sums)["equal_to_no_fault"], f"warm-up of {name} wrong"
 
@@ -367,6 +422,7 @@ def main() -> int:
         runs = {name: [] for name in engines}
         for _ in range(args.repeat):
             for name, fn in engines.items():
+                wait_for_npus(args.npus)
                 r = fn(dms)
                 c = check(r, ref_sums)
                 if not c["equal_to_no_fault"] or r["error"]:
@@ -418,11 +474,13 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench_dispatch_") as tmp:
             for i, (engine, desc, fn) in enumerate(scenarios):
                 marker = os.path.join(tmp, f"killed-{i}")
+                wait_for_npus(args.npus)
                 r = fn(marker)
                 c = check(r, ref_sums)
                 killed = Path(marker).read_text().strip() if os.path.exists(marker) else "no kill"
                 seen = {"exception": r["error"],
                         "failures_seen_by_driver": r.get("failures"),
+                        "actor_events": r.get("events"),
                         "ray_data_metrics": r.get("metrics"),
                         "distinct_pids_in_output": len(r["pids"]),
                         "rows_from_reconstructed_actor": r["reconstructed_rows"],
@@ -435,7 +493,7 @@ def main() -> int:
                       f"{c['missing']}, duplicated {c['duplicated']})")
                 print(f"  (b) equal to no-fault run: {c['equal_to_no_fault']}")
                 print(f"  (c) driver sees: exception={r['error']!r}; "
-                      f"failures={r.get('failures')}; ray_data_metrics={r.get('metrics')}; "
+                      f"failures={r.get('failures')}; actor events={r.get('events')}; ray_data_metrics={r.get('metrics')}; "
                       f"distinct pids in output={len(r['pids'])} (N={args.npus}); "
                       f"rows from reconstructed actor={r['reconstructed_rows']}")
         print("\nSummary:")

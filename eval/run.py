@@ -191,16 +191,23 @@ def _refuse_held_out(config: RunConfig):
     return folder
 
 
+def _joins(config: RunConfig) -> bool:
+    """Whether the run joins a cluster (--address, or RAY_ADDRESS as `ray job submit` sets it)."""
+    import os
+
+    return bool(config.address or os.environ.get("RAY_ADDRESS"))
+
+
 def _simulated_npus(config: RunConfig) -> int | None:
     """The "NPU" custom resource of a Ray npueval starts for the simulated backend."""
-    if config.backend != "simulated" or config.address:
+    if config.backend != "simulated" or _joins(config):
         return None
     return config.devices or DEFAULT_SIMULATED_DEVICES
 
 
 def _local_devices(config: RunConfig):
     """This host's chips, whose healthy ones a Ray npueval starts makes visible (om only)."""
-    if config.backend in ("onnx", "simulated") or config.address:
+    if config.backend in ("onnx", "simulated") or _joins(config):
         return None
     from npueval.cluster.discovery import discover
 

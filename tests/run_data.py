@@ -11,6 +11,27 @@ from conftest import small_vocab_tokens
 from textgen import generate_wiki_corpus
 
 
+FAKES = Path(__file__).parent / "fakes"
+
+
+def build_tiny(folder: Path, batch_size: int, seq_len: int) -> Path:
+    """A tiny GPT-2 checkpoint (folder/ckpt) built by `npueval build` with the fake atc (folder/build:
+    model.om, which holds the ONNX it compiled, and the verified model.onnx)."""
+    import os
+
+    from checkpoints import make_checkpoint
+    from npueval.build.pipeline import BuildConfig, build
+
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{FAKES}{os.pathsep}{old_path}"
+    try:
+        build(BuildConfig(make_checkpoint(folder / "ckpt"), folder / "build", batch_size=batch_size, seq_len=seq_len,
+                          soc="Ascend310P3"))
+    finally:
+        os.environ["PATH"] = old_path
+    return folder
+
+
 def prepare_data(folder: Path, vocab: Path, target_bytes: int, **kw) -> Path:
     from npueval.eval.prepare import PrepareConfig, prepare
 

@@ -13,9 +13,8 @@ from checkpoints import make_checkpoint, tiny_model
 from conftest import small_vocab_tokens
 from npueval.eval.errors import DatasetError, UserError
 from npueval.eval.run import RunConfig, choose_backend, run
-from run_data import prepare_data, read_shards
+from run_data import FAKES, build_tiny, prepare_data, read_shards
 
-FAKES = Path(__file__).parents[1] / "fakes"
 B, L = 4, 64
 
 
@@ -36,18 +35,7 @@ def ray_with_fake_chips():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny GPT-2 checkpoint, built (loss head in the graph) with the fake atc: OM + ONNX."""
-    from npueval.build.pipeline import BuildConfig, build
-
-    folder = tmp_path_factory.mktemp("model")
-    old_path = os.environ["PATH"]
-    os.environ["PATH"] = f"{FAKES}{os.pathsep}{old_path}"
-    try:
-        build(BuildConfig(make_checkpoint(folder / "ckpt"), folder / "build", batch_size=B, seq_len=L,
-                          soc="Ascend310P3"))
-    finally:
-        os.environ["PATH"] = old_path
-    return folder
+    return build_tiny(tmp_path_factory.mktemp("model"), B, L)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,90 @@
+"""Several nodes on one machine (ray.cluster_utils.Cluster, two nodes with 2 NPUs each, all on
+127.0.0.1): the same command spreads over both nodes, through the driver API and through
+`ray job submit`, and the model reaches each node through the object store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from npueval.eval.run import RunConfig, run
+from run_data import FAKES, build_tiny, prepare_data, seed_data, simulated_reference  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    # The nodes' processes inherit this environment: the fake ais_bench for the om actors, and the
+    # venv's bin first on PATH for the entrypoint of `ray job submit` (stack-notes.md).
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PATH")}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKES), os.environ["PYTHONPATH"]])
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    dashboard_port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"NPU": 2}, "node_ip_address": "127.0.0.1", "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port})
+    cluster.add_node(num_cpus=1, resources={"NPU": 2}, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    for k, v in saved.items():
+        os.environ[k] = v
+    cluster.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+    yield cluster
+    cluster.shutdown()
+
+
+def test_four_devices_on_two_nodes_give_the_reference_numbers(cluster, seed_data, tmp_path):
+    results = run(RunConfig(data=seed_data, out=tmp_path / "out", backend="simulated", batch_size=8,
+                            block_windows=24, address=cluster.address)).results
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert results["tokens"] == tokens and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+    nodes = {d["node"] for d in results["per_device"]}
+    assert len(nodes) == 2 and len(results["per_device"]) == 4
+    assert all(d["windows"] > 0 for d in results["per_device"])
+
+
+def test_the_om_reaches_every_node_through_the_object_store(cluster, tmp_path):
+    """The build folder's .om is made group-writable, which ais_bench refuses: the actors can only
+    have run the 0o644 copies that each node wrote from the object store."""
+    model = build_tiny(tmp_path / "model", 4, 64)
+    om = model / "build" / "model.om"
+    om.chmod(0o664)
+    data = prepare_data(tmp_path / "d", model / "ckpt" / "vocab.txt", 30_000, mode="sliding", n_ctx=64)
+    results = run(RunConfig(data=data, out=tmp_path / "out", model=model / "build", block_windows=16,
+                            address=cluster.address)).results
+    assert results["backend"] == "om" and len({d["node"] for d in results["per_device"]}) == 2
+    copies = list((Path(tempfile.gettempdir()) / f"npueval-{os.getuid()}").glob("*/model.om"))
+    assert copies and all(stat.S_IMODE(c.stat().st_mode) == 0o644 for c in copies)
+
+
+def test_ray_job_submit_runs_the_same_command(cluster, seed_data, tmp_path):
+    working_dir = tmp_path / "job"
+    working_dir.mkdir()
+    out = tmp_path / "out"
+    job = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url,
+         "--working-dir", str(working_dir), "--", "npueval", "run", "--data", str(seed_data), "--out", str(out),
+         "--backend", "simulated", "--batch-size", "8", "--block-windows", "24"],
+        capture_output=True, text=True, timeout=300,
+    )
+    log = job.stdout + job.stderr
+    assert job.returncode == 0, log[-3000:]
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert "mean cross-entropy" in log and f"{nll_sum / tokens:.4f}" in log
+    assert "backend simulated, 4 devices" in log
+    assert (out / "results.json").is_file()
