@@ -34,7 +34,7 @@ carried in the output rows.
 
 Run from the repository root, in the project's virtual environment:
 
-    python benchmarks/bench_dispatch.py                        # W=8192, device_ms 0 and 42, repeat 3
+    python benchmarks/bench_dispatch.py              # W=8192, device_ms 0 and 42, repeat 3
     python benchmarks/bench_dispatch.py --repeat 5 --windows 4096 --device-ms 0,10,42
 
 Results also go to benchmarks/out/bench_dispatch.json (git-ignored) unless --json is given.
@@ -43,6 +43,7 @@ Results also go to benchmarks/out/bench_dispatch.json (git-ignored) unless --jso
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter, deque
 from pathlib import Path
 
@@ -65,9 +67,9 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import ray  # noqa: E402
+import numpy as np
+import pyarrow as pa
+import ray
 
 REPO = Path(__file__).resolve().parent.parent
 N_CTX = 512
@@ -326,16 +328,24 @@ def run_actors(tables, n_dev, device_ms, block, fault_block=None, marker=None,
     }
 
 
-def wait_for_npus(n: int, timeout: float = 60.0) -> float:
-    """Wait (outside any timing) until the previous run's actors have given back all n NPUs."""
+def wait_for_npus(n: int, timeout: float = 60.0, gc_after: float = 5.0) -> dict:
+    """Wait (outside any timing) until the previous run's actors have given back all n NPUs.
+
+    After `gc_after` s without them, run gc.collect(): a failed Ray Data execution keeps its
+    surviving actors (and their NPUs) alive through a reference cycle until collected.
+    """
     t = time.perf_counter()
+    needed_gc = False
     while ray.available_resources().get("NPU", 0) < n:
+        if not needed_gc and time.perf_counter() - t > gc_after:
+            needed_gc = True
+            gc.collect()
         if time.perf_counter() - t > timeout:
             print(f"warning: NPUs not released after {timeout:.0f} s: "
                   f"{ray.available_resources().get('NPU', 0)}/{n} free", flush=True)
             break
         time.sleep(0.05)
-    return time.perf_counter() - t
+    return {"s": time.perf_counter() - t, "needed_gc": needed_gc}
 
 
 # -- checks and reporting --------------------------------------------------------------------
@@ -350,7 +360,7 @@ def check(res: dict, ref_sums: np.ndarray) -> dict:
     if exactly_once:
         order = np.argsort(wid)
         equal = bool(np.array_equal(res["nll_sum"][order], ref_sums))
-    return {"rows": int(len(wid)), "missing": int(np.sum(counts[:n] == 0)),
+    return {"rows": len(wid), "missing": int(np.sum(counts[:n] == 0)),
             "duplicated": int(np.sum(counts > 1)), "exactly_once": exactly_once,
             "equal_to_no_fault": equal}
 
@@ -372,8 +382,12 @@ def main() -> int:
     ap.add_argument("--fault-device-ms", type=float, default=5.0,
                     help="device_ms for the fault runs (short runs; the sums do not depend on it)")
     ap.add_argument("--skip-faults", action="store_true")
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "out" / "bench_dispatch.json")
+    ap.add_argument("--json", type=Path,
+                    default=REPO / "benchmarks" / "out" / "bench_dispatch.json")
     args = ap.parse_args()
+    # map_batches(..., max_restarts=K) goes through **ray_remote_args, deprecated in Ray 2.60
+    # (to be removed in 2.64); it is the only way to set it, so the warning is expected.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
     device_ms_list = [float(x) for x in args.device_ms.split(",") if x.strip()]
     if args.windows % args.block or args.block % MODEL_BATCH:
         ap.error("--windows must be a multiple of --block, and --block of 8")
@@ -444,13 +458,14 @@ def main() -> int:
     print(f"\nTiming, medians of {args.repeat} (ideal = {n_blocks * batches_per_block} batches "
           f"x device_ms / {args.npus}; fixed = TTFR - one block's device time):")
     hdr = (f"{'engine':<9} {'dev ms':>6} {'wall s':>7} {'ideal s':>7} {'TTFR s':>7} "
-           f"{'fixed s':>7} {'ovh/block ms':>12} {'steady ms':>9}")
+           f"{'fixed s':>7} {'ovh/block ms':>12} {'steady ms':>9}  wall min-max")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['engine']:<9} {r['device_ms']:>6g} {r['wall_s']:>7.3f} {r['ideal_s']:>7.3f} "
               f"{r['ttfr_s']:>7.3f} {r['fixed_s']:>7.3f} {r['per_block_overhead_ms']:>12.1f} "
-              f"{r['steady_per_block_overhead_ms']:>9.1f}")
+              f"{r['steady_per_block_overhead_ms']:>9.1f}  "
+              f"{min(r['walls']):.2f}-{max(r['walls']):.2f}")
 
     if not args.skip_faults:
         fdm, fb = args.fault_device_ms, args.fault_block
@@ -477,6 +492,7 @@ def main() -> int:
                 wait_for_npus(args.npus)
                 r = fn(marker)
                 c = check(r, ref_sums)
+                release = wait_for_npus(args.npus)
                 killed = Path(marker).read_text().strip() if os.path.exists(marker) else "no kill"
                 seen = {"exception": r["error"],
                         "failures_seen_by_driver": r.get("failures"),
@@ -484,7 +500,8 @@ def main() -> int:
                         "ray_data_metrics": r.get("metrics"),
                         "distinct_pids_in_output": len(r["pids"]),
                         "rows_from_reconstructed_actor": r["reconstructed_rows"],
-                        "duplicates_dropped_by_ledger": r.get("duplicates_dropped")}
+                        "duplicates_dropped_by_ledger": r.get("duplicates_dropped"),
+                        "npus_held_until_gc_collect": release["needed_gc"]}
                 entry = {"engine": engine, "config": desc, "killed": killed,
                          "wall_s": r["wall"], **c, **seen}
                 report["faults"].append(entry)
@@ -493,9 +510,11 @@ def main() -> int:
                       f"{c['missing']}, duplicated {c['duplicated']})")
                 print(f"  (b) equal to no-fault run: {c['equal_to_no_fault']}")
                 print(f"  (c) driver sees: exception={r['error']!r}; "
-                      f"failures={r.get('failures')}; actor events={r.get('events')}; ray_data_metrics={r.get('metrics')}; "
+                      f"failures={r.get('failures')}; actor events={r.get('events')}; "
+                      f"ray_data_metrics={r.get('metrics')}; "
                       f"distinct pids in output={len(r['pids'])} (N={args.npus}); "
                       f"rows from reconstructed actor={r['reconstructed_rows']}")
+                print(f"  NPUs released only after gc.collect(): {release['needed_gc']}")
         print("\nSummary:")
         hdr = f"{'engine':<9} {'config':<58} {'once':>5} {'equal':>5}  driver sees"
         print(hdr)
@@ -506,13 +525,16 @@ def main() -> int:
             elif e["failures_seen_by_driver"]:
                 sees = "; ".join(f"block {f['block']} on actor {f['actor']} ({f['error']})"
                                  for f in e["failures_seen_by_driver"])
+            elif e["engine"] == "actors":
+                sees = (f"no exception, no failed call; {e['distinct_pids_in_output']} pids, "
+                        f"{e['rows_from_reconstructed_actor']} rows flagged reconstructed")
             else:
                 fail_metrics = {k: v for k, v in (e["ray_data_metrics"] or {}).items() if v}
-                sees = (f"no error; metrics {fail_metrics or 'all 0'}; "
+                sees = (f"no error; failure metrics {fail_metrics or 'all 0'}; "
                         f"{e['distinct_pids_in_output']} pids, "
                         f"{e['rows_from_reconstructed_actor']} rows flagged reconstructed")
-            print(f"{e['engine']:<9} {e['config'][:58]:<58} {str(e['exactly_once']):>5} "
-                  f"{str(e['equal_to_no_fault']):>5}  {sees}")
+            print(f"{e['engine']:<9} {e['config'][:58]:<58} {e['exactly_once']!s:>5} "
+                  f"{e['equal_to_no_fault']!s:>5}  {sees}")
 
     ray.shutdown()
     if args.json:

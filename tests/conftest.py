@@ -74,3 +74,11 @@ def tables_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def vocab_path(tmp_path_factory) -> Path:
     return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt", small_vocab_tokens())
+
+
+@pytest.fixture(scope="session")
+def seed_data(tmp_path_factory, vocab_path) -> Path:
+    """About 300 seed-mode windows of 512 tokens, in shards of 50 (blocks cross shard boundaries)."""
+    from run_data import prepare_data
+
+    return prepare_data(tmp_path_factory.mktemp("seed"), vocab_path, 600_000)

@@ -1,11 +1,10 @@
-"""Prepared data sets for the run tests (the `seed_data` fixture), and the numpy reference of the simulated backend."""
+"""Tiny models and prepared data sets for the run tests, and the numpy reference of the simulated backend."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from conftest import small_vocab_tokens
 from textgen import generate_wiki_corpus
@@ -39,12 +38,6 @@ def prepare_data(folder: Path, vocab: Path, target_bytes: int, **kw) -> Path:
     kw.setdefault("rows_per_shard", 50)  # several shards, so blocks cross shard boundaries
     prepare(PrepareConfig(corpus_dir=folder / "wiki", vocab=vocab, out=folder / "data", files="all", workers=0, **kw))
     return folder / "data"
-
-
-@pytest.fixture(scope="session")
-def seed_data(tmp_path_factory, vocab_path) -> Path:
-    """About 300 seed-mode windows of 512 tokens in shards of 50."""
-    return prepare_data(tmp_path_factory.mktemp("seed"), vocab_path, 600_000)
 
 
 def read_shards(data: Path) -> dict[str, np.ndarray]:

@@ -10,12 +10,13 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from npueval.eval.run import RunConfig, run
-from run_data import FAKES, build_tiny, prepare_data, seed_data, simulated_reference  # noqa: F401 (a fixture)
+from run_data import FAKES, build_tiny, prepare_data, simulated_reference
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +77,18 @@ def test_ray_job_submit_runs_the_same_command(cluster, seed_data, tmp_path):
     working_dir = tmp_path / "job"
     working_dir.mkdir()
     out = tmp_path / "out"
-    job = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url,
-         "--working-dir", str(working_dir), "--", "npueval", "run", "--data", str(seed_data), "--out", str(out),
-         "--backend", "simulated", "--batch-size", "8", "--block-windows", "24"],
-        capture_output=True, text=True, timeout=300,
-    )
-    log = job.stdout + job.stderr
+    deadline = time.monotonic() + 120
+    while True:  # the head's job agent comes up a few seconds after the cluster
+        job = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url,
+             "--working-dir", str(working_dir), "--", "npueval", "run", "--data", str(seed_data), "--out", str(out),
+             "--backend", "simulated", "--batch-size", "8", "--block-windows", "24"],
+            capture_output=True, text=True, timeout=300,
+        )
+        log = job.stdout + job.stderr
+        if "No available agent to submit job" not in log or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert job.returncode == 0, log[-3000:]
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert "mean cross-entropy" in log and f"{nll_sum / tokens:.4f}" in log

@@ -21,7 +21,7 @@ from ledger import LedgerFactory, read_ledger, row_hash
 from npueval.eval.errors import DatasetError, RunError, UserError
 from npueval.eval.run import RunConfig, run
 
-from run_data import read_shards, seed_data, simulated_reference  # noqa: F401 (a fixture)
+from run_data import read_shards, simulated_reference
 
 BLOCK = 24  # windows per block: three batches of 8, a dozen blocks
 

@@ -12,7 +12,8 @@ import pytest
 from checkpoints import make_checkpoint, tiny_model
 from conftest import small_vocab_tokens
 from npueval.eval.errors import DatasetError, UserError
-from npueval.eval.run import RunConfig, choose_backend, run
+from npueval.eval.fleet import DeviceConfig, choose_backend
+from npueval.eval.run import RunConfig, run
 from run_data import FAKES, build_tiny, prepare_data, read_shards
 
 B, L = 4, 64
@@ -138,7 +139,7 @@ def test_auto_falls_back_to_onnx_without_npus_and_says_why(model):
     from npueval.eval.model_spec import resolve_model
 
     spec = resolve_model(model / "build")
-    config = RunConfig(data=Path("d"), out=Path("o"), model=model / "build")
+    config = DeviceConfig()
     assert choose_backend(config, spec, {"NPU": 2}).backend == "om"
     choice = choose_backend(config, spec, {"CPU": 2})
     assert choice.backend == "onnx" and choice.fallback == {"from": "om", "to": "onnx",

@@ -65,7 +65,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, vocab_path, args, culprit):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("command", ["run", "bench", "report"])
+@pytest.mark.parametrize("command", ["bench", "report"])
 def test_later_stages_say_not_yet(command, capsys):
     assert main([command]) == 2
     err = capsys.readouterr().err.strip()

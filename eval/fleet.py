@@ -1,0 +1,231 @@
+"""The devices of a run: which backend, how many actors, started on Ray and stopped again.
+
+`npueval run` and `npueval bench` share it. `Fleet` connects to Ray (joins a cluster, or starts
+a local one on 127.0.0.1), picks the backend (`auto`: om when the cluster has NPUs and the model
+has an OM, otherwise onnx, said and recorded), ships the model's bytes through the object store,
+starts one actor per device and asks each what it runs; leaving the `with` block closes the
+backends and lets Ray go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from npueval.actors.worker import BACKENDS, BackendFactory, ModelFile, WorkerSpec, remote_workers
+from npueval.cluster import ray_cluster
+
+from .errors import RunError, UserError
+from .model_spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: Simulated devices of a Ray npueval starts itself, when --devices is not given.
+DEFAULT_SIMULATED_DEVICES = 4
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """The flags that say which devices run what (shared by run and bench)."""
+
+    backend: str = "auto"  # auto | om | onnx | simulated
+    devices: int | None = None
+    batch_size: int | None = None  # the simulated backend's batch (the others: the model's)
+    device_ms: float = 0.0
+    address: str | None = None
+    max_retries: int = 3
+    check_against: Path | None = None
+    check_batches: int = 4
+    allow_unhealthy: bool = False
+
+    def __post_init__(self):
+        if self.backend not in ("auto", *BACKENDS):
+            raise UserError(f"--backend {self.backend!r}: choose one of auto, {', '.join(BACKENDS)}")
+        for name in ("devices", "batch_size", "check_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if self.max_retries < 0:
+            raise UserError(f"--max-retries {self.max_retries}: must be 0 or more")
+        if self.device_ms < 0:
+            raise UserError(f"--device-ms {self.device_ms}: must be 0 or more")
+        if self.device_ms and self.backend != "simulated":
+            raise UserError("--device-ms is the simulated backend's device time: add --backend simulated")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str
+    fallback: dict | None  # {from, to, reason} when auto did not get the OM
+
+
+class Fleet:
+    """`with Fleet(config, model, seq_len) as fleet:` one started actor per device."""
+
+    def __init__(self, config: DeviceConfig, model: ModelSpec | None, seq_len: int,
+                 factory: BackendFactory | None = None):
+        self.config, self.model, self.seq_len, self.factory = config, model, seq_len, factory
+        self.actors: list = []
+
+    def __enter__(self) -> Fleet:
+        config = self.config
+        self.session = ray_cluster.connect(config.address, simulated_npus=_simulated_npus(config),
+                                           devices=_local_devices(config), allow_unhealthy=config.allow_unhealthy)
+        try:
+            self.choice = choose_backend(config, self.model, self.session.resources)
+            count = device_count(config, self.choice.backend, self.session.resources)
+            spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count, self.session.resources)
+            self.actors = remote_workers(spec, count, config.max_retries, self.factory)
+            self.described = describe(self.actors)
+            self.batch_size = self._batch_size()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop(self.actors)
+        ray_cluster.disconnect(self.session)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{d['device']} on node {d['node'][:8]}" for d in self.described]
+
+    def _batch_size(self) -> int:
+        shapes = {(d["batch_size"], d["seq_len"]) for d in self.described}
+        if len(shapes) != 1:
+            raise RunError(f"the devices report different model shapes {sorted(shapes)}: "
+                           "is the same model on every node?")
+        ((batch, seq_len),) = shapes
+        if seq_len != self.seq_len:
+            raise UserError(f"--model {self.model.name if self.model else ''} takes sequences of {seq_len} tokens "
+                            f"but the data holds windows of {self.seq_len}")
+        return batch
+
+
+def _joins(config: DeviceConfig) -> bool:
+    """Whether the run joins a cluster (--address, or RAY_ADDRESS as `ray job submit` sets it)."""
+    return bool(config.address or os.environ.get("RAY_ADDRESS"))
+
+
+def _simulated_npus(config: DeviceConfig) -> int | None:
+    """The "NPU" custom resource of a Ray npueval starts for the simulated backend."""
+    if config.backend != "simulated" or _joins(config):
+        return None
+    return config.devices or DEFAULT_SIMULATED_DEVICES
+
+
+def _local_devices(config: DeviceConfig):
+    """This host's chips, whose healthy ones a Ray npueval starts makes visible (om only)."""
+    if config.backend in ("onnx", "simulated") or _joins(config):
+        return None
+    from npueval.cluster.discovery import discover
+
+    return discover() or None
+
+
+def choose_backend(config: DeviceConfig, model: ModelSpec | None, resources: dict) -> BackendChoice:
+    npus = resources.get("NPU", 0)
+    if config.backend == "simulated":
+        return BackendChoice("simulated", None)
+    if model is None:
+        raise UserError("--model is needed (a build folder, a .onnx or an .om), or --backend simulated")
+    if config.backend == "om":
+        if model.om is None:
+            raise UserError(f"--backend om: --model {model.name} has no OM; compile it with atc.sh on an NPU host")
+        return BackendChoice("om", None)
+    if config.backend == "onnx":
+        if model.onnx is None:
+            raise UserError(f"--backend onnx: --model {model.name} is an OM only; point --model at its build folder")
+        return BackendChoice("onnx", None)
+    if model.om is not None and npus > 0:
+        log.info("backend auto: om (the model has an OM and the cluster %g NPUs)", npus)
+        return BackendChoice("om", None)
+    if model.om is not None:
+        if model.onnx is None:
+            raise UserError(f"--model {model.om} is an OM and the Ray cluster has no NPU: run on an NPU host, "
+                            "or point --model at the build folder to run its ONNX on CPU")
+        reason = "the Ray cluster has no NPU"
+        log.warning("backend auto: running the ONNX model %s on CPU instead of the OM: %s", model.onnx, reason)
+        return BackendChoice("onnx", {"from": "om", "to": "onnx", "reason": reason})
+    reason = "the model has no OM" + ("" if npus else " and the Ray cluster has no NPU")
+    log.info("backend auto: onnx (%s)", reason)
+    return BackendChoice("onnx", None)
+
+
+def device_count(config: DeviceConfig, backend: str, resources: dict) -> int:
+    """--devices N, else every NPU of the cluster (om, simulated) or one CPU worker per node (onnx)."""
+    if backend == "onnx":
+        import ray
+
+        count = config.devices or max(1, sum(1 for n in ray.nodes() if n["Alive"]))
+        ray_cluster.require(resources, {"CPU": count})
+        return count
+    count = config.devices or int(resources.get("NPU", 0))
+    if count < 1:
+        raise UserError(f"--backend {backend}: the Ray cluster has no NPU; run on an NPU host, or use --backend onnx")
+    ray_cluster.require(resources, {"NPU": count})
+    return count
+
+
+def _ship(path: Path) -> ModelFile:
+    """The model file's bytes into the object store: every node writes its own local copy."""
+    import ray
+
+    data = path.read_bytes()
+    return ModelFile(path.name, hashlib.sha256(data).hexdigest(), len(data), ray.put(data))
+
+
+def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int, count: int,
+                resources: dict) -> WorkerSpec:
+    if backend == "simulated":
+        batch = config.batch_size or (model.batch_size if model and model.batch_size else 8)
+        shipped = None
+    else:
+        if config.batch_size is not None and model.batch_size not in (None, config.batch_size):
+            raise UserError(f"--batch-size {config.batch_size}: the model is compiled for batch {model.batch_size}; "
+                            "rebuild it with `npueval build --batch-size`")
+        batch = model.batch_size or 0
+        shipped = _ship(model.om if backend == "om" else model.onnx)
+    if config.check_against and not config.check_against.is_file():
+        raise UserError(f"--check-against {config.check_against}: no such file")
+    reference = _ship(config.check_against) if config.check_against else None
+    # onnx workers spread over the nodes: each gets its share of the cores, not all of them.
+    threads = max(1, int(resources.get("CPU", 1)) // count)
+    return WorkerSpec(backend=backend, model=shipped, batch_size=batch, seq_len=seq_len,
+                      device_ms=config.device_ms, threads=threads if backend == "onnx" else 1,
+                      reference=reference, check_batches=config.check_batches if reference else 0,
+                      allow_unhealthy=config.allow_unhealthy)
+
+
+def describe(actors: list) -> list[dict]:
+    """Each actor's device and the shapes its model takes; a device that cannot start ends the run."""
+    import ray
+
+    described = []
+    for k, ref in enumerate([a.describe.remote() for a in actors]):
+        try:
+            described.append(ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - the user's error as it is, any other as a run failure
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, (UserError, RunError)):
+                raise cause from None
+            raise RunError(f"device actor {k} could not start: {str(exc).strip().splitlines()[0]}") from None
+    return described
+
+
+def stop(actors: list) -> None:
+    """Close each backend (ais_bench frees its device memory), then let the actors go."""
+    if not actors:
+        return
+    import ray
+
+    try:
+        ray.get([a.close.remote() for a in actors], timeout=30)
+    except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to close
+        log.debug("closing the device actors: %s", exc)
+    for a in actors:
+        ray.kill(a)
