@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 
 from npueval.eval.errors import UserError
 
@@ -167,6 +168,23 @@ class DeviceWorker:
     def evaluate(self, block_id: int, rows: dict) -> BlockResult:
         return self._ready().evaluate(block_id, rows["input_ids"], rows["score_from"], rows["n_valid"],
                                       rows["window_ids"])
+
+    def bench(self, loop: int, warmup: int, random_below: int | None = None) -> dict:
+        """Pure inference: `warmup` batches untimed, then `loop` batches of zeros, or of random ids
+        below `random_below` (ais_bench --loop, --pure_data_type zero|random)."""
+        import time
+
+        backend = self._ready().backend
+        shape = (backend.batch_size, backend.seq_len)
+        ids = (np.zeros(shape, np.int64) if random_below is None
+               else np.random.default_rng(0).integers(0, random_below, shape))
+        for _ in range(warmup):
+            backend.nll(ids)
+        device_before, start = backend.device_seconds(), time.perf_counter()
+        for _ in range(loop):
+            backend.nll(ids)
+        return {"node": self.node_id, "device": self.device, "batch_size": backend.batch_size, "batches": loop,
+                "device_s": backend.device_seconds() - device_before, "wall_s": time.perf_counter() - start}
 
     def close(self) -> None:
         if self.evaluator is not None:

@@ -14,7 +14,6 @@ log = logging.getLogger("npueval")
 
 #: Stages that later issues build; until then the subcommand says so (exit 2).
 _NOT_YET = {
-    "bench": ("device-only and end-to-end throughput", 4),
     "report": ("a readable summary and a plot of a results folder", 5),
 }
 
@@ -186,23 +185,18 @@ def _add_run(sub) -> None:
     p.add_argument("--data", required=True, help="a folder made by `npueval prepare`")
     p.add_argument("--out", required=True, help="the results folder (finished blocks are saved there as they come)")
     p.add_argument("--model", help="an `npueval build` folder, a .onnx or an .om file")
-    p.add_argument("--backend", choices=("auto", "om", "onnx", "simulated"), default="auto",
-                   help="auto (default): om when the cluster has NPUs and the model an OM, else onnx")
-    p.add_argument("--devices", type=int, help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")
+    _add_device_flags(p)
     p.add_argument("--batch-size", type=int, help="the simulated backend's batch (default: the model's, else 8)")
-    p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
     p.add_argument("--limit", type=int, help="evaluate the first WINDOWS windows only")
     p.add_argument("--drop-last", action="store_true",
                    help="drop each piece's incomplete last batch, as the port does (default: pad and mask)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished blocks")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds another run's blocks")
-    p.add_argument("--address", help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--max-retries", type=int, default=3, help="times a failed block is sent again (default 3)")
     p.add_argument("--vocab", help="the checkpoint's vocab.txt, to check a bare model file against the data")
     p.add_argument("--check-against", metavar="MODEL.onnx",
                    help="also run the first batches of each device through this ONNX model on the host and compare")
     p.add_argument("--check-batches", type=int, default=4, help="batches per device for --check-against (default 4)")
-    p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
     p.add_argument("--block-windows", type=int, help="windows per block (default: 32 model batches)")
     p.set_defaults(handler=_cmd_run)
 
@@ -257,6 +251,64 @@ class _window_progress:
             self.bar.close()
 
 
+def _add_device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "om", "onnx", "simulated"), default="auto",
+                   help="auto (default): om when the cluster has NPUs and the model an OM, else onnx")
+    p.add_argument("--devices", type=int, help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")
+    p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
+    p.add_argument("--address", help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="pure inference throughput on every device at once, and end to end",
+        description="The ais_bench --loop equivalent on every device at once: per-device and summed FPS for each "
+        "model (one per batch size), or for each --batch-sizes of the simulated backend; with --data, also "
+        "samples/s of a whole `run` over --limit windows.",
+    )
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.add_argument("--model", action="append", default=[], help="a build folder or model file; repeat, one per batch size")
+    _add_device_flags(p)
+    p.add_argument("--batch-sizes", default="1,4,8,16,32,64", help="the simulated backend's (default: the port's table)")
+    p.add_argument("--seq-len", type=int, default=512, help="the simulated backend's (default 512)")
+    p.add_argument("--loop", type=int, default=20, help="timed batches per device (default 20)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    p.add_argument("--input", choices=("zeros", "random"), default="zeros", help="ids fed (default zeros)")
+    p.add_argument("--vocab", help="a bare model file's vocab.txt, for --input random")
+    p.add_argument("--data", help="also time a whole run over this prepared data set")
+    p.add_argument("--limit", type=int, help="windows of that run (default: 32 batches per device)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from .bench import BenchConfig, bench, table
+    from .errors import UserError
+    from .fleet import DeviceConfig
+
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise UserError(f"--batch-sizes {args.batch_sizes!r}: give comma-separated integers, e.g. 1,4,8") from None
+    config = BenchConfig(
+        models=tuple(args.model), batch_sizes=sizes, seq_len=args.seq_len, loop=args.loop, warmup=args.warmup,
+        inputs=args.input, vocab=args.vocab, data=args.data, limit=args.limit,
+        devices=DeviceConfig(backend=args.backend, devices=args.devices, device_ms=args.device_ms,
+                             address=args.address, allow_unhealthy=args.allow_unhealthy),
+    )
+    rows = bench(config)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump([dataclasses.asdict(r) for r in rows], f, indent=2)
+    return EXIT_OK
+
+
 def _add_not_yet(sub, name: str, summary: str, issue: int) -> None:
     p = sub.add_parser(name, help=f"{summary} (not yet)", description=f"{summary}. Not yet available.")
     _add_verbosity(p, default=argparse.SUPPRESS)
@@ -291,7 +343,8 @@ def parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_build(sub)
     _add_run(sub)
-    for name in ("bench", "report"):
+    _add_bench(sub)
+    for name in ("report",):
         _add_not_yet(sub, name, *_NOT_YET[name])
     return p
 

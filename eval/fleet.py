@@ -62,18 +62,25 @@ class BackendChoice:
     fallback: dict | None  # {from, to, reason} when auto did not get the OM
 
 
-class Fleet:
-    """`with Fleet(config, model, seq_len) as fleet:` one started actor per device."""
+def connect(config: DeviceConfig) -> ray_cluster.RaySession:
+    """Join the cluster the flags name, or start a local Ray fit for the backend asked for."""
+    return ray_cluster.connect(config.address, simulated_npus=_simulated_npus(config),
+                               devices=_local_devices(config), allow_unhealthy=config.allow_unhealthy)
 
-    def __init__(self, config: DeviceConfig, model: ModelSpec | None, seq_len: int,
+
+class Fleet:
+    """`with Fleet(config, model, seq_len) as fleet:` one started actor per device.
+
+    `seq_len`: the data's window length, which the model must take (None: whatever it takes)."""
+
+    def __init__(self, config: DeviceConfig, model: ModelSpec | None, seq_len: int | None,
                  factory: BackendFactory | None = None):
         self.config, self.model, self.seq_len, self.factory = config, model, seq_len, factory
         self.actors: list = []
 
     def __enter__(self) -> Fleet:
         config = self.config
-        self.session = ray_cluster.connect(config.address, simulated_npus=_simulated_npus(config),
-                                           devices=_local_devices(config), allow_unhealthy=config.allow_unhealthy)
+        self.session = connect(config)
         try:
             self.choice = choose_backend(config, self.model, self.session.resources)
             count = device_count(config, self.choice.backend, self.session.resources)
@@ -100,7 +107,7 @@ class Fleet:
             raise RunError(f"the devices report different model shapes {sorted(shapes)}: "
                            "is the same model on every node?")
         ((batch, seq_len),) = shapes
-        if seq_len != self.seq_len:
+        if self.seq_len is not None and seq_len != self.seq_len:
             raise UserError(f"--model {self.model.name if self.model else ''} takes sequences of {seq_len} tokens "
                             f"but the data holds windows of {self.seq_len}")
         return batch
@@ -179,7 +186,7 @@ def _ship(path: Path) -> ModelFile:
     return ModelFile(path.name, hashlib.sha256(data).hexdigest(), len(data), ray.put(data))
 
 
-def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int, count: int,
+def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int | None, count: int,
                 resources: dict) -> WorkerSpec:
     if backend == "simulated":
         batch = config.batch_size or (model.batch_size if model and model.batch_size else 8)
@@ -195,7 +202,7 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
     reference = _ship(config.check_against) if config.check_against else None
     # onnx workers spread over the nodes: each gets its share of the cores, not all of them.
     threads = max(1, int(resources.get("CPU", 1)) // count)
-    return WorkerSpec(backend=backend, model=shipped, batch_size=batch, seq_len=seq_len,
+    return WorkerSpec(backend=backend, model=shipped, batch_size=batch, seq_len=seq_len or 512,
                       device_ms=config.device_ms, threads=threads if backend == "onnx" else 1,
                       reference=reference, check_batches=config.check_batches if reference else 0,
                       allow_unhealthy=config.allow_unhealthy)

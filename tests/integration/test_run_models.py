@@ -146,3 +146,12 @@ def test_auto_falls_back_to_onnx_without_npus_and_says_why(model):
                                                             "reason": "the Ray cluster has no NPU"}
     with pytest.raises(UserError, match="is an OM and the Ray cluster has no NPU"):
         choose_backend(config, resolve_model(model / "build" / "model.om"), {"CPU": 2})
+
+
+def test_bench_on_the_fake_chips_reads_ais_bench_times(ray_with_fake_chips, model):
+    from npueval.eval.bench import BenchConfig, bench
+
+    (row,) = bench(BenchConfig(models=(model / "build",), loop=3, inputs="random"))
+    assert row.backend == "om" and row.batch_size == B and len(row.per_device) == 2
+    assert all(d["fps"] > 0 and d["device_s"] > 0 for d in row.per_device)
+    assert row.device_fps_sum == pytest.approx(sum(d["fps"] for d in row.per_device))
