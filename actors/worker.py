@@ -98,12 +98,11 @@ def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
 
 def assigned_npu() -> str | None:
     """The NPU id Ray gave this actor (its logic id), or None outside Ray or without one."""
-    try:
-        import ray
+    import ray
 
-        ids = ray.get_runtime_context().get_accelerator_ids().get("NPU", [])
-    except Exception:  # not in a Ray worker
+    if not ray.is_initialized():  # a plain object (tests); asking Ray would start one
         return None
+    ids = ray.get_runtime_context().get_accelerator_ids().get("NPU", [])
     return ids[0] if ids else None
 
 
@@ -129,12 +128,9 @@ class DeviceWorker:
     def __init__(self, spec: WorkerSpec, label: str, factory: BackendFactory | None = None):
         npu = assigned_npu()
         self.device = f"npu:{npu}" if npu is not None else label
-        try:
-            import ray
+        import ray
 
-            self.node_id = ray.get_runtime_context().get_node_id()
-        except Exception:  # not in a Ray worker: a test builds it directly
-            self.node_id = "local"
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         self.evaluator, self._error = None, None
         try:
             self.evaluator = self._evaluator(spec, npu, factory)

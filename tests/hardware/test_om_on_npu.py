@@ -40,3 +40,24 @@ def test_atc_compiles_the_loss_head_graph_and_the_chip_computes_the_loss_in_floa
     assert nll.dtype == np.float32
     # fp16 matmuls, float32 loss: per-token NLL within a few hundredths of the float32 graph's.
     assert np.abs(nll[:, :-1] - ref[:, :-1]).max() < 5e-2
+
+
+def test_run_puts_one_actor_on_every_healthy_chip_and_matches_onnx(tmp_path):
+    """Ray's own NPU detection, healthy chips only, the OM through the object store, and the
+    per-device check against the host ONNX model."""
+    pytest.importorskip("ais_bench.infer.interface")
+    from checkpoints import make_checkpoint
+    from npueval.build.pipeline import BuildConfig, build
+    from npueval.cluster.discovery import discover
+    from npueval.eval.run import RunConfig, run
+    from run_data import prepare_data
+
+    build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "build", batch_size=4, seq_len=64))
+    data = prepare_data(tmp_path / "d", tmp_path / "ckpt" / "vocab.txt", 60_000, mode="sliding", n_ctx=64)
+    healthy = [d for d in discover() if d.healthy]
+    results = run(RunConfig(data=data, out=tmp_path / "out", model=tmp_path / "build",
+                            check_against=tmp_path / "build" / "model.onnx")).results
+    assert results["backend"] == "om" and results["fallback"] is None
+    assert sorted(d["device"] for d in results["per_device"]) == sorted(f"npu:{d.logic_id}" for d in healthy)
+    for d in results["per_device"]:
+        assert d["fps"] > 0 and d["check"]["max_abs_err"] < 5e-2

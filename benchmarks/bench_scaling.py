@@ -1,0 +1,548 @@
+"""Scaling of `npueval run` over simulated NPUs: 1 to 32 devices on one node, and on 2 and 4 nodes.
+
+The device is the simulated backend at the 310P3's measured speed (DESIGN.md, Contracts): each
+model batch of B = 8 windows of 512 tokens sleeps `--device-ms` 42 ms. Everything else is the
+real run path, through the library API `npueval.eval.run.run(RunConfig(...))`: the Parquet
+shards are read by the driver, every block goes through Ray's object store to a `DeviceWorker`
+actor, the actor computes the simulated NLL and masks it, and every finished block is saved to
+OUT/blocks and reduced into results.json.
+
+Definitions (DESIGN.md, Metrics):
+
+- scaling efficiency = samples/s on N devices ÷ (N · 1000 · B / device_ms);
+- host overhead = (N · eval_s − Σ device_s) / Σ device_s, over the devices that ran blocks.
+
+Both come from results.json (`samples_per_s`, `host_overhead`) and are recomputed here from
+`per_device`; the two must agree.
+
+Protocol:
+
+- Data: a synthetic prepared data set (random ids, seed mode: every window full, 511 scored
+  tokens), written with `ShardWriter` and a manifest with the keys `npueval prepare` writes; kept
+  in benchmarks/out/ for the next invocation. Each N evaluates the first
+  N · `--blocks-per-device` · `--block-windows` windows (`--limit`), so every device gets the
+  same number of blocks and every run lasts about the same time whatever N is.
+- One Ray per configuration (`ray.init` with an "NPU" resource of N, or a
+  `ray.cluster_utils.Cluster` of k nodes with N/k NPUs each, all on 127.0.0.1), then `run()`
+  `--repeat` times against it (each call starts and stops its N actors; `eval_s` is from the
+  first block sent to the last result reduced, so actor start-up is not in it). Medians.
+- Host cost: (a) the CPU time of every process during `eval_s`, from /proc (the driver, the
+  actors, raylet/GCS, the rest of the machine); (b) the actors' in-call host time per block
+  (block wall_s − device_s, from OUT/blocks); (c) runs at --device-ms 0, where the host is the
+  only cost, on 1, 2 and 4 devices: their samples/s is the most the host can feed; (d) the
+  driver's and the actor's per-block costs in this process, without Ray.
+
+Run from the repository root, in the project's virtual environment (about 10 minutes on 2 cores):
+
+    python benchmarks/bench_scaling.py
+    python benchmarks/bench_scaling.py --repeat 5 --single 1,4,8,16,32 --multi 2x16,4x8
+
+Writes benchmarks/out/bench_scaling.json (git-ignored) and the plot benchmarks/scaling.png.
+matplotlib is a benchmark-only dependency (`pip install matplotlib`), not one of npueval's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Quiet, loopback-only Ray (stack-notes.md, "Ray 2.60"); set before `import ray`.
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               "RAY_AUTH_MODE": "disabled"}.items():
+    os.environ.setdefault(_k, _v)
+
+import numpy as np
+import ray
+
+import npueval.eval.run as run_module
+from npueval.actors.evaluator import Evaluator
+from npueval.actors.simulated import SimulatedBackend
+from npueval.eval.blocks import BlockReader, plan_blocks
+from npueval.eval.dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
+from npueval.eval.dispatch import Dispatcher
+from npueval.eval.run import RunConfig, run
+from npueval.eval.run_folder import RunFolder
+from npueval.eval.windows import Windows
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "benchmarks" / "out"
+N_CTX = 512
+VOCAB = 21128
+
+log = logging.getLogger("bench_scaling")
+
+
+# -- the data set ------------------------------------------------------------------------------
+
+def make_data(folder: Path, windows: int, rows_per_shard: int = 4096, num_pieces: int = 100) -> Path:
+    """A prepared data set of `windows` full seed-mode windows of random ids (seeded), reused if present."""
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is not None and manifest["windows"] == windows:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(folder, N_CTX, rows_per_shard)
+    per_piece = -(-windows // num_pieces)
+
+    def pieces():
+        for piece, lo in enumerate(range(0, windows, per_piece)):
+            k = min(per_piece, windows - lo)
+            yield Windows(piece, rng.integers(104, VOCAB, size=(k, N_CTX), dtype=np.int32),
+                          np.full(k, N_CTX, np.int64), np.ones(k, np.int64), np.arange(lo, lo + k, dtype=np.int64))
+
+    writer.write(pieces())
+    shards = writer.close()
+    inputs = {"format_version": FORMAT_VERSION, "mode": "seed", "n_ctx": N_CTX, "stride": 768,
+              "num_pieces": num_pieces, "min_length": 128, "shuffle": False, "files_mode": "first",
+              "skip_bad_lines": False, "rows_per_shard": rows_per_shard, "vocab_sha256": "synthetic", "files": []}
+    write_manifest(folder, {
+        **inputs, "dataset_key": f"bench_scaling-synthetic-{windows}", "corpus_dir": "synthetic",
+        "vocab_path": "synthetic", "vocab_size": VOCAB, "pad_id": 0, "articles_total": windows,
+        "articles_kept": windows, "articles_dropped": 0, "bad_lines": 0, "stream_tokens": windows * N_CTX,
+        "windows": writer.windows, "tokens": writer.tokens, "scored_tokens": writer.scored_tokens,
+        "shards": [s.__dict__ for s in shards],
+    })
+    return folder
+
+
+# -- CPU accounting from /proc ------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _category(pid: int, cmdline: bytes) -> str:
+    if pid == os.getpid():
+        return "driver"
+    if b"DeviceWorker" in cmdline:
+        return "actors"
+    if b"raylet" in cmdline or b"gcs_server" in cmdline:
+        return "raylet+gcs"
+    if b"ray" in cmdline:
+        return "ray other"
+    return "other"
+
+
+def cpu_snapshot() -> dict:
+    """CPU seconds so far of every process (by pid, with its category), and the machine's busy total."""
+    procs = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        pid = int(name)
+        procs[pid] = (_category(pid, cmdline), (int(fields[11]) + int(fields[12])) / _TICK)
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(cpu[:8]) - cpu[3] - cpu[4]) / _TICK  # all but idle and iowait
+    return {"procs": procs, "busy": busy}
+
+
+def cpu_delta(before: dict, after: dict) -> dict:
+    out = {"machine": after["busy"] - before["busy"]}
+    for pid, (category, seconds) in after["procs"].items():
+        start = before["procs"].get(pid, (category, 0.0))[1]
+        out[category] = out.get(category, 0.0) + max(0.0, seconds - start)
+    return out
+
+
+# -- instrumenting the run path without changing it ---------------------------------------------
+
+class _Probe:
+    """What one run's driver did, filled by the wrappers below."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.cpu: dict = {}
+        self.driver_cpu_s = self.driver_thread_s = 0.0
+        self.read_s = self.on_result_s = 0.0
+        self.read_at: list[float] = []
+        self.result_at: list[float] = []
+
+
+PROBE = _Probe()
+_original_evaluate = run_module._evaluate
+
+
+def _probed_evaluate(*args, **kwargs):
+    """run()'s `_evaluate` (whose clock is eval_s), with the CPU of every process around it."""
+    before, p0, t0 = cpu_snapshot(), time.process_time(), time.thread_time()
+    try:
+        return _original_evaluate(*args, **kwargs)
+    finally:
+        PROBE.driver_cpu_s, PROBE.driver_thread_s = time.process_time() - p0, time.thread_time() - t0
+        PROBE.cpu = cpu_delta(before, cpu_snapshot())
+
+
+class _ProbedDispatcher(Dispatcher):
+    """The same dispatcher; its `read` and `on_result` callbacks timed."""
+
+    def run(self, blocks, read, on_result):
+        def timed_read(block):
+            t = time.perf_counter()
+            PROBE.read_at.append(t)
+            rows = read(block)
+            PROBE.read_s += time.perf_counter() - t
+            return rows
+
+        def timed_result(result):
+            t = time.perf_counter()
+            PROBE.result_at.append(t)
+            on_result(result)
+            PROBE.on_result_s += time.perf_counter() - t
+
+        return super().run(blocks, timed_read, timed_result)
+
+
+run_module._evaluate = _probed_evaluate
+run_module.Dispatcher = _ProbedDispatcher
+
+
+# -- Ray per configuration ----------------------------------------------------------------------
+
+def start_ray(nodes: int, per_node: int):
+    """One node: ray.init; several: a Cluster on 127.0.0.1 that this driver joins. Returns the Cluster or None."""
+    logging.getLogger("ray._private.accelerators.npu").setLevel(logging.CRITICAL)
+    if nodes == 1:
+        ray.init(resources={"NPU": per_node}, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
+        return None
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"NPU": per_node}, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    for _ in range(nodes - 1):
+        cluster.add_node(num_cpus=1, resources={"NPU": per_node}, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    return cluster
+
+
+def stop_ray(cluster) -> None:
+    ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()
+
+
+# -- one measured run ---------------------------------------------------------------------------
+
+def block_host_s(out: Path) -> list[float]:
+    """Each block's actor-side host time inside the call: wall_s − device_s (NLL, masking, sleep overshoot)."""
+    import pyarrow.parquet as pq
+
+    host = []
+    for path in sorted((out / "blocks").glob("block-*.parquet")):
+        meta = json.loads(pq.read_schema(path).metadata[b"npueval"])
+        host.append(meta["wall_s"] - meta["device_s"])
+    return host
+
+
+def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, limit: int) -> dict:
+    PROBE.reset()
+    results = run(RunConfig(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
+                            device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
+                            max_retries=0)).results
+    per = [d for d in results["per_device"] if d["batches"]]
+    eval_s = results["eval_s"]
+    device_s = sum(d["device_s"] for d in per)
+    batches = sum(d["batches"] for d in per)
+    blocks = results["blocks"]
+    ideal = n * 1000 * args.batch_size / device_ms if device_ms else None
+    host = block_host_s(out)
+    # When the last device got its first block, and how long after the median device's last result the run ended.
+    first_round = PROBE.read_at[n - 1] - PROBE.read_at[0] if len(PROBE.read_at) >= n else None
+    cpu = PROBE.cpu
+    row = {
+        "n": n, "nodes": nodes, "device_ms": device_ms, "windows": results["windows"], "blocks": blocks,
+        "batches": batches, "eval_s": eval_s, "wall_s": results["wall_s"],
+        "samples_per_s": results["samples_per_s"],
+        "samples_per_s_recomputed": results["windows"] / eval_s,
+        "ideal_samples_per_s": ideal,
+        "efficiency": results["samples_per_s"] / ideal if ideal else None,
+        "host_overhead": results["host_overhead"],
+        "host_overhead_recomputed": (len(per) * eval_s - device_s) / device_s if device_s else None,
+        "devices_used": len(per), "nodes_used": len({d["node"] for d in per}),
+        "blocks_per_device": sorted({round(d["batches"] * args.batch_size / args.block_windows) for d in per}),
+        "first_round_s": first_round,
+        "mean_ce": results["mean_ce"],
+        "driver_cpu_s": PROBE.driver_cpu_s, "driver_main_thread_s": PROBE.driver_thread_s,
+        "driver_read_s": PROBE.read_s, "driver_on_result_s": PROBE.on_result_s,
+        "actor_call_host_s": sum(host),
+        "cpu_s": cpu,
+        "cpu_busy_frac": cpu.get("machine", 0.0) / (eval_s * (os.cpu_count() or 1)),
+    }
+    return row
+
+
+def median_row(rows: list[dict]) -> dict:
+    med = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("n", "nodes", "device_ms"):
+            values = [r[key] for r in rows if r[key] is not None]
+            med[key] = statistics.median(values) if values else None
+    med["cpu_s"] = {k: statistics.median(r["cpu_s"].get(k, 0.0) for r in rows) for k in rows[0]["cpu_s"]}
+    med["runs"] = len(rows)
+    return med
+
+
+def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: float, limit: int) -> dict:
+    n = nodes * per_node
+    label = f"{nodes}x{per_node}@{device_ms:g}ms"
+    t0 = time.perf_counter()
+    cluster = start_ray(nodes, per_node)
+    rows = []
+    try:
+        for rep in range(args.warmup + args.repeat):
+            out = tmp / f"{label}-{rep}"
+            row = one_run(data, out, n, nodes, args, device_ms, limit)
+            shutil.rmtree(out, ignore_errors=True)
+            kept = rep >= args.warmup
+            if kept:
+                rows.append(row)
+            eff = f"eff {row['efficiency']:.4f} " if row["efficiency"] is not None else ""
+            print(f"  {label} run {rep}{'' if kept else ' (warm-up)'}: {row['samples_per_s']:.1f} samples/s "
+                  f"{eff}overhead {row['host_overhead']:.4f} eval_s {row['eval_s']:.2f} "
+                  f"cpu busy {row['cpu_busy_frac']:.0%} driver cpu {row['driver_cpu_s']:.2f}s", flush=True)
+            time.sleep(args.settle)  # let the stopped actors' processes go before the next run
+    finally:
+        stop_ray(cluster)
+    med = median_row(rows)
+    med["all_runs"] = rows
+    med["config_s"] = time.perf_counter() - t0
+    return med
+
+
+# -- per-block host costs in this process, without Ray -------------------------------------------
+
+def microbench(data: Path, args) -> dict:
+    """Driver: BlockReader.read + RunFolder.save of one block; actor: Evaluator.evaluate at 0 ms, per batch."""
+    import pickle
+
+    manifest = read_manifest(data)
+    keep = np.ones(manifest["windows"], dtype=bool)
+    reader = BlockReader(data, manifest, keep, None)
+    blocks = plan_blocks(min(manifest["windows"], 64 * args.block_windows), args.block_windows)
+    reader.read(blocks[0])  # the shard's first read (parquet decode) is per shard, not per block
+    t = time.perf_counter()
+    rows = [reader.read(b) for b in blocks]
+    read_ms = 1000 * (time.perf_counter() - t) / len(blocks)
+    evaluator = Evaluator(SimulatedBackend(args.batch_size, N_CTX, 0.0))
+    evaluator.evaluate(0, **{k: rows[0][k] for k in ("input_ids", "score_from", "n_valid", "window_ids")})
+    t = time.perf_counter()
+    results = [evaluator.evaluate(b.block_id, **{k: r[k] for k in ("input_ids", "score_from", "n_valid", "window_ids")})
+               for b, r in zip(blocks, rows)]
+    eval_ms = 1000 * (time.perf_counter() - t) / len(blocks)
+    t = time.perf_counter()
+    for r in rows:
+        pickle.loads(pickle.dumps(r, protocol=5))
+    pickle_ms = 1000 * (time.perf_counter() - t) / len(blocks)
+    with tempfile.TemporaryDirectory() as d:
+        folder = RunFolder(Path(d))
+        folder.blocks.mkdir(parents=True)
+        t = time.perf_counter()
+        for r in results:
+            folder.save(r)
+        save_ms = 1000 * (time.perf_counter() - t) / len(blocks)
+    sleeps = []
+    for _ in range(50):
+        t = time.perf_counter()
+        time.sleep(args.device_ms / 1000)
+        sleeps.append(time.perf_counter() - t - args.device_ms / 1000)
+    batches = args.block_windows // args.batch_size
+    return {"driver_read_ms_per_block": read_ms, "driver_save_ms_per_block": save_ms,
+            "pickle_roundtrip_ms_per_block": pickle_ms, "actor_evaluate_ms_per_block": eval_ms,
+            "actor_evaluate_ms_per_batch": eval_ms / batches,
+            "sleep_overshoot_ms_idle": 1000 * statistics.median(sleeps)}
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+def table(rows: list[dict], batch_size: int) -> str:
+    lines = ["| N | nodes | samples/s | ideal samples/s | efficiency | host overhead | eval_s | blocks/device |"
+             " CPU busy (2 cores) | driver CPU ms/block |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['nodes']} | {r['samples_per_s']:.1f} | {r['ideal_samples_per_s']:.1f} | "
+            f"{100 * r['efficiency']:.2f}% | {100 * r['host_overhead']:.2f}% | {r['eval_s']:.2f} | "
+            f"{'/'.join(map(str, r['blocks_per_device']))} | {100 * r['cpu_busy_frac']:.0f}% | "
+            f"{1000 * r['driver_cpu_s'] / r['blocks']:.2f} |")
+    return "\n".join(lines)
+
+
+def host_table(rows: list[dict], batch_size: int) -> str:
+    lines = ["| N (device_ms 0) | samples/s | batches/s | host ms/batch (2 cores) | CPU busy |"
+             " driver | actors | raylet+gcs | ray other | other |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
+        bps = r["samples_per_s"] / batch_size
+        lines.append(
+            f"| {r['n']} | {r['samples_per_s']:.0f} | {bps:.0f} | {per_batch('machine'):.2f} | "
+            f"{100 * r['cpu_busy_frac']:.0f}% | {per_batch('driver'):.2f} | {per_batch('actors'):.2f} | "
+            f"{per_batch('raylet+gcs'):.2f} | {per_batch('ray other'):.2f} | {per_batch('other'):.2f} |")
+    return "\n".join(lines)
+
+
+def cpu_table(rows: list[dict]) -> str:
+    lines = ["| N | nodes | CPU ms/batch (all) | driver | actors | raylet+gcs | ray other | other |"
+             " actor in-call host ms/batch |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
+        lines.append(
+            f"| {r['n']} | {r['nodes']} | {per_batch('machine'):.2f} | {per_batch('driver'):.2f} | "
+            f"{per_batch('actors'):.2f} | {per_batch('raylet+gcs'):.2f} | {per_batch('ray other'):.2f} | "
+            f"{per_batch('other'):.2f} | {1000 * r['actor_call_host_s'] / r['batches']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ns = [r["n"] for r in single]
+    ax.plot(ns, [100 * r["efficiency"] for r in single], "o-", label="1 node")
+    for nodes, marker in ((2, "s"), (4, "^"), (8, "D")):
+        pts = [r for r in multi if r["nodes"] == nodes]
+        if pts:
+            ax.plot([r["n"] for r in pts], [100 * r["efficiency"] for r in pts], marker, ms=8,
+                    linestyle="--", label=f"{nodes} nodes")
+    ax.axhline(95, color="grey", linestyle=":", label="goal 95%")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("simulated devices N")
+    ax.set_ylabel("scaling efficiency, %")
+    ax.set_title(f"npueval run, simulated 310P3 (B={args.batch_size}, {args.device_ms:g} ms/batch)", fontsize=10)
+    lo = min(90.0, min(100 * r["efficiency"] for r in single + multi) - 1)
+    ax.set_ylim(lo, 100.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+
+    ax2.plot(ns, [100 * r["host_overhead"] for r in single], "o-", label="1 node")
+    for nodes, marker in ((2, "s"), (4, "^"), (8, "D")):
+        pts = [r for r in multi if r["nodes"] == nodes]
+        if pts:
+            ax2.plot([r["n"] for r in pts], [100 * r["host_overhead"] for r in pts], marker, ms=8,
+                     linestyle="--", label=f"{nodes} nodes")
+    ax2.axhline(2, color="grey", linestyle=":", label="goal 2%")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xticks(ns, [str(n) for n in ns])
+    ax2.set_xlabel("simulated devices N")
+    ax2.set_ylabel("host overhead, % of device time")
+    ax2.set_title(f"medians of {args.repeat} runs; {args.blocks_per_device} blocks of {args.block_windows} "
+                  "windows per device; 2-core host", fontsize=9)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _multi(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in filter(None, text.split(",")):
+        nodes, per = item.lower().split("x")
+        out.append((int(nodes), int(per)))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--single", default="1,4,8,16,32", help="devices on one node (default 1,4,8,16,32)")
+    p.add_argument("--multi", default="2x2,2x8,2x16,4x2,4x8",
+                   help="NODESxPER_NODE simulated multi-node configurations (default 2x2,2x8,2x16,4x2,4x8)")
+    p.add_argument("--host-n", default="1,2,4", help="devices of the --device-ms 0 runs (host cost only)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=0, help="unmeasured runs per configuration first")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device-ms", type=float, default=42.0)
+    p.add_argument("--block-windows", type=int, default=64, help="windows per block (one actor call)")
+    p.add_argument("--blocks-per-device", type=int, default=16)
+    p.add_argument("--host-windows", type=int, default=8192, help="windows of each --device-ms 0 run")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds between runs")
+    p.add_argument("--json", type=Path, default=OUT / "bench_scaling.json")
+    p.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "scaling.png")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    single, multi, host_n = _ints(args.single), _multi(args.multi), _ints(args.host_n)
+    max_n = max(single + [a * b for a, b in multi] + [1])
+    windows = max(max_n * args.blocks_per_device * args.block_windows, args.host_windows)
+    t0 = time.perf_counter()
+    data = make_data(OUT / f"scaling-data-{windows}", windows)
+    print(f"data: {windows} windows of {N_CTX} ({time.perf_counter() - t0:.1f} s); block = {args.block_windows} "
+          f"windows = {args.block_windows // args.batch_size} batches = "
+          f"{args.block_windows // args.batch_size * args.device_ms / 1000:.3f} s of device time; "
+          f"{args.blocks_per_device} blocks per device", flush=True)
+
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "args": {k: str(v) for k, v in vars(args).items()},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
+                          "platform": platform.platform()},
+              "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip(),
+              "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    report["micro"] = microbench(data, args)
+    print("per-block host costs in this process (no Ray):", json.dumps(report["micro"], indent=1), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench_scaling-") as tmp:
+        tmp = Path(tmp)
+        host_rows = []
+        for n in host_n:
+            host_rows.append(measure(data, tmp, 1, n, args, 0.0, args.host_windows))
+        single_rows, multi_rows = [], []
+        for n in single:
+            single_rows.append(measure(data, tmp, 1, n, args, args.device_ms, n * args.blocks_per_device * args.block_windows))
+        for nodes, per in multi:
+            n = nodes * per
+            multi_rows.append(measure(data, tmp, nodes, per, args, args.device_ms,
+                                      n * args.blocks_per_device * args.block_windows))
+
+    report.update(single=single_rows, multi=multi_rows, host=host_rows,
+                  total_s=time.perf_counter() - t0)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    plot(single_rows, multi_rows, args.plot, args)
+
+    rows = single_rows + multi_rows
+    print(f"\n## Scaling (medians of {args.repeat}; B={args.batch_size}, {args.device_ms:g} ms per batch)\n")
+    print(table(rows, args.batch_size))
+    print("\n## Host CPU during eval_s, ms per model batch, by process\n")
+    print(cpu_table(rows))
+    print("\n## Host only (--device-ms 0)\n")
+    print(host_table(host_rows, args.batch_size))
+    checks = [abs(r["host_overhead"] - r["host_overhead_recomputed"]) < 1e-9 and
+              abs(r["samples_per_s"] - r["samples_per_s_recomputed"]) < 1e-6 for r in rows]
+    print(f"\nresults.json and the recomputation from per_device agree: {all(checks)}")
+    print(f"total {time.perf_counter() - t0:.0f} s; wrote {args.json} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

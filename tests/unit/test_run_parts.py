@@ -1,0 +1,153 @@
+"""The parts of `npueval run` that need no Ray: blocks, the results folder, the reduction's
+exactly-once check, the device actor as a plain class, and the sick-chip check."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npueval.actors.evaluator import BlockResult, Evaluator
+from npueval.actors.simulated import SimulatedBackend
+from npueval.actors.worker import DeviceWorker, WorkerSpec, check_chip_health
+from npueval.eval.blocks import Block, BlockReader, plan_blocks, read_index
+from npueval.eval.dataset import ShardWriter
+from npueval.eval.errors import DatasetError, RunError, UserError
+from npueval.eval.results import collect
+from npueval.eval.run_folder import RunFolder
+from npueval.eval.windows import Windows
+
+FAKES = Path(__file__).parents[1] / "fakes"
+L = 8
+
+
+@pytest.fixture
+def data(tmp_path):
+    """23 windows of 3 pieces in shards of 5 rows; row r's ids are r·10 + position."""
+    writer = ShardWriter(tmp_path, L, rows_per_shard=5)
+    row = 0
+    for piece, count in ((0, 9), (1, 7), (2, 7)):
+        ids = (np.arange(row, row + count)[:, None] * 10 + np.arange(L)).astype(np.int32)
+        writer.write([Windows(piece, ids, np.full(count, L), np.ones(count, np.int64), np.arange(row, row + count))])
+        row += count
+    shards = writer.close()
+    manifest = {"n_ctx": L, "shards": [s.__dict__ for s in shards]}
+    return tmp_path, manifest
+
+
+def test_blocks_cover_the_windows_once():
+    assert plan_blocks(10, 4) == [Block(0, 0, 4), Block(1, 4, 8), Block(2, 8, 10)]
+    assert plan_blocks(0, 4) == []
+
+
+def test_a_block_read_across_shards_keeps_only_the_scored_windows(data):
+    folder, manifest = data
+    keep = np.ones(23, bool)
+    keep[[4, 5, 12]] = False
+    reader = BlockReader(folder, manifest, keep, vocab_size=1000)
+    rows = reader.read(Block(0, 3, 14))  # shards 0, 1 and 2
+    assert rows["window_ids"].tolist() == [3, 6, 7, 8, 9, 10, 11, 13]
+    assert (rows["input_ids"][:, 0] == rows["window_ids"] * 10).all()
+    assert rows["input_ids"].shape == (8, L) and rows["n_valid"].tolist() == [L] * 8
+    index = read_index(folder, manifest)
+    assert index.piece.tolist() == [0] * 9 + [1] * 7 + [2] * 7 and index.doc_id.tolist() == list(range(23))
+
+
+def test_a_token_id_outside_the_vocabulary_names_shard_and_row(data):
+    folder, manifest = data
+    reader = BlockReader(folder, manifest, np.ones(23, bool), vocab_size=120)  # row 12 holds id 120
+    with pytest.raises(DatasetError, match=r"shard-00002\.parquet: row 2 holds token id 120 at position 0, "
+                                           r"outside the model's vocabulary of 120"):
+        reader.read(Block(0, 10, 15))
+
+
+def block_result(block_id: int, window_ids, nll) -> BlockResult:
+    window_ids = np.asarray(window_ids, np.int64)
+    return BlockResult(block_id, "node-a", "npu:0", float(np.sum(nll)), 3 * len(window_ids), len(window_ids), 1,
+                       0.25, 0.5, window_ids, np.asarray(nll, np.float64), np.full(len(window_ids), 3, np.int64))
+
+
+def test_a_saved_block_reads_back_bit_for_bit(tmp_path):
+    folder = RunFolder(tmp_path / "out")
+    folder.start({"model": "m"}, resume=False, force=False)
+    saved = block_result(7, [14, 15], [1 / 3, np.pi])
+    folder.save(saved)
+    loaded = folder.load(7)
+    assert loaded.window_nll.tobytes() == saved.window_nll.tobytes()
+    assert (loaded.block_id, loaded.node_id, loaded.device, loaded.device_s, loaded.batches) == (7, "node-a", "npu:0",
+                                                                                                  0.25, 1)
+    assert folder.finished() == {7} and not list((tmp_path / "out" / "blocks").glob(".*"))
+
+
+def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
+    folder = RunFolder(tmp_path / "out")
+    folder.start({"model": "m", "limit": 10}, resume=False, force=False)
+    folder.save(block_result(0, [0], [1.0]))
+    with pytest.raises(DatasetError, match=r"holds 1 finished blocks of a run: continue it with --resume"):
+        folder.start({"model": "m", "limit": 10}, resume=False, force=False)
+    with pytest.raises(DatasetError, match=r"of another run \(model: 'm' there, 'n' now\)"):
+        folder.start({"model": "n", "limit": 10}, resume=True, force=False)
+    assert folder.start({"model": "m", "limit": 10}, resume=True, force=False) == {0}
+    assert folder.start({"model": "n", "limit": 10}, resume=False, force=True) == set()
+    assert folder.finished() == set()
+
+
+def test_the_reduction_proves_every_window_was_counted_once():
+    blocks = [block_result(0, [0, 1], [1.0, 2.0]), block_result(1, [2, 3], [3.0, 4.0])]
+    assert collect(blocks, np.arange(4)).nll.tolist() == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(RunError, match=r"hold 4 windows, the run needs 5 \(1 missing, 0 counted twice\)"):
+        collect(blocks, np.arange(5))
+    with pytest.raises(RunError, match=r"1 counted twice"):
+        collect(blocks + [block_result(2, [3], [4.0])], np.arange(5))
+
+
+def test_the_device_actor_as_a_plain_class():
+    worker = DeviceWorker(WorkerSpec(backend="simulated", batch_size=4, seq_len=L, device_ms=1), "cpu:0")
+    assert worker.describe()["batch_size"] == 4 and worker.device == "cpu:0" and worker.node_id == "local"
+    ids = np.arange(5 * L).reshape(5, L) % 50
+    rows = {"input_ids": ids, "score_from": np.ones(5, np.int16), "n_valid": np.full(5, L, np.int16),
+            "window_ids": np.arange(5)}
+    result = worker.evaluate(3, rows)
+    expected = Evaluator(SimulatedBackend(4, L)).evaluate(3, ids, rows["score_from"], rows["n_valid"], np.arange(5))
+    assert result.window_nll.tolist() == expected.window_nll.tolist() and result.batches == 2
+    bench = worker.bench(loop=3, warmup=1)
+    assert bench["batches"] == 3 and bench["device_s"] == pytest.approx(0.003)
+
+
+def test_an_actor_that_cannot_start_says_why_on_every_call(tmp_path):
+    from npueval.actors.worker import ModelFile
+
+    class Broken:
+        def __call__(self, spec, model_path):
+            raise UserError("--model m.onnx: onnxruntime cannot load it")
+
+    spec = WorkerSpec(backend="simulated")
+    worker = DeviceWorker(spec, "cpu:0", factory=Broken())
+    for call in (worker.describe, lambda: worker.evaluate(0, {})):
+        with pytest.raises(UserError, match="onnxruntime cannot load it"):
+            call()
+    with pytest.raises(UserError, match="--backend onnx needs --model"):
+        WorkerSpec(backend="onnx")
+    assert ModelFile("m", "0" * 64, 1, None).name == "m"
+
+
+@pytest.fixture
+def sick_host(tmp_path, monkeypatch):
+    """The 310P3 Duo capture of ascend.md §2.1 with card 1 chip 1 (logic id 1) in Alarm."""
+    capture = (FAKES / "npu-smi-info-310p3-duo.txt").read_bytes()
+    first = capture.index(b"| OK              |")
+    second = capture.index(b"| OK              |", first + 1)
+    sick = capture[:second] + b"| Alarm           |" + capture[second + len(b"| OK              |"):]
+    (tmp_path / "info.txt").write_bytes(sick)
+    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_NPU_SMI_INFO", str(tmp_path / "info.txt"))
+
+
+def test_an_actor_on_a_sick_chip_refuses_unless_allowed(sick_host, caplog):
+    check_chip_health("0", allow_unhealthy=False)
+    with pytest.raises(UserError, match=r"NPU logic id 1 \(card 1 chip 1\) reports health Alarm: .*--allow-unhealthy"):
+        check_chip_health("1", allow_unhealthy=False)
+    check_chip_health("1", allow_unhealthy=True)
+    assert "running on it anyway" in caplog.text
