@@ -317,9 +317,9 @@ def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: f
             kept = rep >= args.warmup
             if kept:
                 rows.append(row)
-            eff = f"eff {row['efficiency']:.4f} " if row["efficiency"] is not None else ""
+            eff = f"eff {row['efficiency']:.4f} overhead {row['host_overhead']:.4f} " if device_ms else ""
             print(f"  {label} run {rep}{'' if kept else ' (warm-up)'}: {row['samples_per_s']:.1f} samples/s "
-                  f"{eff}overhead {row['host_overhead']:.4f} eval_s {row['eval_s']:.2f} "
+                  f"{eff}eval_s {row['eval_s']:.2f} "
                   f"cpu busy {row['cpu_busy_frac']:.0%} driver cpu {row['driver_cpu_s']:.2f}s", flush=True)
             time.sleep(args.settle)  # let the stopped actors' processes go before the next run
     finally:

@@ -182,8 +182,8 @@ def _add_run(sub) -> None:
         "windows.parquet and result.txt into --out, and a summary table on stdout.",
     )
     _add_verbosity(p, default=argparse.SUPPRESS)
-    p.add_argument("--data", required=True, help="a folder made by `npueval prepare`")
-    p.add_argument("--out", required=True, help="the results folder (finished blocks are saved there as they come)")
+    p.add_argument("--data", help="a folder made by `npueval prepare`")
+    p.add_argument("--out", help="the results folder (finished blocks are saved there as they come)")
     p.add_argument("--model", help="an `npueval build` folder, a .onnx or an .om file")
     _add_device_flags(p)
     p.add_argument("--batch-size", type=int, help="the simulated backend's batch (default: the model's, else 8)")
@@ -202,8 +202,15 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .errors import UserError
     from .results import summary_table
     from .run import RunConfig, run
+
+    if args.data is None and args.out is None:
+        raise NotYetAvailable("`npueval run` without --data (the bundled sample on CPU) arrives with issue #5; "
+                              "give --data DIR --out DIR")
+    if args.data is None or args.out is None:
+        raise UserError(f"--{'data' if args.data is None else 'out'} is required; see `npueval run --help`")
 
     config = RunConfig(
         data=args.data, out=args.out, model=args.model, backend=args.backend, devices=args.devices,
