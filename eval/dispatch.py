@@ -1,5 +1,9 @@
 """Sending blocks to the device actors, exactly once (README, "Why plain actors").
 
+Blocks are read from the shards and put into the object store ahead of time by a `Prefetcher`
+thread (decoding a shard and copying a block stay off the dispatch loop's critical path), so a
+device that frees up gets its next block at once.
+
 Each actor has up to `per_actor` calls in flight (the next block waits on the device while the
 current one runs). A call that fails because its actor died, or with an error that is not the
 user's, sends its block again (to whichever actor is free) and counts a retry; a block that
@@ -11,8 +15,10 @@ is left out. Results come back through `on_result`, which saves each block as it
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from npueval.actors.evaluator import BlockResult
@@ -31,6 +37,51 @@ class _Slot:
     state: str = "ready"  # ready | probing | dead
 
 
+class Prefetcher:
+    """(block, its rows in the object store), in block order, read up to `depth` blocks ahead in a
+    thread. An error while reading (a bad token id) comes out where its block would have."""
+
+    _END = object()
+
+    def __init__(self, blocks: list[Block], read: Callable[[Block], dict], depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(blocks, read), daemon=True, name="npueval-prefetch")
+        self._thread.start()
+
+    def _work(self, blocks: list[Block], read: Callable[[Block], dict]) -> None:
+        import ray
+
+        try:
+            for block in blocks:
+                item = (block, ray.put(read(block)))
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._queue.put(exc)
+            return
+        self._queue.put(self._END)
+
+    def __iter__(self) -> Iterator[tuple[Block, object]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class Dispatcher:
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = 2):
         self.slots = [_Slot(a, n) for a, n in zip(actors, names)]
@@ -39,30 +90,51 @@ class Dispatcher:
 
     def run(self, blocks: list[Block], read: Callable[[Block], dict],
             on_result: Callable[[BlockResult], None]) -> None:
+        prefetch = Prefetcher(blocks, read, depth=2 * self.per_actor * len(self.slots))
+        try:
+            self._loop(iter(prefetch), on_result)
+        finally:
+            prefetch.close()
+
+    def _loop(self, fresh: Iterator[tuple[Block, object]], on_result: Callable[[BlockResult], None]) -> None:
         import ray
 
-        queue = deque(blocks)
-        payloads: dict[int, object] = {}  # block id → its rows in the object store, kept for a retry
-        in_flight: dict[object, tuple[Block, int]] = {}
+        retry: deque[tuple[Block, object]] = deque()  # failed blocks go out again before fresh ones
+        in_flight: dict[object, tuple[Block, object, int]] = {}
         probes: dict[object, int] = {}
         failures: Counter[int] = Counter()
-        while queue or in_flight:
+        exhausted = False
+
+        def next_block():
+            nonlocal exhausted
+            if retry:
+                return retry.popleft()
+            if not exhausted:
+                item = next(fresh, None)
+                exhausted = item is None
+                return item
+            return None
+
+        while True:
             # Round by round, so that every device gets a block before any gets a second.
             for depth in range(1, self.per_actor + 1):
                 for k, slot in enumerate(self.slots):
-                    if queue and slot.state == "ready" and slot.in_flight < depth:
-                        block = queue.popleft()
-                        if block.block_id not in payloads:
-                            payloads[block.block_id] = ray.put(read(block))
-                        in_flight[slot.actor.evaluate.remote(block.block_id, payloads[block.block_id])] = (block, k)
+                    if slot.state == "ready" and slot.in_flight < depth:
+                        item = next_block()
+                        if item is None:
+                            break
+                        block, rows = item
+                        in_flight[slot.actor.evaluate.remote(block.block_id, rows)] = (block, rows, k)
                         slot.in_flight += 1
             if not in_flight and not probes:
-                raise RunError(f"every device failed; {len(queue)} blocks were left unevaluated")
+                if retry or not exhausted:
+                    raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated")
+                return
             (ref,), _ = ray.wait(list(in_flight) + list(probes), num_returns=1)
             if ref in probes:
                 self._probed(ref, probes.pop(ref))
                 continue
-            block, k = in_flight.pop(ref)
+            block, rows, k = in_flight.pop(ref)
             slot = self.slots[k]
             slot.in_flight -= 1
             try:
@@ -81,12 +153,11 @@ class Dispatcher:
                         f"{failures[block.block_id]} times, last on {slot.name}: {_first_line(exc)}; "
                         "the finished blocks are saved, continue with --resume"
                     ) from None
-                queue.appendleft(block)
+                retry.append((block, rows))
                 if _actor_died(exc) and slot.state == "ready":
                     slot.state = "probing"
                     probes[slot.actor.describe.remote()] = k
                 continue
-            payloads.pop(block.block_id, None)
             on_result(result)
 
     def _probed(self, ref, k: int) -> None:

@@ -30,7 +30,7 @@ from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
 from .model_spec import ModelSpec, check_pair, resolve_model
 from .provenance import provenance
-from .run_folder import RunFolder
+from .run_folder import BackgroundSaver, RunFolder
 from .vocab import file_sha256
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,11 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, data: dict, model: Mo
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
     tokens, total = 0, int(plan.keep.sum())
 
+    saver = BackgroundSaver(folder)
+
     def finished(result: BlockResult) -> None:
         nonlocal windows, tokens
-        folder.save(result)
+        saver.save(result)
         fresh.append(result)
         windows, tokens = windows + result.windows, tokens + result.scored_tokens
         if progress:
@@ -168,6 +170,8 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, data: dict, model: Mo
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {len(plan.done) + len(fresh)} of {len(plan.blocks)} blocks are saved in "
                           f"{config.out}; continue with --resume") from None
+    finally:
+        saver.close()  # whatever ends the run, every finished block reaches the disk first
     return Evaluated(fresh, time.perf_counter() - start, dispatcher.retries)
 
 

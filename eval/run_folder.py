@@ -111,6 +111,29 @@ class RunFolder:
         _write_atomic(self.out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
+class BackgroundSaver:
+    """Saves finished blocks in a thread, off the dispatch loop (a Parquet write costs milliseconds
+    the loop needs for the devices); `close` waits until every block handed to it is on disk."""
+
+    def __init__(self, folder: RunFolder):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npueval-save")
+        self._pending: list = []
+
+    def save(self, result: BlockResult) -> None:
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(self._pool.submit(self.folder.save, result))
+
+    def close(self) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
