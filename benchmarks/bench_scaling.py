@@ -176,6 +176,7 @@ class _Probe:
         self.read_s = self.on_result_s = 0.0
         self.read_at: list[float] = []
         self.result_at: list[float] = []
+        self.eval_start = self.eval_end = 0.0
 
 
 PROBE = _Probe()
@@ -185,9 +186,11 @@ _original_evaluate = run_module._evaluate
 def _probed_evaluate(*args, **kwargs):
     """run()'s `_evaluate` (whose clock is eval_s), with the CPU of every process around it."""
     before, p0, t0 = cpu_snapshot(), time.process_time(), time.thread_time()
+    PROBE.eval_start = time.perf_counter()
     try:
         return _original_evaluate(*args, **kwargs)
     finally:
+        PROBE.eval_end = time.perf_counter()
         PROBE.driver_cpu_s, PROBE.driver_thread_s = time.process_time() - p0, time.thread_time() - t0
         PROBE.cpu = cpu_delta(before, cpu_snapshot())
 
@@ -257,9 +260,11 @@ def block_host_s(out: Path) -> list[float]:
 
 def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, limit: int) -> dict:
     PROBE.reset()
+    started = time.perf_counter()
     results = run(RunConfig(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
                             device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
                             max_retries=0)).results
+    ended = time.perf_counter()
     per = [d for d in results["per_device"] if d["batches"]]
     eval_s = results["eval_s"]
     device_s = sum(d["device_s"] for d in per)
@@ -270,6 +275,13 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
     # When the last device got its first block, and how long after the median device's last result the run ended.
     first_round = PROBE.read_at[n - 1] - PROBE.read_at[0] if len(PROBE.read_at) >= n else None
     cpu = PROBE.cpu
+    # Steady state: the rate at which results arrive once every device has returned its first
+    # block and before the queue runs dry (start-up stagger and tail left out).
+    k1, k2 = n, blocks - 2 * n
+    steady = None
+    if device_ms and k2 - k1 >= 4:
+        t = sorted(PROBE.result_at)
+        steady = (k2 - k1) * args.block_windows / (t[k2] - t[k1]) / ideal
     row = {
         "n": n, "nodes": nodes, "device_ms": device_ms, "windows": results["windows"], "blocks": blocks,
         "batches": batches, "eval_s": eval_s, "wall_s": results["wall_s"],
@@ -282,6 +294,9 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
         "devices_used": len(per), "nodes_used": len({d["node"] for d in per}),
         "blocks_per_device": sorted({round(d["batches"] * args.batch_size / args.block_windows) for d in per}),
         "first_round_s": first_round,
+        "first_result_s": PROBE.result_at[0] - PROBE.eval_start if PROBE.result_at else None,
+        "steady_efficiency": steady,
+        "setup_s": PROBE.eval_start - started, "after_s": ended - PROBE.eval_end,
         "mean_ce": results["mean_ce"],
         "driver_cpu_s": PROBE.driver_cpu_s, "driver_main_thread_s": PROBE.driver_thread_s,
         "driver_read_s": PROBE.read_s, "driver_on_result_s": PROBE.on_result_s,
@@ -299,6 +314,7 @@ def median_row(rows: list[dict]) -> dict:
             values = [r[key] for r in rows if r[key] is not None]
             med[key] = statistics.median(values) if values else None
     med["cpu_s"] = {k: statistics.median(r["cpu_s"].get(k, 0.0) for r in rows) for k in rows[0]["cpu_s"]}
+    med["blocks_per_device"] = sorted({k for r in rows for k in r["blocks_per_device"]})
     med["runs"] = len(rows)
     return med
 
@@ -328,6 +344,25 @@ def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: f
     med["all_runs"] = rows
     med["config_s"] = time.perf_counter() - t0
     return med
+
+
+def idle_actors(n: int, seconds: float = 5.0) -> dict:
+    """CPU of n started DeviceWorker actors doing nothing (Ray's own background work), in cores."""
+    from npueval.actors.worker import WorkerSpec, remote_workers
+
+    cluster = start_ray(1, n)
+    try:
+        actors = remote_workers(WorkerSpec("simulated", batch_size=8, seq_len=N_CTX), n, 0)
+        ray.get([a.describe.remote() for a in actors])
+        time.sleep(2.0)
+        before, t = cpu_snapshot(), time.perf_counter()
+        time.sleep(seconds)
+        delta, dt = cpu_delta(before, cpu_snapshot()), time.perf_counter() - t
+        for a in actors:
+            ray.kill(a)
+    finally:
+        stop_ray(cluster)
+    return {"actors": n, "cores": {k: v / dt for k, v in delta.items()}}
 
 
 # -- per-block host costs in this process, without Ray -------------------------------------------
@@ -375,16 +410,21 @@ def microbench(data: Path, args) -> dict:
 
 # -- reporting ----------------------------------------------------------------------------------
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
 def table(rows: list[dict], batch_size: int) -> str:
-    lines = ["| N | nodes | samples/s | ideal samples/s | efficiency | host overhead | eval_s | blocks/device |"
-             " CPU busy (2 cores) | driver CPU ms/block |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| N | nodes | samples/s | ideal samples/s | efficiency | host overhead | eval_s | steady-state efficiency |"
+             " blocks/device | last device's first block, s | CPU busy (2 cores) | run() wall s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['nodes']} | {r['samples_per_s']:.1f} | {r['ideal_samples_per_s']:.1f} | "
             f"{100 * r['efficiency']:.2f}% | {100 * r['host_overhead']:.2f}% | {r['eval_s']:.2f} | "
-            f"{'/'.join(map(str, r['blocks_per_device']))} | {100 * r['cpu_busy_frac']:.0f}% | "
-            f"{1000 * r['driver_cpu_s'] / r['blocks']:.2f} |")
+            f"{_pct(r['steady_efficiency'])} | "
+            f"{'/'.join(map(str, r['blocks_per_device']))} | {r['first_round_s']:.3f} | "
+            f"{100 * r['cpu_busy_frac']:.0f}% | {r['wall_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -404,14 +444,15 @@ def host_table(rows: list[dict], batch_size: int) -> str:
 
 def cpu_table(rows: list[dict]) -> str:
     lines = ["| N | nodes | CPU ms/batch (all) | driver | actors | raylet+gcs | ray other | other |"
-             " actor in-call host ms/batch |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             " actor in-call host ms/batch | driver CPU ms/block (main thread) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
         lines.append(
             f"| {r['n']} | {r['nodes']} | {per_batch('machine'):.2f} | {per_batch('driver'):.2f} | "
             f"{per_batch('actors'):.2f} | {per_batch('raylet+gcs'):.2f} | {per_batch('ray other'):.2f} | "
-            f"{per_batch('other'):.2f} | {1000 * r['actor_call_host_s'] / r['batches']:.2f} |")
+            f"{per_batch('other'):.2f} | {1000 * r['actor_call_host_s'] / r['batches']:.2f} | "
+            f"{1000 * r['driver_cpu_s'] / r['blocks']:.2f} ({1000 * r['driver_main_thread_s'] / r['blocks']:.2f}) |")
     return "\n".join(lines)
 
 
@@ -424,6 +465,9 @@ def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ns = [r["n"] for r in single]
     ax.plot(ns, [100 * r["efficiency"] for r in single], "o-", label="1 node")
+    steady = [(r["n"], 100 * r["steady_efficiency"]) for r in single if r["steady_efficiency"] is not None]
+    if steady:
+        ax.plot(*zip(*steady), "o:", mfc="none", color="C0", alpha=0.7, label="1 node, steady state (no start/tail)")
     for nodes, marker in ((2, "s"), (4, "^"), (8, "D")):
         pts = [r for r in multi if r["nodes"] == nodes]
         if pts:
@@ -486,6 +530,7 @@ def main() -> int:
     p.add_argument("--block-windows", type=int, default=64, help="windows per block (one actor call)")
     p.add_argument("--blocks-per-device", type=int, default=16)
     p.add_argument("--host-windows", type=int, default=8192, help="windows of each --device-ms 0 run")
+    p.add_argument("--idle-n", type=int, default=32, help="also measure the CPU of this many idle actors (0: no)")
     p.add_argument("--settle", type=float, default=1.0, help="seconds between runs")
     p.add_argument("--json", type=Path, default=OUT / "bench_scaling.json")
     p.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "scaling.png")
@@ -510,6 +555,11 @@ def main() -> int:
               "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     report["micro"] = microbench(data, args)
     print("per-block host costs in this process (no Ray):", json.dumps(report["micro"], indent=1), flush=True)
+
+    if args.idle_n:
+        report["idle"] = idle_actors(args.idle_n)
+        print(f"{args.idle_n} idle actors use", {k: round(v, 3) for k, v in report["idle"]["cores"].items()},
+              "cores", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_scaling-") as tmp:
         tmp = Path(tmp)
