@@ -54,19 +54,22 @@ class Prefetcher:
 
         try:
             for block in blocks:
-                item = (block, ray.put(read(block)))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put((block, ray.put(read(block)))):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            self._queue.put(exc)
+            self._put(exc)
             return
-        self._queue.put(self._END)
+        self._put(self._END)
+
+    def _put(self, item) -> bool:
+        """Wait for room in the queue unless the consumer has gone; False if it has."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __iter__(self) -> Iterator[tuple[Block, object]]:
         while True:
