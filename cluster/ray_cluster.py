@@ -57,6 +57,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
     elif devices:
         os.environ["ASCEND_RT_VISIBLE_DEVICES"] = visible_devices(devices, allow_unhealthy)
     ray.init(
+        # "local": a Ray of our own, even where one that `ray start` left running would be found.
+        address="local",
         num_cpus=num_cpus,
         resources=resources or None,
         include_dashboard=False,

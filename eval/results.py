@@ -120,6 +120,8 @@ def summary_table(results: dict) -> str:
         f"  throughput           {fmt(results['samples_per_s'], 1)} samples/s, {fmt(results['tokens_per_s'], 0)} "
         f"tokens/s over {results['eval_s']:.1f} s",
         f"  device FPS (sum)     {fmt(results['device_fps_sum'], 1)}",
+        f"  host overhead        {fmt(None if results['host_overhead'] is None else 100 * results['host_overhead'], 1)}% "
+        "of device time",
     ]
     if results["windows_dropped"]:
         lines.append(f"  dropped (--drop-last) {results['windows_dropped']} windows")

@@ -250,3 +250,34 @@ def test_bench_cli_prints_the_table_and_writes_json(ray_npu4, tmp_path, capsys):
     assert json.loads((tmp_path / "b.json").read_text())[0]["device_fps_sum"] == pytest.approx(4000)
     assert main(["bench", "--backend", "simulated", "--batch-sizes", "4,x"]) == 2
     assert "--batch-sizes '4,x'" in capsys.readouterr().err
+
+
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(seed_data, tmp_path):
+    """A separate process with its own local Ray (address "local": not this module's)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    base = ["npueval", "run", "--data", str(seed_data), "--backend", "simulated", "--devices", "2",
+            "--block-windows", "24", "--limit", "120"]
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    r = subprocess.run([*base, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=follower, timeout=300)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert r.returncode == 0, shown[-2000:]
+    assert b"run:" in shown and b"win" in shown and b"tok/s" in shown
+    piped = subprocess.run([*base, "--out", str(tmp_path / "pipe")], capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert "INFO npueval: 120 of 120 windows (100%)" in piped.stderr and "%|" not in piped.stderr
+    assert "mean cross-entropy" in piped.stdout
