@@ -252,6 +252,7 @@ def test_bench_cli_prints_the_table_and_writes_json(ray_npu4, tmp_path, capsys):
     assert "--batch-sizes '4,x'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(seed_data, tmp_path):
     """A separate process with its own local Ray (address "local": not this module's)."""
     import fcntl
