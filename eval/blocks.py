@@ -23,17 +23,8 @@ class Block:
     stop: int  # one past the last window_id
 
 
-def plan_blocks(windows: int, block_windows: int, tail_devices: int = 0) -> list[Block]:
-    """Blocks of `block_windows`, except over the last `tail_devices` half blocks, which are cut into
-    quarter blocks: devices that finish their last full block early pick those up, so the run
-    does not wait for one device's whole last block (and a staggered start evens out).
-
-    The plan must not change when a run is resumed on another number of devices: the run folder
-    keeps `tail_devices` from the run's start."""
-    quarter = max(1, block_windows // 4)
-    tail = min(windows, tail_devices * block_windows // 2)
-    bounds = list(range(0, windows - tail, block_windows)) + list(range(windows - tail, windows, quarter))
-    return [Block(k, lo, min(hi, windows)) for k, (lo, hi) in enumerate(zip(bounds, bounds[1:] + [windows]))]
+def plan_blocks(windows: int, block_windows: int) -> list[Block]:
+    return [Block(k, lo, min(lo + block_windows, windows)) for k, lo in enumerate(range(0, windows, block_windows))]
 
 
 @dataclass(frozen=True)

@@ -121,9 +121,9 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
     folder = _refuse_held_out(config)
     with Fleet(config.device_config, model, data["n_ctx"], factory) as fleet:
-        done = folder.start(_identity(config, fleet.choice.backend, model, data, fleet.batch_size, len(fleet.actors)),
+        done = folder.start(_identity(config, fleet.choice.backend, model, data, fleet.batch_size),
                             config.resume, config.force)
-        plan = _plan(config, data, fleet.batch_size, folder.identity["tail_devices"], done)
+        plan = _plan(config, data, fleet.batch_size, done)
         evaluated = _evaluate(config, fleet, plan, data, model, folder, progress)
     # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
     all_blocks = [folder.load(b.block_id) for b in plan.blocks]
@@ -134,12 +134,12 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     return RunResult(config.out, results)
 
 
-def _plan(config: RunConfig, data: dict, batch_size: int, tail_devices: int, done: set[int]) -> Plan:
+def _plan(config: RunConfig, data: dict, batch_size: int, done: set[int]) -> Plan:
     index = read_index(config.data, data)
     total = min(config.limit or index.piece.size, index.piece.size)
     keep = np.zeros(index.piece.size, dtype=bool)
     keep[:total] = drop_last_rows(index.piece[:total], batch_size) if config.drop_last else True
-    blocks = plan_blocks(total, config.block_windows or BATCHES_PER_BLOCK * batch_size, tail_devices)
+    blocks = plan_blocks(total, config.block_windows or BATCHES_PER_BLOCK * batch_size)
     if done:
         log.info("resuming: %d of %d blocks already finished in %s", len(done), len(blocks), config.out)
     return Plan(index, total, keep, blocks, done)
@@ -200,8 +200,7 @@ def _refuse_held_out(config: RunConfig) -> RunFolder:
     return folder
 
 
-def _identity(config: RunConfig, backend: str, model: ModelSpec | None, data: dict, batch_size: int,
-              devices: int) -> dict:
+def _identity(config: RunConfig, backend: str, model: ModelSpec | None, data: dict, batch_size: int) -> dict:
     """What the blocks in OUT are blocks of: --resume continues only the same run."""
     return {
         "data_manifest_sha256": file_sha256(config.data / "manifest.json"),
@@ -212,7 +211,6 @@ def _identity(config: RunConfig, backend: str, model: ModelSpec | None, data: di
         "limit": config.limit,
         "drop_last": config.drop_last,
         "block_windows": config.block_windows or BATCHES_PER_BLOCK * batch_size,
-        "tail_devices": devices,  # the plan's quarter blocks at the end (eval/blocks.py); kept on --resume
     }
 
 

@@ -22,8 +22,6 @@ from npueval.actors.evaluator import BlockResult, CheckStats
 from .errors import DatasetError
 
 RUN = "run.json"
-#: run.json keys a resumed run takes over from the run it continues instead of comparing.
-INHERITED = ("tail_devices",)
 BLOCKS = "blocks"
 OUTPUTS = ("results.json", "windows.parquet", "result.txt")
 
@@ -32,7 +30,6 @@ class RunFolder:
     def __init__(self, out: str | Path):
         self.out = Path(out)
         self.blocks = self.out / BLOCKS
-        self.identity: dict = {}  # what start() wrote to run.json
 
     def start(self, identity: dict, resume: bool, force: bool) -> set[int]:
         """Prepare OUT for this run; the ids of the blocks already finished (with --resume)."""
@@ -51,9 +48,6 @@ class RunFolder:
             held = set()
         if held:
             before = self._identity()
-            # Inherited, not compared: the plan stays the one the run started with, whatever
-            # number of devices continues it.
-            identity = {**identity, **{k: before[k] for k in INHERITED if k in before}}
             differ = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
             if differ:
                 key = differ[0]
@@ -63,7 +57,6 @@ class RunFolder:
                 )
         self.blocks.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.out / RUN, json.dumps(identity, indent=2) + "\n")
-        self.identity = identity
         return held
 
     def finished(self) -> set[int]:

@@ -40,13 +40,6 @@ def data(tmp_path):
 def test_blocks_cover_the_windows_once():
     assert plan_blocks(10, 4) == [Block(0, 0, 4), Block(1, 4, 8), Block(2, 8, 10)]
     assert plan_blocks(0, 4) == []
-    # Two devices: the last two half blocks (16 windows) in quarter blocks of 4.
-    assert [(b.first, b.stop) for b in plan_blocks(96, 16, tail_devices=2)] == [
-        (0, 16), (16, 32), (32, 48), (48, 64), (64, 80), (80, 84), (84, 88), (88, 92), (92, 96)]
-    for windows, size, devices in ((1000, 64, 32), (7, 8, 4), (300, 24, 3)):
-        blocks = plan_blocks(windows, size, devices)
-        covered = np.concatenate([np.arange(b.first, b.stop) for b in blocks])
-        assert covered.tolist() == list(range(windows)) and [b.block_id for b in blocks] == list(range(len(blocks)))
 
 
 def test_a_block_read_across_shards_keeps_only_the_scored_windows(data):
@@ -97,11 +90,6 @@ def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
     with pytest.raises(DatasetError, match=r"of another run \(model: 'm' there, 'n' now\)"):
         folder.start({"model": "n", "limit": 10}, resume=True, force=False)
     assert folder.start({"model": "m", "limit": 10}, resume=True, force=False) == {0}
-    assert folder.start({"model": "n", "limit": 10}, resume=False, force=True) == set()
-    folder.start({"model": "m", "tail_devices": 4}, resume=False, force=True)
-    folder.save(block_result(0, [0], [1.0]))
-    folder.start({"model": "m", "tail_devices": 2}, resume=True, force=False)  # fewer devices carry on
-    assert folder.identity["tail_devices"] == 4  # with the plan the run started with
     assert folder.start({"model": "n", "limit": 10}, resume=False, force=True) == set()
     assert folder.finished() == set()
 
