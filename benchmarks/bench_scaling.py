@@ -225,7 +225,7 @@ def start_ray(nodes: int, per_node: int):
     """One node: ray.init; several: a Cluster on 127.0.0.1 that this driver joins. Returns the Cluster or None."""
     logging.getLogger("ray._private.accelerators.npu").setLevel(logging.CRITICAL)
     if nodes == 1:
-        ray.init(resources={"NPU": per_node}, include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(address="local", resources={"NPU": per_node}, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
         return None
     from ray.cluster_utils import Cluster
