@@ -456,6 +456,15 @@ def cpu_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _plot_multi(ax, multi: list[dict], key: str) -> None:
+    """The multi-node points of one panel, a marker per node count (percent of `key`)."""
+    for nodes, marker in ((2, "s"), (4, "^"), (8, "D")):
+        pts = [r for r in multi if r["nodes"] == nodes]
+        if pts:
+            ax.plot([r["n"] for r in pts], [100 * r[key] for r in pts], marker, ms=8, linestyle="--",
+                    label=f"{nodes} nodes")
+
+
 def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     import matplotlib
 
@@ -468,11 +477,7 @@ def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     steady = [(r["n"], 100 * r["steady_efficiency"]) for r in single if r["steady_efficiency"] is not None]
     if steady:
         ax.plot(*zip(*steady), "o:", mfc="none", color="C0", alpha=0.7, label="1 node, steady state (no start/tail)")
-    for nodes, marker in ((2, "s"), (4, "^"), (8, "D")):
-        pts = [r for r in multi if r["nodes"] == nodes]
-        if pts:
-            ax.plot([r["n"] for r in pts], [100 * r["efficiency"] for r in pts], marker, ms=8,
-                    linestyle="--", label=f"{nodes} nodes")
+    _plot_multi(ax, multi, "efficiency")
     ax.axhline(95, color="grey", linestyle=":", label="goal 95%")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ns, [str(n) for n in ns])
@@ -485,11 +490,7 @@ def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     ax.legend(fontsize=8, loc="lower left")
 
     ax2.plot(ns, [100 * r["host_overhead"] for r in single], "o-", label="1 node")
-    for nodes, marker in ((2, "s"), (4, "^"), (8, "D")):
-        pts = [r for r in multi if r["nodes"] == nodes]
-        if pts:
-            ax2.plot([r["n"] for r in pts], [100 * r["host_overhead"] for r in pts], marker, ms=8,
-                     linestyle="--", label=f"{nodes} nodes")
+    _plot_multi(ax2, multi, "host_overhead")
     ax2.axhline(2, color="grey", linestyle=":", label="goal 2%")
     ax2.set_xscale("log", base=2)
     ax2.set_xticks(ns, [str(n) for n in ns])

@@ -191,12 +191,7 @@ def _read_data(data_dir: Path) -> dict:
 def _refuse_held_out(config: RunConfig) -> RunFolder:
     """Fail before starting Ray when OUT holds blocks and neither --resume nor --force was given."""
     folder = RunFolder(config.out)
-    held = folder.finished()
-    if held and not (config.resume or config.force):
-        raise DatasetError(
-            f"--out {config.out} already holds {len(held)} finished blocks of a run: continue it with --resume, "
-            "or start over with --force"
-        )
+    folder.check_free(config.resume, config.force)
     return folder
 
 

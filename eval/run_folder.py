@@ -31,8 +31,8 @@ class RunFolder:
         self.out = Path(out)
         self.blocks = self.out / BLOCKS
 
-    def start(self, identity: dict, resume: bool, force: bool) -> set[int]:
-        """Prepare OUT for this run; the ids of the blocks already finished (with --resume)."""
+    def check_free(self, resume: bool, force: bool) -> set[int]:
+        """The finished blocks in OUT, refused unless --resume or --force says what to do with them."""
         if self.out.exists() and not self.out.is_dir():
             raise DatasetError(f"--out {self.out} is a file; name a folder")
         held = self.finished()
@@ -41,6 +41,11 @@ class RunFolder:
                 f"--out {self.out} already holds {len(held)} finished blocks of a run: continue it with --resume, "
                 "or start over with --force"
             )
+        return held
+
+    def start(self, identity: dict, resume: bool, force: bool) -> set[int]:
+        """Prepare OUT for this run; the ids of the blocks already finished (with --resume)."""
+        held = self.check_free(resume, force)
         if force and not resume:
             shutil.rmtree(self.blocks, ignore_errors=True)
             for name in (RUN, *OUTPUTS):

@@ -82,3 +82,29 @@ def seed_data(tmp_path_factory, vocab_path) -> Path:
     from run_data import prepare_data
 
     return prepare_data(tmp_path_factory.mktemp("seed"), vocab_path, 600_000)
+
+
+def run_on_a_terminal(argv: list[str], timeout: float = 300):
+    """Run argv with stderr on a pseudo-terminal of 120 columns (a progress bar needs a width);
+    (the completed process, everything the terminal showed)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=follower, timeout=timeout)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the other end is closed and drained
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return done, shown

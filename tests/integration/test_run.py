@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import run_on_a_terminal
 from ledger import LedgerFactory, read_ledger, row_hash
 from npueval.eval.errors import DatasetError, RunError, UserError
 from npueval.eval.run import RunConfig, run
@@ -151,7 +152,8 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
     out, first_ledger, second_ledger = tmp_path / "out", tmp_path / "ledger1", tmp_path / "ledger2"
     script = textwrap.dedent(f"""
         import os, sys
-        from ledger import LedgerFactory
+        from conftest import run_on_a_terminal
+from ledger import LedgerFactory
         from npueval.eval.run import RunConfig, run
         factory = LedgerFactory({str(first_ledger)!r}, kill_pid_at=({block_first_rows(seed_data, 6)!r}, os.getpid()))
         run(RunConfig(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8, devices=2,
@@ -256,27 +258,9 @@ def test_bench_cli_prints_the_table_and_writes_json(ray_npu4, tmp_path, capsys):
 @pytest.mark.slow
 def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(seed_data, tmp_path):
     """A separate process with its own local Ray (address "local": not this module's)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     base = ["npueval", "run", "--data", str(seed_data), "--backend", "simulated", "--devices", "2",
             "--block-windows", "24", "--limit", "120"]
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    r = subprocess.run([*base, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=follower, timeout=300)
-    os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    r, shown = run_on_a_terminal([*base, "--out", str(tmp_path / "tty")])
     assert r.returncode == 0, shown[-2000:]
     assert b"run:" in shown and b"win" in shown and b"tok/s" in shown
     piped = subprocess.run([*base, "--out", str(tmp_path / "pipe")], capture_output=True, text=True, timeout=300)

@@ -1,13 +1,13 @@
 """The `npueval` command as a user runs it: exit codes and one-line errors."""
 
 import json
-import os
 import subprocess
 import sys
 from importlib.metadata import version
 
 import pytest
 
+from conftest import run_on_a_terminal
 from textgen import write_wiki_corpus
 from npueval.eval.cli import main
 
@@ -97,27 +97,9 @@ def test_interrupt_exits_130(monkeypatch, capsys, tmp_path, vocab_path):
 
 
 def test_progress_bar_on_a_terminal_only(tmp_path, vocab_path):
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300] * 20]])
     base = ["npueval", "prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--workers", "0"]
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a width
-    r = subprocess.run([*base, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=follower, timeout=120)
-    os.close(follower)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(leader)
+    r, shown = run_on_a_terminal([*base, "--out", str(tmp_path / "tty")], timeout=120)
     assert r.returncode == 0
     assert b"prepare:   0%|" in shown
     piped = run(*base[1:], "--out", str(tmp_path / "pipe"))
