@@ -152,7 +152,7 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
     out, first_ledger, second_ledger = tmp_path / "out", tmp_path / "ledger1", tmp_path / "ledger2"
     script = textwrap.dedent(f"""
         import os, sys
-from ledger import LedgerFactory
+        from ledger import LedgerFactory
         from npueval.eval.run import RunConfig, run
         factory = LedgerFactory({str(first_ledger)!r}, kill_pid_at=({block_first_rows(seed_data, 6)!r}, os.getpid()))
         run(RunConfig(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8, devices=2,
