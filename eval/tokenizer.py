@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import cache_root
 from .vocab import SPECIAL_TOKENS, Vocab
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,10 @@ def tables_cache_path() -> Path:
     """Where the code point tables are kept: they depend only on Python's Unicode version.
 
     Building them takes about a second (every code point through unicodedata); loading
-    them, a few milliseconds. NPUEVAL_CACHE_DIR, else XDG_CACHE_HOME/npueval, else
-    ~/.cache/npueval.
+    them, a few milliseconds. They live in npueval's cache folder (eval/cache.py).
     """
-    root = os.environ.get("NPUEVAL_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "npueval"
-    )
     name = f"codepoints-unicode{unicodedata.unidata_version}-max{sys.maxunicode:x}-v{_TABLES_VERSION}.npz"
-    return Path(root) / name
+    return cache_root() / name
 
 
 def _load_or_build_tables() -> dict[str, np.ndarray]:

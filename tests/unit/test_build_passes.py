@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from npueval.build.graph import Graph
 from npueval.build.passes import (drop_present_outputs, gemm_to_matmul, mask_sub_to_add, run_passes,
-                                  scale_q_first, split_qkv)
+                                  scale_q_first, share_weights, split_qkv)
 
 RNG = np.random.default_rng(0)
 
@@ -139,6 +139,27 @@ def test_drop_present_outputs():
     assert again == 0  # nothing named present… left
 
 
+def test_share_weights_merges_repeats_and_transposes():
+    w = RNG.normal(size=(16, 24)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="m1"),
+             helper.make_node("MatMul", ["x", "w_again"], ["b"], name="m2"),
+             helper.make_node("MatMul", ["a", "w_t"], ["c"], name="m3"),
+             helper.make_node("Add", ["c", "small"], ["y"], name="add"),
+             helper.make_node("Add", ["b", "small_again"], ["z"], name="add2")]
+    inits = {"w": w, "w_again": w.copy(), "w_t": np.ascontiguousarray(w.T),
+             "small": np.ones(16, np.float32), "small_again": np.ones(24, np.float32)}
+    model = model_of(nodes, [("x", [3, 16])], [("y", [3, 16]), ("z", [3, 24])], inits)
+    feeds = {"x": RNG.normal(size=(3, 16)).astype(np.float32)}
+    fired, edited = apply(share_weights, model)
+    assert fired == 2  # w_again, w_t; the 64-byte constants are left as they are
+    assert sorted(i.name for i in edited.graph.initializer) == ["small", "small_again", "w"]
+    assert ops(edited) == ["Add", "Add", "MatMul", "MatMul", "MatMul", "Transpose"]
+    for got, want in zip(run(edited, feeds), run(model, feeds)):
+        np.testing.assert_array_equal(got, want)
+    again, _ = apply(share_weights, edited)
+    assert again == 0
+
+
 def test_counts_on_npuevals_own_export(tmp_path):
     from checkpoints import make_checkpoint
     from npueval.build.checkpoint import load_model, open_checkpoint
@@ -151,8 +172,14 @@ def test_counts_on_npuevals_own_export(tmp_path):
     simplify(tmp_path / "e.onnx", tmp_path / "s.onnx", 2, 32)
     edited, counts = run_passes(onnx.load(str(tmp_path / "s.onnx")))
     # Every per-layer pass fires once per layer: a pass that stops matching fails here.
-    assert counts == {"drop_present_outputs": 3, "split_qkv": 3, "gemm_to_matmul": 3, "scale_q_first": 3,
-                      "mask_sub_to_add": 3}
+    assert {k: v for k, v in counts.items() if k != "share_weights"} == {
+        "drop_present_outputs": 3, "split_qkv": 3, "gemm_to_matmul": 3, "scale_q_first": 3, "mask_sub_to_add": 3}
+    # the tied LM head and layers 1–2's attention masks at least (the tiny checkpoint repeats more)
+    assert counts["share_weights"] >= 3
+    big = [i for i in edited.graph.initializer if model.config.vocab_size in i.dims]
+    assert [(i.name, list(i.dims)) for i in big] == [("lm.transformer.wte.weight", [model.config.vocab_size, 32])]
+    assert [list(n.input) for n in edited.graph.node if n.op_type == "Transpose" and "npueval" in n.name] == [
+        ["lm.transformer.wte.weight"]]
     assert [o.name for o in edited.graph.output] == ["logits"]
     onnx.save(edited, str(tmp_path / "p.onnx"))
     assert check_stage(tmp_path / "p.onnx", model, random_ids(2, 32, model.config.vocab_size))["rel_err"] < 1e-6

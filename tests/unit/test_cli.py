@@ -65,15 +65,19 @@ def test_user_errors_are_one_line_exit_2(tmp_path, vocab_path, args, culprit):
     assert not (tmp_path / "o").exists()
 
 
-def test_later_stages_say_not_yet(capsys):
-    assert main(["report"]) == 2
-    assert capsys.readouterr().err.strip().startswith("npueval report: error: `npueval report` is not yet available")
-    assert main(["run"]) == 2  # the bundled sample is issue 5's
-    assert "without --data (the bundled sample on CPU) arrives with issue #5" in capsys.readouterr().err
+def test_flags_that_do_not_fit_together(capsys, tmp_path):
+    assert main(["run", "--model", "m"]) == 2
+    assert capsys.readouterr().err.strip() == ("npueval run: error: --data is required with --model or --backend "
+                                               "simulated: a folder made by `npueval prepare`")
     assert main(["run", "--data", "d"]) == 2
-    assert capsys.readouterr().err.strip() == "npueval run: error: --out is required; see `npueval run --help`"
+    assert "--model is needed (a build folder, a .onnx or an .om), or --backend simulated" in capsys.readouterr().err
     assert main(["bench"]) == 2
     assert "--model is needed (one per batch size), or --backend simulated" in capsys.readouterr().err
+    assert main(["run", "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == "npueval run: error: --resume needs --out, the results folder of the run to continue"
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (f"npueval report: error: OUT {tmp_path / 'nowhere'}: no such folder; "
+                                               "give a results folder of `npueval run`")
 
 
 def test_verbosity_flags_after_the_subcommand(tmp_path, vocab_path):

@@ -1,0 +1,209 @@
+"""`npueval report OUT [OTHER] [--plot FILE]`: a results folder as a person reads it.
+
+One run: where it came from, the summary table, and how the per-window loss is spread (from
+windows.parquet). Two runs: their numbers side by side, whether they evaluated the same model
+and data, and, over the windows both evaluated, how far their per-window losses are apart
+(e.g. the OM on the chip against the ONNX on CPU). The plot shows per-device throughput and
+the distribution of per-window loss, with the headline numbers in the title.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .results import fmt, summary_table
+
+
+@dataclass(frozen=True)
+class RunReport:
+    folder: Path
+    results: dict = field(repr=False)
+    window_ids: np.ndarray = field(repr=False)
+    nll_sum: np.ndarray = field(repr=False)
+    n_scored: np.ndarray = field(repr=False)
+    doc_ids: np.ndarray = field(repr=False)
+
+    @property
+    def window_loss(self) -> np.ndarray:
+        """Each window's mean NLL per scored token (nats); windows with nothing scored left out."""
+        scored = self.n_scored > 0
+        return self.nll_sum[scored] / self.n_scored[scored]
+
+    @property
+    def label(self) -> str:
+        return self.folder.name or str(self.folder)
+
+
+def load_run(folder: str | Path) -> RunReport:
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    results_path, windows_path = folder / "results.json", folder / "windows.parquet"
+    if not folder.is_dir():
+        raise UserError(f"OUT {folder}: no such folder; give a results folder of `npueval run`")
+    if not results_path.is_file():
+        hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its other flags)"
+                if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")
+        raise UserError(f"OUT {folder}: no results.json; {hint}")
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        table = pq.read_table(windows_path, columns=["window_id", "doc_id", "nll_sum", "n_scored"])
+    except FileNotFoundError:
+        raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it again") from None
+    except (ValueError, OSError) as exc:  # bad JSON or UTF-8, pyarrow.ArrowInvalid
+        raise UserError(f"OUT {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with --resume") from None
+    return RunReport(
+        folder=folder,
+        results=results,
+        window_ids=table.column("window_id").to_numpy(),
+        nll_sum=table.column("nll_sum").to_numpy().astype(np.float64),
+        n_scored=table.column("n_scored").to_numpy().astype(np.int64),
+        doc_ids=table.column("doc_id").to_numpy(),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+def describe(run: RunReport) -> str:
+    r = run.results
+    loss = run.window_loss
+    lines = [
+        f"{run.folder}",
+        f"  model    {r.get('model')}",
+        f"  data     {r.get('data')}",
+        f"  run      {r.get('started_at')} → {r.get('ended_at')}, wall {fmt(r.get('wall_s'), 1)} s",
+        "",
+        summary_table(r),
+    ]
+    if loss.size:
+        q = np.percentile(loss, [0, 10, 50, 90, 100])
+        worst = np.argsort(-(run.nll_sum / np.maximum(run.n_scored, 1)))[:3]
+        lines += [
+            "",
+            f"  per-window loss (nats/token) over {loss.size} windows: min {q[0]:.3f}  p10 {q[1]:.3f}  "
+            f"median {q[2]:.3f}  p90 {q[3]:.3f}  max {q[4]:.3f}",
+            "  hardest windows: " + ", ".join(
+                f"window {run.window_ids[i]} (article {run.doc_ids[i]}) {run.nll_sum[i] / max(run.n_scored[i], 1):.3f}"
+                for i in worst
+            ),
+        ]
+    return "\n".join(lines)
+
+
+#: (results.json key, label, digits) of the side-by-side table.
+_COMPARED = (
+    ("mean_ce", "mean cross-entropy", 4),
+    ("ppl", "perplexity", 4),
+    ("seed_ppl", "seed_ppl (the port)", 4),
+    ("windows", "windows", 0),
+    ("tokens", "scored tokens", 0),
+    ("samples_per_s", "samples/s", 1),
+    ("tokens_per_s", "tokens/s", 0),
+    ("device_fps_sum", "device FPS (sum)", 1),
+    ("wall_s", "wall s", 1),
+    ("retries", "retries", 0),
+)
+
+
+def compare(a: RunReport, b: RunReport) -> str:
+    """A and B side by side, and their per-window losses over the windows both evaluated."""
+    ra, rb = a.results, b.results
+    width = max(len(a.label), len(b.label), 12)
+    lines = [f"  {'':<22} {'A':>{width}} {'B':>{width}}   B − A      B / A",
+             f"  {'':<22} {a.label:>{width}} {b.label:>{width}}"]
+    lines.append(f"  {'backend':<22} {ra['backend']:>{width}} {rb['backend']:>{width}}")
+    for key, label, digits in _COMPARED:
+        x, y = ra.get(key), rb.get(key)
+        diff = ratio = ""
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            diff = f"{y - x:+.{max(digits, 1) if key in ('mean_ce', 'ppl', 'seed_ppl') else digits}f}"
+            ratio = f"{y / x:.4f}" if x else ""
+        lines.append(f"  {label:<22} {fmt(x, digits):>{width}} {fmt(y, digits):>{width}}   {diff:<10} {ratio}")
+    lines += [
+        "",
+        f"  same model: {_same(ra, rb, 'model_manifest_sha256')}    "
+        f"same data set: {_same(ra, rb, 'data_manifest_sha256')}",
+    ]
+    common, ia, ib = np.intersect1d(a.window_ids, b.window_ids, return_indices=True)
+    if common.size == 0:
+        lines.append("  no window in common: the per-window losses cannot be compared")
+        return "\n".join(lines)
+    scored = (a.n_scored[ia] == b.n_scored[ib]) & (a.n_scored[ia] > 0)
+    la = a.nll_sum[ia][scored] / a.n_scored[ia][scored]
+    lb = b.nll_sum[ib][scored] / b.n_scored[ib][scored]
+    tokens = a.n_scored[ia][scored].sum()
+    ce_a, ce_b = a.nll_sum[ia][scored].sum() / tokens, b.nll_sum[ib][scored].sum() / tokens
+    gap = np.abs(lb - la)
+    lines += [
+        f"  over the {int(scored.sum())} windows both scored alike: mean cross-entropy A {ce_a:.6f}, B {ce_b:.6f} "
+        f"(B − A {ce_b - ce_a:+.2e}); per-window |B − A| max {gap.max():.2e}, mean {gap.mean():.2e} nats/token",
+    ]
+    if scored.sum() < max(a.window_ids.size, b.window_ids.size):
+        lines.append(f"  A has {a.window_ids.size} windows, B {b.window_ids.size}: "
+                     "the headline numbers above cover different windows")
+    return "\n".join(lines)
+
+
+def _same(ra: dict, rb: dict, key: str) -> str:
+    x, y = ra.get(key), rb.get(key)
+    if x is None or y is None:
+        return "unknown (a bare model file)" if key == "model_manifest_sha256" else "unknown"
+    return "yes" if x == y else "no"
+
+
+# ------------------------------------------------------------------------------------------
+def headline(r: dict) -> str:
+    return (f"ppl {fmt(r['ppl'], 3)} · seed_ppl {fmt(r['seed_ppl'], 3)} · {r['windows']} windows · "
+            f"{fmt(r['tokens_per_s'], 0)} tokens/s · {r['backend']}")
+
+
+def plot(runs: list[RunReport], path: str | Path) -> Path:
+    """Per-device throughput bars and the per-window loss distribution, one colour per run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display is needed or wanted
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'npueval[plot]' (or pip install matplotlib)") from None
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: the folder {path.parent} does not exist")
+
+    fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
+    width = 0.8 / len(runs)
+    losses = [run.window_loss for run in runs]
+    finite = np.concatenate([x[np.isfinite(x)] for x in losses]) if losses else np.zeros(0)
+    edges = np.histogram_bin_edges(finite, bins=40) if finite.size else 10
+    for k, run in enumerate(runs):
+        devices = [d for d in run.results["per_device"] if d["windows"]]
+        x = np.arange(len(devices)) + (k - (len(runs) - 1) / 2) * width
+        fps = [d["fps"] or 0.0 for d in devices]
+        label = run.label if len(runs) > 1 else None
+        bars.bar(x, fps, width=width, label=label)
+        if k == 0:
+            bars.set_xticks(np.arange(len(devices)), [f"{d['device']}\n{d['node'][:8]}" for d in devices],
+                            fontsize=8)
+        hist.hist(losses[k], bins=edges, alpha=0.6 if len(runs) > 1 else 0.9, label=label)
+        mean_ce = run.results["mean_ce"]
+        if mean_ce is not None and math.isfinite(mean_ce):
+            hist.axvline(mean_ce, color=f"C{k}", linestyle="--", linewidth=1)
+    bars.set_title("throughput per device")
+    bars.set_ylabel("samples/s of device time")
+    hist.set_title("per-window loss (dashed: mean cross-entropy)")
+    hist.set_xlabel("nats per token")
+    hist.set_ylabel("windows")
+    if len(runs) > 1:
+        bars.legend(fontsize=8)
+        hist.legend(fontsize=8)
+    fig.suptitle("\n".join((f"{run.label}: " if len(runs) > 1 else "") + headline(run.results) for run in runs),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,75 @@
+"""`npueval report`'s reading of results folders: the comparison's numbers and its errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from npueval.eval.cli import main
+from npueval.eval.report import compare, describe, load_run
+
+
+def results_folder(folder: Path, window_ids, nll_sum, n_scored, **results) -> Path:
+    folder.mkdir(parents=True)
+    tokens = int(np.sum(n_scored))
+    base = {
+        "mean_ce": float(np.sum(nll_sum) / tokens), "ppl": float(np.exp(np.sum(nll_sum) / tokens)), "seed_ppl": 1.5,
+        "tokens": tokens, "windows": len(window_ids), "windows_dropped": 0, "backend": "onnx", "fallback": None,
+        "retries": 0, "wall_s": 10.0, "eval_s": 8.0, "samples_per_s": 4.0, "tokens_per_s": 2000.0,
+        "device_fps_sum": 5.0, "host_overhead": 0.01, "model_manifest_sha256": "m", "data_manifest_sha256": "d",
+        "model": "build", "data": "data", "started_at": "t0", "ended_at": "t1",
+        "per_device": [{"node": "n" * 12, "device": "cpu:0", "windows": len(window_ids), "batches": 1,
+                        "device_s": 1.0, "fps": 5.0, "check": None}],
+    }
+    (folder / "results.json").write_text(json.dumps({**base, **results}))
+    pq.write_table(pa.table({"window_id": np.asarray(window_ids, np.int64), "doc_id": np.arange(len(window_ids)),
+                             "nll_sum": np.asarray(nll_sum, np.float64), "n_scored": np.asarray(n_scored, np.int64)}),
+                   folder / "windows.parquet")
+    return folder
+
+
+def test_compare_covers_the_windows_both_scored_alike(tmp_path):
+    a = load_run(results_folder(tmp_path / "a", [0, 1, 2, 3], [10.0, 20.0, 30.0, 40.0], [10, 10, 10, 10]))
+    b = load_run(results_folder(tmp_path / "b", [1, 2, 3, 4], [21.0, 30.0, 44.0, 9.0], [10, 10, 11, 10],
+                                backend="om", data_manifest_sha256="other"))
+    text = compare(a, b)
+    # windows 1 and 2 are in both with the same scored tokens; window 3 is scored differently
+    assert "over the 2 windows both scored alike: mean cross-entropy A 2.500000, B 2.550000 (B − A +5.00e-02)" in text
+    assert "per-window |B − A| max 1.00e-01, mean 5.00e-02 nats/token" in text
+    assert "same model: yes    same data set: no" in text
+    assert "A has 4 windows, B 4: the headline numbers above cover different windows" in text
+    assert "backend" in text and "onnx" in text and " om" in text
+
+
+def test_describe_gives_the_spread_and_the_hardest_windows(tmp_path):
+    run = load_run(results_folder(tmp_path / "a", [5, 6, 7], [10.0, 50.0, 30.0], [10, 10, 10]))
+    text = describe(run)
+    assert "per-window loss (nats/token) over 3 windows: min 1.000  p10 1.400  median 3.000  p90 4.600  max 5.000" in text
+    assert "hardest windows: window 6 (article 1) 5.000, window 7 (article 2) 3.000, window 5 (article 0) 1.000" in text
+
+
+def test_a_folder_without_results_says_how_to_finish_it(tmp_path, capsys):
+    (tmp_path / "run" / "blocks").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"npueval report: error: OUT {tmp_path / 'run'}: no results.json; it holds finished blocks: finish the run "
+        f"with `npueval run --resume --out {tmp_path / 'run'}` (and its other flags)")
+
+
+def test_plot_into_a_missing_folder_is_refused(tmp_path, capsys):
+    results_folder(tmp_path / "a", [0], [1.0], [1])
+    assert main(["report", str(tmp_path / "a"), "--plot", str(tmp_path / "no" / "x.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--plot {tmp_path / 'no' / 'x.png'}: the folder {tmp_path / 'no'} does not exist")
+
+
+@pytest.mark.parametrize("broken", ["results.json", "windows.parquet"])
+def test_a_damaged_folder_is_named(tmp_path, capsys, broken):
+    folder = results_folder(tmp_path / "a", [0], [1.0], [1])
+    (folder / broken).write_bytes(b"\x00garbage")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"npueval report: error: OUT {folder}: results.json or windows.parquet is unreadable")
+    assert len(err.splitlines()) == 1
