@@ -7,11 +7,27 @@ from the shards alone:
     nll[:, j] = 1 + ((x[:, j] * 7919 + x[:, j + 1] * 104729 + j) % 9973) / 9973
 
 in int64 arithmetic, then float32. Each call sleeps `device_ms` per model batch.
+
+**Test hook** (not a user flag): faults for reliability tests and scenarios (RELIABILITY.md),
+NPUEVAL_SIMULATED_FAULTS names a JSON file, which each actor reads when it starts (so a Ray
+that is already running picks up a new file with the next run's actors). It holds a list:
+
+    [{"device": "npu:1", "kind": "nan", "batch": 3},    # batch 3 of npu:1: NaN in row 0
+     {"device": "npu:2", "kind": "inf", "batch": 1},    # +Inf instead
+     {"device": "npu:0", "kind": "hang", "batch": 2},   # batch 2 never returns
+     {"device": "npu:3", "kind": "slow", "factor": 5}]  # every batch takes 5 × device_ms
+
+`batch` counts the device's model batches from 1. A fault fires only in the actor's first life:
+an actor Ray restarted (after a kill or a --block-timeout) runs clean, so a scenario's faults
+are points, not loops.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,19 +41,57 @@ def simulated_nll(input_ids: np.ndarray) -> np.ndarray:
     return (1 + ((x[:, :-1] * 7919 + x[:, 1:] * 104729 + j) % 9973) / 9973).astype(np.float32)
 
 
+FAULTS_ENV = "NPUEVAL_SIMULATED_FAULTS"
+FAULT_KINDS = ("nan", "inf", "hang", "slow")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # nan | inf | hang | slow
+    batch: int = 0  # nan, inf, hang: the device's batch it hits, from 1
+    factor: float = 1.0  # slow: device_ms is multiplied by it
+
+
+def faults_for(device: str, environ=os.environ) -> tuple[Fault, ...]:
+    """This device's faults from the file NPUEVAL_SIMULATED_FAULTS names (see the module docstring)."""
+    path = environ.get(FAULTS_ENV)
+    if not path or not os.path.exists(path):
+        return ()
+    with open(path, encoding="utf-8") as f:
+        entries = json.load(f)
+    faults = []
+    for entry in entries:
+        if entry.get("device") != device:
+            continue
+        if entry.get("kind") not in FAULT_KINDS:
+            raise ValueError(f"{FAULTS_ENV}: kind {entry.get('kind')!r} is not one of {', '.join(FAULT_KINDS)}")
+        faults.append(Fault(entry["kind"], int(entry.get("batch", 0)), float(entry.get("factor", 1.0))))
+    return tuple(faults)
+
+
 class SimulatedBackend:
-    def __init__(self, batch_size: int, seq_len: int, device_ms: float = 0.0):
+    def __init__(self, batch_size: int, seq_len: int, device_ms: float = 0.0, faults: tuple[Fault, ...] = ()):
         if device_ms < 0:
             raise ValueError(f"device_ms must be 0 or more, not {device_ms}")
-        self.batch_size, self.seq_len, self.device_ms = batch_size, seq_len, device_ms
-        self._device_s = 0.0
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.device_ms = device_ms * max((f.factor for f in faults if f.kind == "slow"), default=1.0)
+        self.faults = {f.batch: f for f in faults if f.kind != "slow"}
+        self._device_s, self._batches = 0.0, 0
 
     def nll(self, input_ids: np.ndarray) -> np.ndarray:
         x = check_batch(input_ids, self.batch_size, self.seq_len)
+        self._batches += 1
+        fault = self.faults.get(self._batches)
+        if fault is not None and fault.kind == "hang":
+            while True:  # a device that never answers; only killing the actor ends it
+                time.sleep(3600)
         if self.device_ms:
             time.sleep(self.device_ms / 1000)
         self._device_s += self.device_ms / 1000
-        return simulated_nll(x)
+        nll = simulated_nll(x)
+        if fault is not None:
+            nll[0, 0] = np.nan if fault.kind == "nan" else np.inf
+        return nll
 
     def device_seconds(self) -> float:
         return self._device_s

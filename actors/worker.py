@@ -84,9 +84,9 @@ def local_model_file(model: ModelFile, folder: Path | None = None) -> Path:
 
 def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
     if spec.backend == "simulated":
-        from .simulated import SimulatedBackend
+        from .simulated import SimulatedBackend, faults_for
 
-        return SimulatedBackend(spec.batch_size, spec.seq_len, spec.device_ms)
+        return SimulatedBackend(spec.batch_size, spec.seq_len, spec.device_ms, _first_life_faults(faults_for))
     if spec.backend == "onnx":
         from .onnx_backend import OnnxBackend
 
@@ -94,6 +94,16 @@ def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
     from .om_backend import OmBackend
 
     return OmBackend(model_path, device_id=0)  # Ray made our chip the only visible one: index 0
+
+
+def _first_life_faults(faults_for) -> tuple:
+    """The simulated test hook's faults for this actor's device, in its first life only."""
+    import ray
+
+    npu = assigned_npu()
+    if npu is None or ray.get_runtime_context().was_current_actor_reconstructed:
+        return ()
+    return faults_for(f"npu:{npu}")
 
 
 def assigned_npu() -> str | None:

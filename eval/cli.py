@@ -193,6 +193,11 @@ def _add_run(sub) -> None:
                    help="also run the first batches of each device through this ONNX model on the host and compare")
     p.add_argument("--check-batches", type=int, default=4, help="batches per device for --check-against (default 4)")
     p.add_argument("--block-windows", type=int, help="windows per block (default: 32 model batches)")
+    p.add_argument("--on-nonfinite", choices=("fail", "skip"), default="fail",
+                   help="a NaN or Inf window loss: fail (default) names the block and device; skip leaves such "
+                   "windows out and counts them")
+    p.add_argument("--block-timeout", type=float, metavar="SECONDS",
+                   help="a call running longer is taken for a hung device: restart it, send the block elsewhere")
     p.set_defaults(handler=_cmd_run)
 
 
@@ -217,6 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume, force=args.force, address=args.address, max_retries=args.max_retries,
         vocab=args.vocab, check_against=args.check_against, check_batches=args.check_batches,
         allow_unhealthy=args.allow_unhealthy, block_windows=block_windows,
+        on_nonfinite=args.on_nonfinite, block_timeout=args.block_timeout,
         command=tuple(["npueval", *sys.argv[1:]]),
     )
     with _window_progress() as progress:

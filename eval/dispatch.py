@@ -10,6 +10,10 @@ user's, sends its block again (to whichever actor is free) and counts a retry; a
 fails more than `max_retries` times ends the run, naming the block and the device. A dead actor
 is probed: Ray restarts it up to its max_restarts and it gets work again; one that stays dead
 is left out. Results come back through `on_result`, which saves each block as it arrives.
+
+With `block_timeout`, a call that has been running longer than that (counted from when it
+reached the head of its actor's queue) is taken for a hung device: the actor is killed, Ray
+restarts it, its calls fail and their blocks go to the other devices; `timeouts` names them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from npueval.actors.evaluator import BlockResult
 
@@ -33,8 +38,22 @@ log = logging.getLogger(__name__)
 class _Slot:
     actor: object
     name: str  # "npu:3 on node 4f1c…", for messages
-    in_flight: int = 0
     state: str = "ready"  # ready | probing | dead
+    calls: deque = field(default_factory=deque)  # refs in flight, oldest first (an actor runs them in order)
+    head_since: float = 0.0  # when the oldest call in flight began to run, about
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.calls)
+
+    def sent(self, ref) -> None:
+        if not self.calls:
+            self.head_since = time.monotonic()
+        self.calls.append(ref)
+
+    def returned(self, ref) -> None:
+        self.calls.remove(ref)
+        self.head_since = time.monotonic()
 
 
 class Prefetcher:
@@ -86,10 +105,12 @@ class Prefetcher:
 
 
 class Dispatcher:
-    def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = 2):
+    def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = 2,
+                 block_timeout: float | None = None):
         self.slots = [_Slot(a, n) for a, n in zip(actors, names)]
-        self.max_retries, self.per_actor = max_retries, per_actor
+        self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.retries = 0
+        self.timeouts: list[dict] = []  # {"block", "device"}: calls ended by block_timeout
 
     def run(self, blocks: list[Block], read: Callable[[Block], dict],
             on_result: Callable[[BlockResult], None]) -> None:
@@ -127,19 +148,24 @@ class Dispatcher:
                         if item is None:
                             break
                         block, rows = item
-                        in_flight[slot.actor.evaluate.remote(block.block_id, rows)] = (block, rows, k)
-                        slot.in_flight += 1
+                        ref = slot.actor.evaluate.remote(block.block_id, rows)
+                        in_flight[ref] = (block, rows, k)
+                        slot.sent(ref)
             if not in_flight and not probes:
                 if retry or not exhausted:
                     raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated")
                 return
-            (ref,), _ = ray.wait(list(in_flight) + list(probes), num_returns=1)
+            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=self._wait_s())
+            if not ready:
+                self._end_hung_calls(in_flight)
+                continue
+            (ref,) = ready
             if ref in probes:
                 self._probed(ref, probes.pop(ref))
                 continue
             block, rows, k = in_flight.pop(ref)
             slot = self.slots[k]
-            slot.in_flight -= 1
+            slot.returned(ref)
             try:
                 result = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - sorted out below: the user's, or the device's
@@ -162,6 +188,29 @@ class Dispatcher:
                     probes[slot.actor.describe.remote()] = k
                 continue
             on_result(result)
+
+    def _wait_s(self) -> float | None:
+        """How long ray.wait may block: until the next call in flight would pass block_timeout."""
+        if self.block_timeout is None:
+            return None
+        heads = [s.head_since for s in self.slots if s.calls and s.state == "ready"]
+        return max(0.0, min(heads) + self.block_timeout - time.monotonic()) if heads else self.block_timeout
+
+    def _end_hung_calls(self, in_flight: dict) -> None:
+        """Kill every actor whose oldest call has run past block_timeout: Ray restarts it, its
+        calls fail, and their blocks are sent again like any failed block."""
+        import ray
+
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.calls and slot.state == "ready" and now - slot.head_since > self.block_timeout:
+                block = in_flight[slot.calls[0]][0]
+                log.warning("block %d (windows %d–%d) on %s: no answer after %g s (--block-timeout); "
+                            "restarting the device and sending its blocks elsewhere",
+                            block.block_id, block.first, block.stop - 1, slot.name, self.block_timeout)
+                self.timeouts.append({"block": block.block_id, "device": slot.name})
+                slot.head_since = now  # the kill's failures come back through ray.wait
+                ray.kill(slot.actor, no_restart=False)
 
     def _probed(self, ref, k: int) -> None:
         import ray

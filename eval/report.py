@@ -158,7 +158,7 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 
 # ------------------------------------------------------------------------------------------
 def headline(r: dict) -> str:
-    return (f"ppl {fmt(r['ppl'], 3)} · seed_ppl {fmt(r['seed_ppl'], 3)} · {r['windows']} windows · "
+    return (f"mean CE {fmt(r['mean_ce'], 4)} nats · ppl {fmt(r['ppl'], 3)} · seed_ppl {fmt(r['seed_ppl'], 3)} · {r['windows']} windows · "
             f"{fmt(r['tokens_per_s'], 0)} tokens/s · {r['backend']}")
 
 
@@ -176,7 +176,7 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
         raise UserError(f"--plot {path}: the folder {path.parent} does not exist")
 
     fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
-    width = 0.8 / len(runs)
+    width = (0.8 if any(len(r.results["per_device"]) > 1 for r in runs) else 0.4) / len(runs)
     losses = [run.window_loss for run in runs]
     finite = np.concatenate([x[np.isfinite(x)] for x in losses]) if losses else np.zeros(0)
     edges = np.histogram_bin_edges(finite, bins=40) if finite.size else 10
@@ -184,15 +184,15 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
         devices = [d for d in run.results["per_device"] if d["windows"]]
         x = np.arange(len(devices)) + (k - (len(runs) - 1) / 2) * width
         fps = [d["fps"] or 0.0 for d in devices]
-        label = run.label if len(runs) > 1 else None
-        bars.bar(x, fps, width=width, label=label)
+        label = f"{'AB'[k]} {run.label}" if len(runs) > 1 else None
+        bars.bar_label(bars.bar(x, fps, width=width, label=label), fmt="%.1f", fontsize=8)
         if k == 0:
             bars.set_xticks(np.arange(len(devices)), [f"{d['device']}\n{d['node'][:8]}" for d in devices],
                             fontsize=8)
         hist.hist(losses[k], bins=edges, alpha=0.6 if len(runs) > 1 else 0.9, label=label)
         mean_ce = run.results["mean_ce"]
         if mean_ce is not None and math.isfinite(mean_ce):
-            hist.axvline(mean_ce, color=f"C{k}", linestyle="--", linewidth=1)
+            hist.axvline(mean_ce, color=f"C{k}" if len(runs) > 1 else "black", linestyle="--", linewidth=1)
     bars.set_title("throughput per device")
     bars.set_ylabel("samples/s of device time")
     hist.set_title("per-window loss (dashed: mean cross-entropy)")
@@ -201,7 +201,8 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
     if len(runs) > 1:
         bars.legend(fontsize=8)
         hist.legend(fontsize=8)
-    fig.suptitle("\n".join((f"{run.label}: " if len(runs) > 1 else "") + headline(run.results) for run in runs),
+    fig.suptitle("\n".join((f"{'AB'[k]} {run.label}: " if len(runs) > 1 else "") + headline(run.results)
+                           for k, run in enumerate(runs)),
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

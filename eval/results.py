@@ -45,6 +45,33 @@ def collect(blocks: list[BlockResult], expected: np.ndarray) -> Collected:
     )
 
 
+def check_finite(block: BlockResult) -> None:
+    """A block with a NaN or Inf window loss ends the run (--on-nonfinite fail), named with its device."""
+    bad = ~np.isfinite(block.window_nll)
+    if bad.any():
+        raise RunError(
+            f"block {block.block_id} (windows {block.window_ids.min()}–{block.window_ids.max()}) on {block.device} "
+            f"of node {block.node_id[:8]}: {int(bad.sum())} window(s) with a non-finite loss (first: window "
+            f"{int(block.window_ids[bad][0])}, {block.window_nll[bad][0]}); check that device, or pass "
+            "--on-nonfinite skip to leave such windows out and count them; the finished blocks are saved, "
+            "continue with --resume"
+        )
+
+
+def nonfinite(collected: Collected) -> list[dict]:
+    """The windows whose loss is NaN or Inf, each with the device that returned it."""
+    return [{"window_id": int(collected.window_ids[i]), "node": collected.nodes[i], "device": collected.devices[i]}
+            for i in np.flatnonzero(~np.isfinite(collected.nll))]
+
+
+def finite_only(collected: Collected) -> Collected:
+    keep = np.isfinite(collected.nll)
+    if keep.all():
+        return collected
+    return Collected(collected.window_ids[keep], collected.nll[keep], collected.scored[keep],
+                     collected.nodes[keep], collected.devices[keep])
+
+
 def loss(collected: Collected, index: WindowIndex, batch_size: int) -> LossMetrics:
     return reduce_loss(collected.window_ids, collected.nll, collected.scored, index.piece[collected.window_ids],
                        batch_size)
@@ -127,6 +154,11 @@ def summary_table(results: dict) -> str:
         lines.append(f"  dropped (--drop-last) {results['windows_dropped']} windows")
     if results["retries"]:
         lines.append(f"  retries              {results['retries']}")
+    if results.get("timeouts"):
+        lines.append(f"  timeouts             {len(results['timeouts'])} (--block-timeout): "
+                     + ", ".join(sorted({t['device'] for t in results['timeouts']})))
+    if results.get("windows_nonfinite"):
+        lines.append(f"  non-finite, skipped  {results['windows_nonfinite']} windows (--on-nonfinite skip)")
     if results["fallback"]:
         f = results["fallback"]
         lines.append(f"  fallback             {f['from']} → {f['to']}: {f['reason']}")

@@ -35,6 +35,9 @@ from .vocab import file_sha256
 
 log = logging.getLogger(__name__)
 
+NONFINITE_CHOICES = ("fail", "skip")
+#: results.json lists this many skipped windows at most (windows.parquet has them all).
+NONFINITE_LISTED = 100
 #: Model batches per block: many per call, so Ray's ~1 ms per call is noise (DESIGN.md, Ray).
 BATCHES_PER_BLOCK = 32
 
@@ -59,6 +62,8 @@ class RunConfig:
     check_batches: int = 4
     allow_unhealthy: bool = False
     block_windows: int | None = None  # default: BATCHES_PER_BLOCK model batches
+    on_nonfinite: str = "fail"  # fail: a NaN/Inf window loss ends the run; skip: left out, counted
+    block_timeout: float | None = None  # seconds a call may run before its device is taken for hung
     command: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -77,6 +82,10 @@ class RunConfig:
             raise UserError("--model is needed (a build folder, a .onnx or an .om), or --backend simulated")
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: pick one")
+        if self.on_nonfinite not in NONFINITE_CHOICES:
+            raise UserError(f"--on-nonfinite {self.on_nonfinite!r}: choose one of {', '.join(NONFINITE_CHOICES)}")
+        if self.block_timeout is not None and not self.block_timeout > 0:
+            raise UserError(f"--block-timeout {self.block_timeout}: must be a positive number of seconds")
 
     @property
     def device_config(self) -> DeviceConfig:
@@ -108,6 +117,7 @@ class Evaluated:
     fresh: list[BlockResult]  # the blocks this command evaluated, in the order they finished
     eval_s: float
     retries: int
+    timeouts: list[dict]  # calls --block-timeout ended: {"block", "device"}
 
 
 def run(config: RunConfig, *, factory: BackendFactory | None = None,
@@ -127,6 +137,9 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
         evaluated = _evaluate(config, fleet, plan, data, model, folder, progress)
     # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
     all_blocks = [folder.load(b.block_id) for b in plan.blocks]
+    if config.on_nonfinite == "fail":  # blocks a resumed --on-nonfinite skip run saved too
+        for block in all_blocks:
+            res.check_finite(block)
     collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
     results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated, started_at)
     results["wall_s"] = time.perf_counter() - clock
@@ -149,7 +162,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, data: dict, model: Mo
               progress: Callable[[int, int, int], None] | None) -> Evaluated:
     """Send the unfinished blocks to the devices, saving each as it comes back."""
     reader = BlockReader(config.data, data, plan.keep, model.vocab_size if model else None)
-    dispatcher = Dispatcher(fleet.actors, fleet.names, config.max_retries)
+    dispatcher = Dispatcher(fleet.actors, fleet.names, config.max_retries, block_timeout=config.block_timeout)
     fresh: list[BlockResult] = []
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
     tokens, total = 0, int(plan.keep.sum())
@@ -158,6 +171,8 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, data: dict, model: Mo
 
     def finished(result: BlockResult) -> None:
         nonlocal windows, tokens
+        if config.on_nonfinite == "fail":
+            res.check_finite(result)  # before saving: the run ends on it, and --resume redoes it
         saver.save(result)
         fresh.append(result)
         windows, tokens = windows + result.windows, tokens + result.scored_tokens
@@ -172,7 +187,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, data: dict, model: Mo
                           f"{config.out}; continue with --resume") from None
     finally:
         saver.close()  # whatever ends the run, every finished block reaches the disk first
-    return Evaluated(fresh, time.perf_counter() - start, dispatcher.retries)
+    return Evaluated(fresh, time.perf_counter() - start, dispatcher.retries, dispatcher.timeouts)
 
 
 def _now() -> str:
@@ -212,7 +227,8 @@ def _identity(config: RunConfig, backend: str, model: ModelSpec | None, data: di
 def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: dict, vocab_checked: bool, plan: Plan,
              collected: res.Collected, all_blocks: list[BlockResult], evaluated: Evaluated, started_at: str) -> dict:
     batch_size = fleet.batch_size
-    metrics = res.loss(collected, plan.index, batch_size)
+    nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
+    metrics = res.loss(res.finite_only(collected), plan.index, batch_size)
     return {
         "mean_ce": res.finite(metrics.mean_ce),
         "ppl": res.finite(metrics.perplexity),
@@ -223,6 +239,9 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: dic
         "backend": fleet.choice.backend,
         "fallback": fleet.choice.fallback,
         "retries": evaluated.retries,
+        "timeouts": evaluated.timeouts,
+        "windows_nonfinite": len(nonfinite),
+        "nonfinite": nonfinite[:NONFINITE_LISTED],
         "wall_s": None,  # the caller's clock
         **res.speed(evaluated.fresh, evaluated.eval_s, batch_size),
         "per_device": res.per_device(all_blocks, batch_size, fleet.described),

@@ -6,7 +6,8 @@ LEDGER/<pid>.log before computing it: the device, and the sha1 of each row. Test
 hashes back to window ids from the shards, so the ledger shows which process ran which window.
 
 Faults at a deterministic point, each once (a marker file remembers it):
-- `kill_self_at`: a row hash; the actor's process kills itself (SIGKILL) when it gets that row.
+- `kill_self_at`: a row hash, or several; the actor's process kills itself (SIGKILL) when it gets
+  one of those rows (once per row).
 - `kill_pid_at`: (row hash, pid); that process (the driver) is killed instead.
 - `fail_at`: a row hash; every batch holding it raises, as a device that keeps failing would.
 """
@@ -31,7 +32,7 @@ def row_hash(row: np.ndarray) -> str:
 @dataclass(frozen=True)
 class LedgerFactory:
     ledger: str
-    kill_self_at: str | None = None
+    kill_self_at: str | tuple[str, ...] | None = None
     kill_pid_at: tuple[str, int] | None = None
     fail_at: str | None = None
 
@@ -53,8 +54,10 @@ class LedgerBackend:
         f = self.factory
         if f.fail_at in hashes:
             raise RuntimeError("device error 507011 (simulated fault)")
-        if f.kill_self_at in hashes and self._first_time("kill-self"):
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_rows = (f.kill_self_at,) if isinstance(f.kill_self_at, str) else f.kill_self_at or ()
+        for row in kill_rows:
+            if row in hashes and self._first_time(f"kill-self-{row[:16]}"):
+                os.kill(os.getpid(), signal.SIGKILL)
         if f.kill_pid_at and f.kill_pid_at[0] in hashes and self._first_time("kill-pid"):
             os.kill(f.kill_pid_at[1], signal.SIGKILL)
         return self.inner.nll(input_ids)

@@ -132,6 +132,25 @@ def test_an_actor_killed_mid_block_changes_no_number(baseline, seed_data, tmp_pa
     assert windows == list(range(baseline["windows"]))
 
 
+def test_an_actor_killed_every_fourth_block_changes_no_number(baseline, seed_data, tmp_path):
+    blocks = baseline["blocks"]
+    killed = list(range(3, blocks, 4))
+    ledger = tmp_path / "ledger"
+    factory = LedgerFactory(str(ledger), kill_self_at=tuple(block_first_rows(seed_data, b) for b in killed))
+    results = run(simulated(seed_data, tmp_path / "out", devices=4, max_retries=len(killed) + 1),
+                  factory=factory).results
+    assert len(killed) >= 2 and results["retries"] >= len(killed)  # each kill fails its calls in flight
+    assert (results["nll_sum"], results["seed_ppl"], results["tokens"]) == (
+        baseline["nll_sum"], baseline["seed_ppl"], baseline["tokens"])
+    calls = read_ledger(ledger)
+    for b in killed:
+        first = block_first_rows(seed_data, b)
+        assert len([pid for pid, batches in calls.items() if any(first in x for x in batches)]) == 2
+    assert len(calls) == 4 + len(killed)  # every kill took one process; Ray started one in its place
+    windows = pq.read_table(tmp_path / "out" / "windows.parquet").column("window_id").to_pylist()
+    assert windows == list(range(baseline["windows"]))
+
+
 def test_a_block_that_keeps_failing_ends_the_run_and_keeps_the_rest(ray_npu4, seed_data, tmp_path):
     out = tmp_path / "out"
     factory = LedgerFactory(str(tmp_path / "ledger"), fail_at=block_first_rows(seed_data, 3))
@@ -209,6 +228,7 @@ def test_the_cli_prints_the_summary(ray_npu4, seed_data, tmp_path, capsys):
     (["--backend", "onnx", "--device-ms", "5"], "--device-ms is the simulated backend's"),
     (["--resume", "--force", "--backend", "simulated"], "--resume and --force contradict"),
     (["--backend", "onnx"], "--backend onnx needs --model"),
+    (["--backend", "simulated", "--block-timeout", "0"], "--block-timeout 0.0: must be a positive number of seconds"),
 ])
 def test_bad_flags_are_one_line_errors(seed_data, tmp_path, capsys, argv, message):
     from npueval.eval.cli import main

@@ -94,3 +94,27 @@ def test_onnx_backend_refuses_what_it_cannot_run(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(UserError, match="--model .*bad.onnx: onnxruntime cannot load it"):
         OnnxBackend(bad)
+
+
+def test_the_simulated_fault_hook_reads_its_file(tmp_path):
+    import json
+
+    from npueval.actors.simulated import FAULTS_ENV, Fault, SimulatedBackend, faults_for
+
+    path = tmp_path / "faults.json"
+    environ = {FAULTS_ENV: str(path)}
+    assert faults_for("npu:1", environ) == ()  # no file: no faults
+    path.write_text(json.dumps([{"device": "npu:1", "kind": "nan", "batch": 2},
+                                {"device": "npu:1", "kind": "slow", "factor": 5},
+                                {"device": "npu:2", "kind": "inf", "batch": 1}]))
+    faults = faults_for("npu:1", environ)
+    assert faults == (Fault("nan", 2), Fault("slow", 0, 5.0))
+    backend = SimulatedBackend(2, 8, device_ms=1.0, faults=faults)
+    assert backend.device_ms == 5.0
+    x = np.arange(16).reshape(2, 8)
+    assert np.isfinite(backend.nll(x)).all()
+    second = backend.nll(x)
+    assert np.isnan(second[0, 0]) and np.isfinite(second[0, 1:]).all() and np.isfinite(second[1]).all()
+    path.write_text(json.dumps([{"device": "npu:1", "kind": "melt"}]))
+    with pytest.raises(ValueError, match="kind 'melt' is not one of nan, inf, hang, slow"):
+        faults_for("npu:1", environ)
