@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset import read_shard
 from .errors import DatasetError
 
 
@@ -36,11 +37,10 @@ class WindowIndex:
 
 
 def read_index(data_dir: Path, manifest: dict) -> WindowIndex:
-    import pyarrow.parquet as pq
-
+    """Reads every shard once, checking it against the manifest's sha256 before any block is sent."""
     pieces, docs = [], []
     for shard in manifest["shards"]:
-        table = pq.read_table(data_dir / shard["name"], columns=["piece", "doc_id"])
+        table = read_shard(data_dir, shard, ["piece", "doc_id"], verify=True)
         pieces.append(table.column("piece").to_numpy())
         docs.append(table.column("doc_id").to_numpy())
     if not pieces:
@@ -78,10 +78,7 @@ class BlockReader:
 
     def _shard(self, k: int) -> dict:
         if self._cached is None or self._cached[0] != k:
-            import pyarrow.parquet as pq
-
-            name = self.shards[k]["name"]
-            table = pq.read_table(self.data_dir / name, columns=["input_ids", "score_from", "n_valid", "window_id"])
+            table = read_shard(self.data_dir, self.shards[k], ["input_ids", "score_from", "n_valid", "window_id"])
             ids = table.column("input_ids").combine_chunks().flatten()  # flatten honours slice offsets
             self._cached = (k, {
                 "input_ids": ids.to_numpy().reshape(-1, self.n_ctx),

@@ -119,6 +119,36 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = False):
+    """One shard of a data set as a pyarrow Table, named in every error.
+
+    The name comes from manifest.json, so it must be a plain file name in DATA_DIR (a manifest
+    edited to point elsewhere is refused). With `verify`, the file's sha256 must be the one the
+    manifest recorded: a truncated, corrupted or replaced shard is named, not read.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .errors import DatasetError
+
+    name = str(shard.get("name", ""))
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise DatasetError(f"{data_dir / MANIFEST}: shard name {name!r} is not a file name in the data folder; "
+                           "the manifest was edited: prepare the data set again")
+    path = data_dir / name
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing, but {data_dir / MANIFEST} lists it; prepare the data set again")
+    if verify and file_sha256(path) != shard.get("sha256"):
+        raise DatasetError(f"{path}: its sha256 is not the one {data_dir / MANIFEST} records (the shard or the "
+                           "manifest changed after `npueval prepare`: truncated, corrupted or edited); "
+                           "prepare the data set again")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(f"{path}: not a readable Parquet shard ({first}); prepare the data set again") from None
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of a finished data set, or None when `folder` holds none."""
     path = folder / MANIFEST

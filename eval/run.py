@@ -130,10 +130,11 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
     folder = _refuse_held_out(config)
+    index = read_index(config.data, data)  # every shard checked against its sha256 before Ray starts
     with Fleet(config.device_config, model, data["n_ctx"], factory) as fleet:
         done = folder.start(_identity(config, fleet.choice.backend, model, data, fleet.batch_size),
                             config.resume, config.force)
-        plan = _plan(config, data, fleet.batch_size, done)
+        plan = _plan(config, index, fleet.batch_size, done)
         evaluated = _evaluate(config, fleet, plan, data, model, folder, progress)
     # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
     all_blocks = [folder.load(b.block_id) for b in plan.blocks]
@@ -147,8 +148,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     return RunResult(config.out, results)
 
 
-def _plan(config: RunConfig, data: dict, batch_size: int, done: set[int]) -> Plan:
-    index = read_index(config.data, data)
+def _plan(config: RunConfig, index: WindowIndex, batch_size: int, done: set[int]) -> Plan:
     total = min(config.limit or index.piece.size, index.piece.size)
     keep = np.zeros(index.piece.size, dtype=bool)
     keep[:total] = drop_last_rows(index.piece[:total], batch_size) if config.drop_last else True

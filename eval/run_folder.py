@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
 
-from .errors import DatasetError
+from .errors import DatasetError, UserError
 
 RUN = "run.json"
 BLOCKS = "blocks"
@@ -85,10 +86,7 @@ class RunFolder:
         table = pa.table({"window_id": result.window_ids, "nll_sum": result.window_nll,
                           "n_scored": result.window_scored})
         table = table.replace_schema_metadata({"npueval": json.dumps(meta)})
-        path = self.blocks / f"block-{result.block_id:06d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        _write_atomic(self.blocks / f"block-{result.block_id:06d}.parquet", lambda tmp: pq.write_table(table, tmp))
 
     def load(self, block_id: int) -> BlockResult:
         import pyarrow.parquet as pq
@@ -109,9 +107,7 @@ class RunFolder:
     def write_outputs(self, results: dict, windows, result_txt: str) -> None:
         import pyarrow.parquet as pq
 
-        tmp = self.out / ".windows.parquet.tmp"
-        pq.write_table(windows, tmp)
-        os.replace(tmp, self.out / "windows.parquet")
+        _write_atomic(self.out / "windows.parquet", lambda tmp: pq.write_table(windows, tmp))
         _write_atomic(self.out / "result.txt", result_txt)
         _write_atomic(self.out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
@@ -128,7 +124,10 @@ class BackgroundSaver:
         self._pending: list = []
 
     def save(self, result: BlockResult) -> None:
-        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        failed = [f for f in self._pending if f.done() and f.exception() is not None]
+        if failed:  # a full disk ends the run now, not after every device has finished
+            raise failed[0].exception()
+        self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(self._pool.submit(self.folder.save, result))
 
     def close(self) -> None:
@@ -139,7 +138,18 @@ class BackgroundSaver:
             self._pool.shutdown(wait=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, content: str | Callable[[Path], None]) -> None:
+    """Write a temporary file, then rename it over PATH: a reader sees the old file or the new one,
+    never half of one. A failed write (a full disk, a file-size limit) leaves nothing behind and
+    is a one-line error naming the file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"--out {path.parent}: cannot write {path.name} ({exc.strerror or exc}); free some space "
+                            "(or choose another --out), then continue with --resume") from None

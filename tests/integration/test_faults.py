@@ -49,7 +49,8 @@ def inject(faults_file):
 
 def simulated(data, out, **kw) -> RunConfig:
     kw.setdefault("block_windows", 8)  # one batch per block: many blocks
-    return RunConfig(data=data, out=out, backend="simulated", batch_size=8, devices=4, **kw)
+    kw.setdefault("devices", 4)
+    return RunConfig(data=data, out=out, backend="simulated", batch_size=8, **kw)
 
 
 def scored_per_window(data) -> np.ndarray:
@@ -104,3 +105,61 @@ def test_a_slow_device_takes_proportionally_fewer_blocks(ray_npu4, inject, seed_
     assert max(fast) < 1.5 * min(fast)
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_nothing_half_written(ray_npu4, seed_data, tmp_path):
+    """RLIMIT_FSIZE on the driver (Ray's processes started before, unlimited): writes past 2 KiB
+    fail with EFBIG, as on a full disk (CPython ignores SIGXFSZ, so it is an OSError)."""
+    import resource
+
+    from npueval.eval.errors import UserError
+
+    out = tmp_path / "out"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2048, hard))
+    try:
+        with pytest.raises(UserError) as err:
+            run(simulated(seed_data, out, block_windows=64))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert message.startswith(f"--out {out / 'blocks'}: cannot write block-") and "File too large" in message
+    assert "then continue with --resume" in message and "\n" not in message
+    assert (out / "run.json").is_file()  # small enough to be written
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]  # no half-written file
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_blocks", [1, 6])
+def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, seed_data, tmp_path, after_blocks):
+    """SIGINT to a CLI run (its own local Ray) once AFTER_BLOCKS blocks are saved: exit 130, one line,
+    no half-written file; --resume (here, in this process) evaluates only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "npueval.eval", "run", "--data", str(seed_data), "--out", str(out),
+            "--backend", "simulated", "--devices", "2", "--batch-size", "8", "--block-windows", "8",
+            "--device-ms", "150"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", FAULTS_ENV)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list((out / "blocks").glob("block-*.parquet"))) < after_blocks:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    saved = len(list((out / "blocks").glob("block-*.parquet")))
+    blocks = -(-json.loads((seed_data / "manifest.json").read_text())["windows"] // 8)
+    assert last == f"npueval run: error: interrupted: {saved} of {blocks} blocks are saved in {out}; continue with --resume"
+    assert after_blocks <= saved and not (out / "results.json").exists()
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
+    results = run(simulated(seed_data, out, resume=True)).results  # on 4 devices, not 2
+    assert results["blocks_resumed"] == saved and results["blocks"] > saved
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12) and results["tokens"] == tokens
