@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from npueval.eval.errors import UserError
@@ -20,6 +21,8 @@ from npueval.eval.errors import UserError
 from .discovery import Device
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -56,18 +59,47 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
         resources["NPU"] = float(simulated_npus)
     elif devices:
         os.environ["ASCEND_RT_VISIBLE_DEVICES"] = visible_devices(devices, allow_unhealthy)
-    ray.init(
-        # "local": a Ray of our own, even where one that `ray start` left running would be found.
-        address="local",
-        num_cpus=num_cpus,
-        resources=resources or None,
-        include_dashboard=False,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    with _loopback_only():
+        ray.init(
+            # "local": a Ray of our own, even where one that `ray start` left running would be found.
+            address="local",
+            num_cpus=num_cpus,
+            resources=resources or None,
+            include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
     return RaySession("local", True, dict(ray.cluster_resources()))
+
+
+@contextmanager
+def _loopback_only():
+    """Every process of the Ray being started listens on 127.0.0.1 only.
+
+    Measured (tests/integration/test_security.py): with address="local", Ray 2.60 ignores
+    _node_ip_address and takes the machine's address as the node's, and then the GCS, the raylet,
+    the workers and the dashboard agent listen on all interfaces. What makes Ray use loopback is
+    its "no clusters" switch, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads into
+    ray_constants when it is imported (so the constant is set too, for a Ray already imported)
+    and its child processes read from the environment. The switch also stops a Ray from joining
+    other hosts, so it holds only while this local Ray starts; the same process may join a
+    cluster afterwards.
+    """
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            del os.environ[LOOPBACK_ENV]
+        else:
+            os.environ[LOOPBACK_ENV] = old_env
 
 
 def visible_devices(devices: list[Device], allow_unhealthy: bool = False) -> str:
