@@ -33,6 +33,9 @@ from .errors import NpuevalError, RunError
 
 log = logging.getLogger(__name__)
 
+#: How long a dead device's restart is waited for (--block-timeout, when given, instead).
+PROBE_TIMEOUT_S = 60.0
+
 
 @dataclass
 class _Slot:
@@ -125,7 +128,7 @@ class Dispatcher:
 
         retry: deque[tuple[Block, object]] = deque()  # failed blocks go out again before fresh ones
         in_flight: dict[object, tuple[Block, object, int]] = {}
-        probes: dict[object, int] = {}
+        probes: dict[object, tuple[int, float]] = {}  # a dead actor's describe() → (slot, sent at)
         failures: Counter[int] = Counter()
         exhausted = False
 
@@ -151,17 +154,20 @@ class Dispatcher:
                         ref = slot.actor.evaluate.remote(block.block_id, rows)
                         in_flight[ref] = (block, rows, k)
                         slot.sent(ref)
-            if not in_flight and not probes:
-                if retry or not exhausted:
-                    raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated")
+            work_left = bool(retry) or not exhausted
+            if not in_flight and (not probes or not work_left):  # a device still restarting is not waited for
+                if work_left:
+                    raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated; "
+                                   "the finished blocks are saved, continue with --resume")
                 return
-            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=self._wait_s())
+            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=self._wait_s(probes))
             if not ready:
                 self._end_hung_calls(in_flight)
+                self._give_up_probes(probes)
                 continue
             (ref,) = ready
             if ref in probes:
-                self._probed(ref, probes.pop(ref))
+                self._probed(ref, probes.pop(ref)[0])
                 continue
             block, rows, k = in_flight.pop(ref)
             slot = self.slots[k]
@@ -185,16 +191,32 @@ class Dispatcher:
                 retry.append((block, rows))
                 if _actor_died(exc) and slot.state == "ready":
                     slot.state = "probing"
-                    probes[slot.actor.describe.remote()] = k
+                    probes[slot.actor.describe.remote()] = (k, time.monotonic())
                 continue
             on_result(result)
 
-    def _wait_s(self) -> float | None:
-        """How long ray.wait may block: until the next call in flight would pass block_timeout."""
-        if self.block_timeout is None:
-            return None
-        heads = [s.head_since for s in self.slots if s.calls and s.state == "ready"]
-        return max(0.0, min(heads) + self.block_timeout - time.monotonic()) if heads else self.block_timeout
+    @property
+    def probe_timeout(self) -> float:
+        return self.block_timeout or PROBE_TIMEOUT_S
+
+    def _wait_s(self, probes: dict) -> float | None:
+        """How long ray.wait may block: until a call in flight would pass block_timeout, or a
+        restarting device its probe_timeout."""
+        deadlines = [started + self.probe_timeout for _, started in probes.values()]
+        if self.block_timeout is not None:
+            deadlines += [s.head_since + self.block_timeout for s in self.slots if s.calls and s.state == "ready"]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _give_up_probes(self, probes: dict) -> None:
+        """A restarted actor that has not answered within probe_timeout (Ray cannot place it: its
+        node is gone and no other has room) is left out of the run."""
+        now = time.monotonic()
+        for ref, (k, started) in list(probes.items()):
+            if now - started > self.probe_timeout:
+                del probes[ref]
+                self.slots[k].state = "dead"
+                log.warning("%s did not come back within %g s; it is left out of the run", self.slots[k].name,
+                            self.probe_timeout)
 
     def _end_hung_calls(self, in_flight: dict) -> None:
         """Kill every actor whose oldest call has run past block_timeout: Ray restarts it, its

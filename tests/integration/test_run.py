@@ -286,3 +286,28 @@ def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise(seed_data, tmp_
     assert piped.returncode == 0, piped.stderr[-2000:]
     assert "INFO npueval: 120 of 120 windows (100%)" in piped.stderr and "%|" not in piped.stderr
     assert "mean cross-entropy" in piped.stdout
+
+
+def test_three_runs_back_to_back_leave_nothing_behind(ray_npu4, seed_data, tmp_path):
+    """No actor alive, no object in the store, no temporary file, after three runs in one Ray."""
+    import re
+    import time
+
+    from ray._private import state
+    from ray._private.internal_api import memory_summary
+
+    outs = [tmp_path / f"out{i}" for i in range(3)]
+    results = [run(simulated(seed_data, out, devices=4, limit=120)).results for out in outs]
+    assert len({r["nll_sum"] for r in results}) == 1
+    assert not [a for a in state.actors().values() if a["State"] != "DEAD"]
+    deadline = time.monotonic() + 20
+    while True:  # the store frees an object once the last reference has gone, asynchronously
+        objects = int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", memory_summary(stats_only=True))[1])
+        if objects == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert objects == 0
+    for out in outs:
+        assert sorted(p.name for p in out.iterdir()) == ["blocks", "result.txt", "results.json", "run.json",
+                                                         "windows.parquet"]
+        assert all(p.name.startswith("block-") and p.suffix == ".parquet" for p in (out / "blocks").iterdir())
