@@ -120,5 +120,9 @@ def batch_framer(vocab_path: Path, workers: int, min_length: int):
         try:
             yield run
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # wait=True: a shutdown(wait=False) forgets the pool's manager thread, so the `with`'s own
+            # shutdown cannot join it, and at exit CPython 3.11's atexit hook races that thread for
+            # its wake-up pipe ("Exception ignored … Bad file descriptor" after our one-line error).
+            # Only the batches already running are waited for; the queued ones are cancelled.
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
