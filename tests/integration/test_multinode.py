@@ -96,7 +96,12 @@ def test_ray_job_submit_runs_the_same_command(cluster, seed_data, tmp_path):
     assert (out / "results.json").is_file()
 
 
-def two_node_cluster(head_npus: int):
+def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_blocks: int) -> dict:
+    """A two-node Cluster (the head with HEAD_NPUS simulated NPUs, the other with 2); a run in a
+    thread; once AFTER_BLOCKS blocks are saved, the second node (its raylet and actors) goes.
+    Returns {"results": …} or {"error": …}."""
+    import threading
+
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -104,13 +109,8 @@ def two_node_cluster(head_npus: int):
         "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1, resources={"NPU": 2}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    return cluster, worker
-
-
-def run_and_lose_a_node(cluster, worker, config: RunConfig, after_blocks: int):
-    """Run in a thread; once AFTER_BLOCKS blocks are saved, the worker node (its raylet and actors) goes."""
-    import threading
-
+    config = RunConfig(data=data, out=out, backend="simulated", batch_size=8, block_windows=8, device_ms=150,
+                       address=cluster.address, block_timeout=block_timeout)
     outcome: dict = {}
 
     def target():
@@ -120,26 +120,22 @@ def run_and_lose_a_node(cluster, worker, config: RunConfig, after_blocks: int):
             outcome["error"] = exc
 
     thread = threading.Thread(target=target)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while len(list((config.out / "blocks").glob("block-*.parquet"))) < after_blocks:
-        assert thread.is_alive() and time.monotonic() < deadline, outcome
-        time.sleep(0.05)
-    cluster.remove_node(worker)
-    thread.join(timeout=300)
-    assert not thread.is_alive()
+    try:
+        thread.start()
+        deadline = time.monotonic() + 120
+        while len(list((out / "blocks").glob("block-*.parquet"))) < after_blocks:
+            assert thread.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.05)
+        cluster.remove_node(worker)
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    finally:
+        cluster.shutdown()
     return outcome
 
 
 def test_a_lost_node_has_its_blocks_redone_elsewhere(seed_data, tmp_path):
-    cluster, worker = two_node_cluster(head_npus=2)
-    try:
-        config = RunConfig(data=seed_data, out=tmp_path / "out", backend="simulated", batch_size=8, block_windows=8,
-                           device_ms=150, address=cluster.address, block_timeout=20)
-        outcome = run_and_lose_a_node(cluster, worker, config, after_blocks=4)
-    finally:
-        cluster.shutdown()
-    results = outcome["results"]
+    results = run_and_lose_a_node(seed_data, tmp_path / "out", head_npus=2, block_timeout=20, after_blocks=4)["results"]
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["tokens"] == tokens and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     assert results["retries"] >= 1 and len(results["per_device"]) == 4
@@ -149,14 +145,7 @@ def test_a_lost_node_has_its_blocks_redone_elsewhere(seed_data, tmp_path):
 def test_losing_the_only_node_with_devices_ends_the_run_with_the_blocks_saved(seed_data, tmp_path):
     from npueval.eval.errors import RunError
 
-    cluster, worker = two_node_cluster(head_npus=0)
-    try:
-        config = RunConfig(data=seed_data, out=tmp_path / "out", backend="simulated", batch_size=8, block_windows=8,
-                           device_ms=150, address=cluster.address, block_timeout=5)
-        outcome = run_and_lose_a_node(cluster, worker, config, after_blocks=3)
-    finally:
-        cluster.shutdown()
-    error = outcome["error"]
+    error = run_and_lose_a_node(seed_data, tmp_path / "out", head_npus=0, block_timeout=5, after_blocks=3)["error"]
     assert isinstance(error, RunError) and "the finished blocks are saved, continue with --resume" in str(error)
     assert len(list((tmp_path / "out" / "blocks").glob("block-*.parquet"))) >= 3
     assert not (tmp_path / "out" / "results.json").exists()
