@@ -84,9 +84,9 @@ def local_model_file(model: ModelFile, folder: Path | None = None) -> Path:
 
 def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
     if spec.backend == "simulated":
-        from .simulated import SimulatedBackend, faults_for
+        from .simulated import SimulatedBackend
 
-        return SimulatedBackend(spec.batch_size, spec.seq_len, spec.device_ms, _first_life_faults(faults_for))
+        return SimulatedBackend(spec.batch_size, spec.seq_len, spec.device_ms, _first_life_faults())
     if spec.backend == "onnx":
         from .onnx_backend import OnnxBackend
 
@@ -96,9 +96,11 @@ def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
     return OmBackend(model_path, device_id=0)  # Ray made our chip the only visible one: index 0
 
 
-def _first_life_faults(faults_for) -> tuple:
+def _first_life_faults() -> tuple:
     """The simulated test hook's faults for this actor's device, in its first life only."""
     import ray
+
+    from .simulated import faults_for
 
     npu = assigned_npu()
     if npu is None or ray.get_runtime_context().was_current_actor_reconstructed:

@@ -121,7 +121,7 @@ def compare(a: RunReport, b: RunReport) -> str:
         x, y = ra.get(key), rb.get(key)
         diff = ratio = ""
         if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-            diff = f"{y - x:+.{max(digits, 1) if key in ('mean_ce', 'ppl', 'seed_ppl') else digits}f}"
+            diff = f"{y - x:+.{digits}f}"
             ratio = f"{y / x:.4f}" if x else ""
         lines.append(f"  {label:<22} {fmt(x, digits):>{width}} {fmt(y, digits):>{width}}   {diff:<10} {ratio}")
     lines += [

@@ -138,9 +138,10 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
         evaluated = _evaluate(config, fleet, plan, data, model, folder, progress)
     # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
     all_blocks = [folder.load(b.block_id) for b in plan.blocks]
-    if config.on_nonfinite == "fail":  # blocks a resumed --on-nonfinite skip run saved too
-        for block in all_blocks:
-            res.check_finite(block)
+    if config.on_nonfinite == "fail":  # the fresh blocks were checked as they came; a resumed
+        for block in all_blocks:       # --on-nonfinite skip run may have saved others
+            if block.block_id in plan.done:
+                res.check_finite(block)
     collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
     results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated, started_at)
     results["wall_s"] = time.perf_counter() - clock

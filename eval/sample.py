@@ -34,8 +34,6 @@ BLOCK_WINDOWS = 32
 @dataclass(frozen=True)
 class Sample:
     data: Path  # the prepared held-out windows
-    model: Path  # the build folder
-    corpus: Path  # the held-out articles in the wiki_zh layout
     reused: bool  # the cache already held this data set
 
 
@@ -55,7 +53,7 @@ def prepare_sample(cache: Path | None = None, vocab: Path = CHECKPOINT / "vocab.
     # force: the cache is ours; a data set of an older sample vocabulary is replaced, not refused.
     result = prepare(PrepareConfig(corpus_dir=corpus, vocab=vocab, out=folder / "data",
                                    force=True, workers=0))  # 97 articles: no worker processes
-    return Sample(data=result.out, model=BUILD, corpus=corpus, reused=result.reused)
+    return Sample(data=result.out, reused=result.reused)
 
 
 def default_out(name: str, now: datetime | None = None) -> Path:
