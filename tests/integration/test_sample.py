@@ -135,6 +135,9 @@ def test_committed_onnx_was_built_from_the_committed_checkpoint():
     config = json.loads((CHECKPOINT / "config.json").read_text())
     assert (config["n_layer"], config["n_embd"], config["n_head"], config["n_positions"]) == (4, 256, 4, 512)
     assert config["vocab_size"] == load_vocab(CHECKPOINT / "vocab.txt").size
+    lines = (CHECKPOINT / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert (lines[0], lines[1], lines[99]) == ("[PAD]", "[unused1]", "[unused99]")  # BERT-Chinese layout
+    assert lines[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(set(lines)) == len(lines)
     total = sum(p.stat().st_size for folder in (BUILD, CHECKPOINT) for p in folder.iterdir())
     assert total < 32 * 2**20
 
