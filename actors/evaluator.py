@@ -8,7 +8,7 @@ score_from − 1 ≤ j < n_valid − 1 (positions score_from ≤ t < n_valid).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +30,11 @@ class BlockResult:
     window_nll: np.ndarray = field(repr=False)  # float64 (n,)
     window_scored: np.ndarray = field(repr=False)  # int64 (n,)
     check: CheckStats | None = None  # --check-against: this block's batches also run on the host
+
+    def totals_only(self) -> BlockResult:
+        """The block without its per-window arrays (once saved to disk, a long run keeps only this)."""
+        empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return replace(self, window_ids=empty_i, window_nll=empty_f, window_scored=empty_i)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"CHECKPOINT {folder}: no vocab.txt; copy the model's vocab.txt (BERT-Chinese WordPiece) into the folder"
         )
-    vocab = load_vocab(vocab_path)
+    vocab = load_vocab(vocab_path, flag=None)  # CHECKPOINT/vocab.txt: build has no --vocab
     config = _read_config(folder / "config.json", vocab)
     files = _weight_files(folder)
     digest = hashlib.sha256()

@@ -67,8 +67,13 @@ def build(config: BuildConfig) -> BuildResult:
     if config.seq_len > ckpt.config["n_positions"]:
         raise UserError(f"--seq-len {config.seq_len}: the model has only {ckpt.config['n_positions']} positions")
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_model(ckpt)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder")
+    model = load_model(ckpt)  # a corrupt checkpoint is refused before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); choose another --out") from None
     ids = random_ids(config.batch_size, config.seq_len, ckpt.config["vocab_size"])
     stages: dict[str, dict] = {}
 

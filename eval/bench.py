@@ -16,9 +16,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dataset import open_data_set
 from .errors import UserError
 from .fleet import DeviceConfig, Fleet, connect
-from .model_spec import resolve_model
+from .model_spec import ModelSpec, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +66,24 @@ class BenchRow:
 
 def bench(config: BenchConfig) -> list[BenchRow]:
     """One row per model (or simulated batch size), all devices at once."""
+    models = [resolve_model(m, config.vocab) for m in config.models]  # bad input is refused before Ray starts
+    if config.data is not None:
+        open_data_set(Path(config.data))
     session = connect(config.devices)  # once: each Fleet below joins it
     try:
         if config.devices.backend == "simulated":
-            return [_bench_one(config, None, b) for b in config.batch_sizes]
-        return [_bench_one(config, m, None) for m in config.models]
+            return [_bench_one(config, None, None, b) for b in config.batch_sizes]
+        return [_bench_one(config, path, model, None) for path, model in zip(config.models, models)]
     finally:
         from npueval.cluster.ray_cluster import disconnect
 
         disconnect(session)
 
 
-def _bench_one(config: BenchConfig, model_path: Path | None, batch_size: int | None) -> BenchRow:
+def _bench_one(config: BenchConfig, model_path: Path | None, model: ModelSpec | None,
+               batch_size: int | None) -> BenchRow:
     import ray
 
-    model = resolve_model(model_path, config.vocab) if model_path is not None else None
     devices = config.devices if batch_size is None else _with_batch(config.devices, batch_size)
     random_below = None
     if config.inputs == "random":

@@ -330,6 +330,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
         raise UserError(f"--batch-sizes {args.batch_sizes!r}: give comma-separated integers, e.g. 1,4,8") from None
+    if args.json and not Path(args.json).parent.is_dir():
+        raise UserError(f"--json {args.json}: the folder {Path(args.json).parent} does not exist")
     config = BenchConfig(
         models=tuple(args.model), batch_sizes=sizes, seq_len=args.seq_len, loop=args.loop, warmup=args.warmup,
         inputs=args.input, vocab=args.vocab, data=args.data, limit=args.limit,
@@ -339,8 +341,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rows = bench(config)
     print(table(rows))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump([dataclasses.asdict(r) for r in rows], f, indent=2)
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump([dataclasses.asdict(r) for r in rows], f, indent=2)
+        except OSError as exc:
+            raise UserError(f"--json {args.json}: cannot write it ({exc.strerror or exc})") from None
     return EXIT_OK
 
 
@@ -360,9 +365,11 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import compare, describe, load_run, plot
+    from .report import check_plot_path, compare, describe, load_run, plot
 
-    runs = [load_run(args.out)] + ([load_run(args.other)] if args.other else [])
+    if args.plot:
+        check_plot_path(args.plot)
+    runs = [load_run(args.out)] + ([load_run(args.other, "OTHER")] if args.other else [])
     if len(runs) == 1:
         print(describe(runs[0]))
     else:

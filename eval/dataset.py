@@ -149,6 +149,35 @@ def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = F
         raise DatasetError(f"{path}: not a readable Parquet shard ({first}); prepare the data set again") from None
 
 
+#: Each shard entry of a manifest, with the type `run` reads it as.
+SHARD_KEYS = {"name": str, "sha256": str, "rows": int, "first_window_id": int, "last_window_id": int}
+
+
+def open_data_set(data_dir: Path, flag: str = "--data") -> dict:
+    """The manifest of the data set `npueval prepare` made in DATA_DIR, or a one-line error
+    naming the folder: missing, unfinished, without a window, or a manifest that is unreadable
+    or was edited."""
+    from .errors import DatasetError
+
+    if not data_dir.is_dir():
+        raise DatasetError(f"{flag} {data_dir}: no such folder; make it with `npueval prepare`")
+    if not (data_dir / MANIFEST).is_file():
+        raise DatasetError(f"{flag} {data_dir}: no finished data set (manifest.json missing); run `npueval prepare`")
+    m = read_manifest(data_dir)
+    shards = m.get("shards") if isinstance(m, dict) else None
+    if not (isinstance(m, dict) and isinstance(m.get("n_ctx"), int) and isinstance(m.get("vocab_sha256"), str)
+            and isinstance(shards, list)
+            and all(isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in SHARD_KEYS.items())
+                    for s in shards)):
+        raise DatasetError(f"{data_dir / MANIFEST}: not the manifest of an `npueval prepare` data set (unreadable "
+                           "JSON, or edited: n_ctx, vocab_sha256 or shards missing); prepare the data set again")
+    if not sum(s["rows"] for s in shards):
+        raise DatasetError(f"{flag} {data_dir}: the data set holds no window (articles kept: {m.get('articles_kept')} "
+                           f"of {m.get('articles_total')}; mode {m.get('mode')}, n_ctx {m['n_ctx']}); prepare it again "
+                           "from more text, or with a smaller --n-ctx or --min-length")
+    return m
+
+
 def read_manifest(folder: Path) -> dict | None:
     """The manifest of a finished data set, or None when `folder` holds none."""
     path = folder / MANIFEST

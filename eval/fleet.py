@@ -54,6 +54,9 @@ class DeviceConfig:
             raise UserError(f"--device-ms {self.device_ms}: must be 0 or more")
         if self.device_ms and self.backend != "simulated":
             raise UserError("--device-ms is the simulated backend's device time: add --backend simulated")
+        if self.check_against is not None and not Path(self.check_against).is_file():
+            raise UserError(f"--check-against {self.check_against}: no such file; give the ONNX model to compare "
+                            "with, e.g. BUILD/model.onnx")  # checked before Ray starts
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,6 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
                             "rebuild it with `npueval build --batch-size`")
         batch = model.batch_size or 0
         shipped = _ship(model.om if backend == "om" else model.onnx)
-    if config.check_against and not config.check_against.is_file():
-        raise UserError(f"--check-against {config.check_against}: no such file")
     reference = _ship(config.check_against) if config.check_against else None
     # onnx workers spread over the nodes: each gets its share of the cores, not all of them.
     threads = max(1, int(resources.get("CPU", 1)) // count)

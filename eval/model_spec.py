@@ -42,7 +42,7 @@ def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSp
     if path.is_dir():
         return _from_build(path)
     if not path.is_file():
-        raise UserError(f"--model {path}: no such file or folder")
+        raise UserError(f"--model {path}: no such file or folder; give an `npueval build` folder, a .onnx or an .om")
     vocab_sha = vocab_size = None
     if vocab is not None:
         v = load_vocab(vocab)

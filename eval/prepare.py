@@ -93,6 +93,8 @@ class PrepareResult:
 
 
 def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareResult:
+    if config.out.exists() and not config.out.is_dir():
+        raise DatasetError(f"--out {config.out} is a file; name a folder")
     vocab = load_vocab(config.vocab)
     files = scan_files(config.corpus_dir, select_files(config.corpus_dir, config.files))
     inputs = _inputs(config, files, vocab)
@@ -110,7 +112,11 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
 
     partial = config.out.parent / f".{config.out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise DatasetError(f"--out {config.out}: cannot make the folder ({exc.strerror or exc}); "
+                           "choose another --out") from None
     try:
         manifest = _build(config, files, vocab, inputs, key, partial, progress)
         write_manifest(partial, manifest)

@@ -40,24 +40,25 @@ class RunReport:
         return self.folder.name or str(self.folder)
 
 
-def load_run(folder: str | Path) -> RunReport:
+def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
+    """The results folder `folder`; `name` (OUT or OTHER, the argument it came from) in errors."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
     results_path, windows_path = folder / "results.json", folder / "windows.parquet"
     if not folder.is_dir():
-        raise UserError(f"OUT {folder}: no such folder; give a results folder of `npueval run`")
+        raise UserError(f"{name} {folder}: no such folder; give a results folder of `npueval run`")
     if not results_path.is_file():
         hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its other flags)"
                 if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")
-        raise UserError(f"OUT {folder}: no results.json; {hint}")
+        raise UserError(f"{name} {folder}: no results.json; {hint}")
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
         table = pq.read_table(windows_path, columns=["window_id", "doc_id", "nll_sum", "n_scored"])
     except FileNotFoundError:
         raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it again") from None
     except (ValueError, OSError) as exc:  # bad JSON or UTF-8, pyarrow.ArrowInvalid
-        raise UserError(f"OUT {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with --resume") from None
+        raise UserError(f"{name} {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with --resume") from None
     return RunReport(
         folder=folder,
         results=results,
@@ -162,8 +163,23 @@ def headline(r: dict) -> str:
             f"{fmt(r['tokens_per_s'], 0)} tokens/s · {r['backend']}")
 
 
+#: The picture formats --plot writes, chosen by the file's suffix.
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """--plot FILE, refused (before anything is read or drawn) where it cannot be written."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: the folder {path.parent} does not exist")
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(f"--plot {path}: the suffix says the format; end the name in {', '.join(PLOT_SUFFIXES)}")
+    return path
+
+
 def plot(runs: list[RunReport], path: str | Path) -> Path:
     """Per-device throughput bars and the per-window loss distribution, one colour per run."""
+    path = check_plot_path(path)
     try:
         import matplotlib
 
@@ -171,9 +187,6 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install 'npueval[plot]' (or pip install matplotlib)") from None
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"--plot {path}: the folder {path.parent} does not exist")
 
     fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
     width = (0.8 if any(len(r.results["per_device"]) > 1 for r in runs) else 0.4) / len(runs)

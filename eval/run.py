@@ -23,9 +23,9 @@ from npueval.actors.worker import BackendFactory
 
 from . import results as res
 from .blocks import Block, BlockReader, WindowIndex, plan_blocks, read_index
-from .dataset import read_manifest
+from .dataset import open_data_set
 from .dispatch import Dispatcher
-from .errors import DatasetError, Interrupted, UserError
+from .errors import Interrupted, UserError
 from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
 from .model_spec import ModelSpec, check_pair, resolve_model
@@ -114,7 +114,7 @@ class Plan:
 
 @dataclass
 class Evaluated:
-    fresh: list[BlockResult]  # the blocks this command evaluated, in the order they finished
+    fresh: list[BlockResult]  # the blocks this command evaluated, in the order they finished (totals only)
     eval_s: float
     retries: int
     timeouts: list[dict]  # calls --block-timeout ended: {"block", "device"}
@@ -126,13 +126,13 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
 
     `factory` builds each actor's backend instead of the stock ones (tests keep a ledger)."""
     started_at, clock = _now(), time.perf_counter()
-    data = _read_data(config.data)
+    data = open_data_set(config.data)
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
-    folder = _refuse_held_out(config)
+    folder = _refuse_held_out(config, model, data)
     index = read_index(config.data, data)  # every shard checked against its sha256 before Ray starts
     with Fleet(config.device_config, model, data["n_ctx"], factory) as fleet:
-        done = folder.start(_identity(config, fleet.choice.backend, model, data, fleet.batch_size),
+        done = folder.start(_identity(config, model, data, fleet.choice.backend, fleet.batch_size),
                             config.resume, config.force)
         plan = _plan(config, index, fleet.batch_size, done)
         evaluated = _evaluate(config, fleet, plan, data, model, folder, progress)
@@ -143,6 +143,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
             if block.block_id in plan.done:
                 res.check_finite(block)
     collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
+    all_blocks = [b.totals_only() for b in all_blocks]  # their windows are in `collected` now
     results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated, started_at)
     results["wall_s"] = time.perf_counter() - clock
     folder.write_outputs(results, res.windows_table(collected, plan.index), res.result_txt(results))
@@ -175,7 +176,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, data: dict, model: Mo
         if config.on_nonfinite == "fail":
             res.check_finite(result)  # before saving: the run ends on it, and --resume redoes it
         saver.save(result)
-        fresh.append(result)
+        fresh.append(result.totals_only())  # the per-window arrays are read back from OUT/blocks at the end
         windows, tokens = windows + result.windows, tokens + result.scored_tokens
         if progress:
             progress(windows, total, tokens)
@@ -195,34 +196,30 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_data(data_dir: Path) -> dict:
-    if not data_dir.is_dir():
-        raise DatasetError(f"--data {data_dir}: no such folder; make it with `npueval prepare`")
-    manifest = read_manifest(data_dir)
-    if manifest is None:
-        raise DatasetError(f"--data {data_dir}: no finished data set (manifest.json missing); run `npueval prepare`")
-    return manifest
-
-
-def _refuse_held_out(config: RunConfig) -> RunFolder:
-    """Fail before starting Ray when OUT holds blocks and neither --resume nor --force was given."""
+def _refuse_held_out(config: RunConfig, model: ModelSpec | None, data: dict) -> RunFolder:
+    """Fail before starting Ray when OUT holds blocks and neither --resume nor --force was given,
+    or, with --resume, blocks of another data set, model or plan (what is known before Ray)."""
     folder = RunFolder(config.out)
-    folder.check_free(config.resume, config.force)
+    if folder.check_free(config.resume, config.force) and config.resume:
+        folder.check_same_run(_identity(config, model, data), partial=True)
     return folder
 
 
-def _identity(config: RunConfig, backend: str, model: ModelSpec | None, data: dict, batch_size: int) -> dict:
-    """What the blocks in OUT are blocks of: --resume continues only the same run."""
-    return {
+def _identity(config: RunConfig, model: ModelSpec | None, data: dict, backend: str | None = None,
+              batch_size: int | None = None) -> dict:
+    """What the blocks in OUT are blocks of: --resume continues only the same run. Without the
+    backend and batch size (the devices say them, once Ray has started) those keys are left out."""
+    identity = {
         "data_manifest_sha256": file_sha256(config.data / "manifest.json"),
         "model": model.identity if model else None,
-        "backend": backend,
-        "batch_size": batch_size,
         "seq_len": data["n_ctx"],
         "limit": config.limit,
         "drop_last": config.drop_last,
-        "block_windows": config.block_windows or BATCHES_PER_BLOCK * batch_size,
     }
+    if backend is not None:
+        identity.update(backend=backend, batch_size=batch_size,
+                        block_windows=config.block_windows or BATCHES_PER_BLOCK * batch_size)
+    return identity
 
 
 def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: dict, vocab_checked: bool, plan: Plan,

@@ -53,17 +53,23 @@ class RunFolder:
                 (self.out / name).unlink(missing_ok=True)
             held = set()
         if held:
-            before = self._identity()
-            differ = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
-            if differ:
-                key = differ[0]
-                raise DatasetError(
-                    f"--resume: the blocks in {self.out} are of another run ({key}: {before.get(key)!r} there, "
-                    f"{identity.get(key)!r} now); use another --out, or --force to start over"
-                )
+            self.check_same_run(identity)
         self.blocks.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.out / RUN, json.dumps(identity, indent=2) + "\n")
         return held
+
+    def check_same_run(self, identity: dict, partial: bool = False) -> None:
+        """Refuse (--resume) blocks of another run. A `partial` identity (before Ray has started,
+        without what the devices decide) is compared on its own keys only."""
+        before = self._identity()
+        keys = set(identity) if partial else set(before) | set(identity)
+        differ = sorted(k for k in keys if before.get(k) != identity.get(k))
+        if differ:
+            key = differ[0]
+            raise DatasetError(
+                f"--resume: the blocks in {self.out} are of another run ({key}: {before.get(key)!r} there, "
+                f"{identity.get(key)!r} now); use another --out, or --force to start over"
+            )
 
     def finished(self) -> set[int]:
         if not self.blocks.is_dir():
@@ -107,7 +113,8 @@ class RunFolder:
     def write_outputs(self, results: dict, windows, result_txt: str) -> None:
         import pyarrow.parquet as pq
 
-        _write_atomic(self.out / "windows.parquet", lambda tmp: pq.write_table(windows, tmp))
+        # Row groups of 64 Ki windows: the writer buffers one encoded row group, not the whole file.
+        _write_atomic(self.out / "windows.parquet", lambda tmp: pq.write_table(windows, tmp, row_group_size=1 << 16))
         _write_atomic(self.out / "result.txt", result_txt)
         _write_atomic(self.out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 

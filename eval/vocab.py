@@ -50,28 +50,26 @@ class Vocab:
         return self.token_to_id["[MASK]"]
 
 
-def load_vocab(path: str | Path) -> Vocab:
+def load_vocab(path: str | Path, flag: str | None = "--vocab") -> Vocab:
     """Read vocab.txt as the classic tokenizer does: one token per line, id = line index.
 
     Only the trailing "\\n" is removed from a line (the classic `rstrip('\\n')`), and a
-    token that appears twice keeps its last id.
+    token that appears twice keeps its last id. `flag` names the path in messages: the
+    command-line flag it came from, or None for a checkpoint folder's own vocab.txt.
     """
     path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    fix = "pass the checkpoint's vocab.txt" if flag else "restore the checkpoint's own vocab.txt"
     if not path.is_file():
-        raise VocabError(f"--vocab {path}: no such file; pass the checkpoint's vocab.txt")
+        raise VocabError(f"{where}: no such file; {fix}")
     try:
         # Text mode on purpose: universal newlines, then split on "\n" only, like the classic.
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except UnicodeDecodeError as exc:
-        raise VocabError(
-            f"--vocab {path}: not UTF-8 text (byte {exc.start}); pass the checkpoint's vocab.txt"
-        ) from None
+        raise VocabError(f"{where}: not UTF-8 text (byte {exc.start}); {fix}") from None
     token_to_id = {line.rstrip("\n"): index for index, line in enumerate(lines)}
     missing = [t for t in REQUIRED_TOKENS if t not in token_to_id]
     if missing:
-        raise VocabError(
-            f"--vocab {path}: not a BERT-Chinese vocab.txt, it lacks {' '.join(missing)}; "
-            "pass the vocab.txt of the GPT2-Chinese checkpoint"
-        )
+        raise VocabError(f"{where}: not a BERT-Chinese vocab.txt, it lacks {' '.join(missing)}; {fix}")
     return Vocab(path=path, token_to_id=token_to_id, sha256=file_sha256(path))

@@ -163,27 +163,73 @@ def test_a_block_that_keeps_failing_ends_the_run_and_keeps_the_rest(ray_npu4, se
         run(simulated(seed_data, out, devices=2))
 
 
-def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, seed_data, tmp_path):
-    """The driver (a separate process joined to this Ray) is killed when block 6 starts; --resume
-    finishes the run without running any finished block again."""
+#: Where the driver is SIGKILLed, and on how many devices it runs: when that block's first row
+#: reaches a device (-1: the last block; on one device, block 0 arrives before any block has been
+#: evaluated), or (None) once every block is saved and windows.parquet and result.txt are written,
+#: with results.json's temporary complete but not yet renamed (os.replace patched in the driver).
+KILL_POINTS = {"first block": (0, 1), "block 6": (6, 2), "last block": (-1, 2), "before results.json": (None, 2)}
+
+
+def kill_the_driver(seed_data, out, ledger, block: int | None, devices: int) -> subprocess.CompletedProcess:
+    """Run the driver in a separate process joined to this Ray, and SIGKILL it at a seeded point."""
     import ray
 
-    out, first_ledger, second_ledger = tmp_path / "out", tmp_path / "ledger1", tmp_path / "ledger2"
+    kill = f"kill_pid_at=({block_first_rows(seed_data, block)!r}, os.getpid())" if block is not None else ""
     script = textwrap.dedent(f"""
-        import os, sys
+        import os, signal
         from ledger import LedgerFactory
         from npueval.eval.run import RunConfig, run
-        factory = LedgerFactory({str(first_ledger)!r}, kill_pid_at=({block_first_rows(seed_data, 6)!r}, os.getpid()))
-        run(RunConfig(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8, devices=2,
+        if {block is None!r}:
+            real_replace = os.replace
+            def replace(src, dst, *a, **kw):
+                if os.path.basename(dst) == "results.json":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real_replace(src, dst, *a, **kw)
+            os.replace = replace
+        factory = LedgerFactory({str(ledger)!r}, {kill})
+        run(RunConfig(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8, devices={devices},
                       block_windows={BLOCK}, address={ray.get_runtime_context().gcs_address!r}), factory=factory)
     """)
-    driver = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+
+
+def files_in(out) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*")}
+
+
+def saved(blocks) -> set[str]:
+    return {f"blocks/block-{b:06d}.parquet" for b in blocks}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, seed_data, tmp_path, point):
+    """The driver (a separate process joined to this Ray) is killed at a seeded point: no file in OUT
+    is half-written, and --resume finishes the run without running any finished block again."""
+    out, first_ledger, second_ledger = tmp_path / "out", tmp_path / "ledger1", tmp_path / "ledger2"
+    block, devices = KILL_POINTS[point]
+    killed = None if block is None else block % baseline["blocks"]
+    driver = kill_the_driver(seed_data, out, first_ledger, killed, devices)
     assert driver.returncode == -9, driver.stderr[-2000:]
     finished = sorted(int(p.stem.split("-")[1]) for p in (out / "blocks").glob("block-*.parquet"))
-    assert finished and 6 not in finished and not (out / "results.json").exists()
+    left = files_in(out)
+    for b in finished:  # every block saved under its name is whole
+        assert pq.read_table(out / "blocks" / f"block-{b:06d}.parquet").num_rows == min(
+            BLOCK, baseline["windows"] - b * BLOCK)
+    if killed is None:  # all saved; windows.parquet and result.txt written; results.json not
+        assert finished == list(range(baseline["blocks"]))
+        assert left == {"run.json", "blocks", *saved(finished), "windows.parquet", "result.txt", ".results.json.tmp"}
+    elif killed == 0:  # on one device block 0 is the first call: nothing was evaluated, nothing saved
+        assert finished == [] and left == {"run.json", "blocks"}
+    else:  # mid-run: some blocks saved, never the one killed
+        assert finished and killed not in finished
+        # A kill that lands while the saver writes a block leaves that block's temporary, never the block.
+        temporaries = left - {"run.json", "blocks", *saved(finished)}
+        assert len(temporaries) <= 1 and temporaries <= {f"blocks/.block-{b:06d}.parquet.tmp"
+                                                          for b in range(baseline["blocks"]) if b not in finished}
 
-    with pytest.raises(DatasetError, match="--resume"):
-        run(simulated(seed_data, out, devices=2), factory=LedgerFactory(str(second_ledger)))
+    if finished:
+        with pytest.raises(DatasetError, match="--resume"):
+            run(simulated(seed_data, out, devices=2), factory=LedgerFactory(str(second_ledger)))
     # Resumed on three devices: blocks are ranges of window_id, whatever device runs them.
     resumed = run(simulated(seed_data, out, devices=3, resume=True), factory=LedgerFactory(str(second_ledger))).results
     assert (resumed["mean_ce"], resumed["seed_ppl"], resumed["tokens"], resumed["windows"]) == (
@@ -191,9 +237,14 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
     assert resumed["blocks_resumed"] == len(finished)
     ran_again = {h for batches in read_ledger(second_ledger).values() for b in batches for h in b}
     shards = read_shards(seed_data)
-    for block in finished:
-        rows = shards["input_ids"][block * BLOCK: (block + 1) * BLOCK]
-        assert not ran_again & {row_hash(r) for r in rows}, f"finished block {block} was run again"
+    for b in range(baseline["blocks"]):
+        rows = {row_hash(r) for r in shards["input_ids"][b * BLOCK: (b + 1) * BLOCK]}
+        if b in finished:
+            assert not ran_again & rows, f"finished block {b} was run again"
+        else:
+            assert rows <= ran_again, f"block {b} was not evaluated by --resume"
+    assert files_in(out) == {"run.json", "blocks", *saved(range(baseline["blocks"])), "windows.parquet", "result.txt",
+                             "results.json"}  # no temporary left
 
 
 def test_resume_refuses_blocks_of_another_run(ray_npu4, seed_data, tmp_path):
@@ -293,6 +344,7 @@ def test_three_runs_back_to_back_leave_nothing_behind(ray_npu4, seed_data, tmp_p
     import re
     import time
 
+    import ray
     from ray._private import state
     from ray._private.internal_api import memory_summary
 
@@ -302,7 +354,8 @@ def test_three_runs_back_to_back_leave_nothing_behind(ray_npu4, seed_data, tmp_p
     assert not [a for a in state.actors().values() if a["State"] != "DEAD"]
     deadline = time.monotonic() + 20
     while True:  # the store frees an object once the last reference has gone, asynchronously
-        objects = int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", memory_summary(stats_only=True))[1])
+        summary = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)  # this Ray, not another
+        objects = int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary)[1])
         if objects == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)

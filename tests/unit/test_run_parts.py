@@ -4,6 +4,7 @@ exactly-once check, the device actor as a plain class, and the sick-chip check."
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,43 @@ def test_the_reduction_proves_every_window_was_counted_once():
         collect(blocks, np.arange(5))
     with pytest.raises(RunError, match=r"1 counted twice"):
         collect(blocks + [block_result(2, [3], [4.0])], np.arange(5))
+
+
+def test_windows_table_names_each_windows_device_in_window_order_whatever_the_block_order():
+    """Device and node are dictionary-encoded (a code per window, each name once); blocks that
+    came back out of order (a resumed run) are sorted by window_id, in order they are not copied."""
+    import pyarrow as pa
+
+    from npueval.eval.blocks import WindowIndex
+    from npueval.eval.results import windows_table
+
+    def on(block, device, node):
+        return replace(block, device=device, node_id=node)
+
+    index = WindowIndex(np.array([0, 0, 1, 1, 1], np.int32), np.array([7, 7, 8, 9, 9], np.int64))
+    blocks = [on(block_result(1, [3, 4], [4.0, 5.0]), "npu:1", "nodeB"),
+              on(block_result(0, [0, 1, 2], [1.0, 2.0, 3.0]), "npu:0", "nodeA")]
+    for ordered in (blocks[::-1], blocks):
+        collected = collect(ordered, np.arange(5))
+        table = windows_table(collected, index)
+        assert table.column("window_id").to_pylist() == [0, 1, 2, 3, 4]
+        assert table.column("nll_sum").to_pylist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+        assert table.column("piece").to_pylist() == [0, 0, 1, 1, 1] and table.column("doc_id").to_pylist()[3] == 9
+        assert table.column("device").to_pylist() == ["npu:0"] * 3 + ["npu:1"] * 2
+        assert table.column("node").to_pylist() == ["nodeA"] * 3 + ["nodeB"] * 2
+        assert pa.types.is_dictionary(table.schema.field("device").type)
+        device_of = {0: "npu:0", 1: "npu:0", 2: "npu:0", 3: "npu:1", 4: "npu:1"}
+        assert [collected.device(i) for i in range(5)] == [device_of[w] for w in collected.window_ids.tolist()]
+    in_order = collect(blocks[::-1], np.arange(5))
+    assert np.shares_memory(windows_table(in_order, index).column("nll_sum").to_numpy(), in_order.nll)
+
+
+def test_totals_only_keeps_every_total_and_drops_the_windows():
+    block = block_result(4, [8, 9], [1.5, 2.5])
+    slim = block.totals_only()
+    assert (slim.block_id, slim.nll_sum, slim.scored_tokens, slim.windows, slim.device) == (
+        4, block.nll_sum, block.scored_tokens, 2, block.device)
+    assert slim.window_ids.size == slim.window_nll.size == slim.window_scored.size == 0
 
 
 def test_the_device_actor_as_a_plain_class():

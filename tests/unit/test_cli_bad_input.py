@@ -1,0 +1,322 @@
+"""Every stage's bad input, end to end from the CLI in one place (RELIABILITY.md, "Bad input").
+
+Each case runs `npueval.eval.cli.main(argv)` as a user would and expects exit 2, one line on
+stderr that names the culprit (a file, a flag, the folder given to --resume) and says what to
+do, no traceback, nothing written, and Ray never started. Cases tested end to end elsewhere are
+not repeated here: tests/unit/test_cli.py, test_bad_input.py, test_report.py,
+test_build_pipeline.py and tests/integration/test_run.py; RELIABILITY.md lists them all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from npueval.eval.cli import main
+from textgen import write_wiki_corpus
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory, vocab_path) -> dict[str, Path]:
+    """A corpus, a data set prepared from it (n_ctx 64) and a tiny checkpoint, all good."""
+    from checkpoints import make_checkpoint
+    from npueval.eval.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("good")
+    write_wiki_corpus(root / "wiki", [[["\u4e00\u4e01" * 300] * 6]])
+    prepare(PrepareConfig(corpus_dir=root / "wiki", vocab=vocab_path, out=root / "data", n_ctx=64, stride=96,
+                          workers=0))
+    return {"root": root, "vocab": vocab_path, "wiki": root / "wiki", "data": root / "data",
+            "ckpt": make_checkpoint(root / "ckpt")}
+
+
+@pytest.fixture(autouse=True)
+def ray_never_starts(monkeypatch):
+    """Bad input is refused before Ray: starting or joining one fails the test."""
+    from npueval.cluster import ray_cluster
+
+    def refuse(*args, **kwargs):
+        pytest.fail("Ray was started: bad input must be refused before")
+
+    monkeypatch.setattr(ray_cluster, "connect", refuse)
+
+
+# -- the bad inputs, each made in the test's own folder (TMP) from the good fixtures -------------
+
+def a_file(tmp: Path, fx) -> None:
+    (tmp / "a-file").write_text("not a folder\n")
+
+
+def corpus_line(line: bytes):
+    def make(tmp: Path, fx) -> None:
+        write_wiki_corpus(tmp / "corpus", [[["\u4e00" * 300]]])
+        (tmp / "corpus" / "AA" / "wiki_00").write_bytes(line)
+    return make
+
+
+def empty_subfolders(tmp: Path, fx) -> None:
+    (tmp / "corpus" / "AA").mkdir(parents=True)
+
+
+def vocab_file(content: bytes):
+    def make(tmp: Path, fx) -> None:
+        (tmp / "vocab.txt").write_bytes(content)
+    return make
+
+
+def other_files(tmp: Path, fx) -> None:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine\n")
+
+
+def checkpoint(change):
+    def make(tmp: Path, fx) -> None:
+        shutil.copytree(fx["ckpt"], tmp / "ckpt")
+        change(tmp / "ckpt")
+    return make
+
+
+def data_set(change):
+    def make(tmp: Path, fx) -> None:
+        shutil.copytree(fx["data"], tmp / "data")
+        change(tmp / "data")
+    return make
+
+
+def no_window(tmp: Path, fx) -> None:
+    """What prepare makes of articles too short for one window (exit 0: it says 0 windows)."""
+    from npueval.eval.prepare import PrepareConfig, prepare
+
+    write_wiki_corpus(tmp / "short", [[["\u4e00" * 130] * 3]])
+    prepare(PrepareConfig(corpus_dir=tmp / "short", vocab=fx["vocab"], out=tmp / "data", workers=0))
+
+
+def build_folder_without_its_onnx(tmp: Path, fx) -> None:
+    (tmp / "build").mkdir()
+    (tmp / "build" / "manifest.json").write_text(json.dumps({
+        "onnx": "model.onnx", "om": None, "batch_size": 2, "seq_len": 64, "config": {"vocab_size": 50},
+        "vocab_sha256": "0" * 64}))
+
+
+def results_folder_with_blocks(run_json: dict | None, same_data: bool = False):
+    """OUT of a run killed after one block; its run.json says what the run was (None: gone)."""
+    def make(tmp: Path, fx) -> None:
+        (tmp / "out" / "blocks").mkdir(parents=True)
+        (tmp / "out" / "blocks" / "block-000000.parquet").write_bytes(b"a finished block\n")
+        if run_json is not None:
+            data = {"data_manifest_sha256": data_sha(fx)} if same_data else {}
+            (tmp / "out" / "run.json").write_text(json.dumps({**run_json, **data}))
+    return make
+
+
+def a_results_folder(tmp: Path, fx) -> None:
+    from test_report import results_folder
+
+    results_folder(tmp / "done", [0, 1], [3.0, 4.0], [2, 2])
+
+
+def nothing(tmp: Path, fx) -> None:
+    pass
+
+
+#: (what is made, argv, the culprit named, what to do): {tmp} is the test's folder, {vocab},
+#: {wiki}, {data} and {ckpt} the good fixtures. {data_sha} is the good data set's manifest sha256.
+CASES = {
+    # devices
+    "devices: an unknown flag": (
+        nothing, ["devices", "--all"], "unrecognized arguments: --all", "see `npueval --help`"),
+    # prepare
+    "prepare: a CORPUS_DIR whose subfolders hold no file": (
+        empty_subfolders, ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "CORPUS_DIR {tmp}/corpus: empty corpus, no files in its subfolders", "expected the wiki_zh layout"),
+    "prepare: corpus files with blank lines only": (
+        corpus_line(b"\n\n"), ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "CORPUS_DIR {tmp}/corpus: empty corpus, its 1 selected file(s) hold no articles",
+        "expected one JSON object per line"),
+    "prepare: a line without a text field": (
+        corpus_line(b'{"id": "1", "title": "t"}\n'),
+        ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        '{tmp}/corpus/AA/wiki_00:1: no "text" field', "fix the line or pass --skip-bad-lines"),
+    "prepare: a line that is a JSON list": (
+        corpus_line(b'{"text": "\xe4\xb8\x80"}\n["text"]\n'),
+        ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "{tmp}/corpus/AA/wiki_00:2: a JSON list, not an object", "fix the line or pass --skip-bad-lines"),
+    "prepare: a line that is not UTF-8": (
+        corpus_line(b'{"text": "\xff\xfe"}\n'), ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "{tmp}/corpus/AA/wiki_00:1: malformed JSON line ('utf-8' codec can't decode",
+        "fix the line or pass --skip-bad-lines"),
+    "prepare: a --vocab without the special tokens": (
+        vocab_file(b"a\nb\n"), ["prepare", "{wiki}", "--vocab", "{tmp}/vocab.txt", "--out", "{tmp}/out"],
+        "--vocab {tmp}/vocab.txt: not a BERT-Chinese vocab.txt, it lacks [UNK] [SEP] [CLS] [MASK]",
+        "pass the checkpoint's vocab.txt"),
+    "prepare: a --vocab that is not text": (
+        vocab_file(b"\xff\xfe\x00\x01"), ["prepare", "{wiki}", "--vocab", "{tmp}/vocab.txt", "--out", "{tmp}/out"],
+        "--vocab {tmp}/vocab.txt: not UTF-8 text (byte 0)", "pass the checkpoint's vocab.txt"),
+    "prepare: an --out that is a file": (
+        a_file, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/a-file"],
+        "--out {tmp}/a-file is a file", "name a folder"),
+    "prepare: an --out inside a file": (
+        a_file, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/a-file/data"],
+        "--out {tmp}/a-file/data: cannot make the folder (Not a directory)", "choose another --out"),
+    "prepare: an --out holding other files": (
+        other_files, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "--out {tmp}/out: holds files that are not an npueval data set", "choose another folder or pass --force"),
+    "prepare: an unknown --mode": (
+        nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--mode", "window"],
+        "argument --mode: invalid choice: 'window' (choose from 'seed', 'sliding')", "see `npueval prepare --help`"),
+    "prepare: an unknown --files": (
+        nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--files", "some"],
+        "argument --files: invalid choice: 'some' (choose from 'first', 'all')", "see `npueval prepare --help`"),
+    "prepare: --workers below 0": (
+        nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--workers", "-1"],
+        "--workers -1", "must be 0 (tokenize in this process) or more"),
+    "prepare: --shuffle in sliding mode": (
+        nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--mode", "sliding", "--shuffle"],
+        "--shuffle reproduces the port's seed protocol", "use it with --mode seed"),
+    # build
+    "build: a CHECKPOINT that does not exist": (
+        nothing, ["build", "{tmp}/nowhere", "--out", "{tmp}/out"],
+        "CHECKPOINT {tmp}/nowhere: no such folder", "pass the folder with config.json and the weights"),
+    "build: a checkpoint without config.json": (
+        checkpoint(lambda c: (c / "config.json").unlink()), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
+        "{tmp}/ckpt/config.json: no such file", "a GPT-2 checkpoint needs its config.json"),
+    "build: a config.json that is not JSON": (
+        checkpoint(lambda c: (c / "config.json").write_text("{n_layer: 2")), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
+        "{tmp}/ckpt/config.json: not valid JSON", "restore the checkpoint's config.json"),
+    "build: a corrupt model.safetensors": (
+        checkpoint(lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:4096])),
+        ["build", "{tmp}/ckpt", "--out", "{tmp}/out", "--seq-len", "32"],
+        "{tmp}/ckpt/model.safetensors: not a readable safetensors file", "(Error while deserializing header"),
+    "build: a checkpoint's vocab.txt without the special tokens": (
+        checkpoint(lambda c: (c / "vocab.txt").write_text("a\nb\n")), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
+        "npueval build: error: {tmp}/ckpt/vocab.txt: not a BERT-Chinese vocab.txt",
+        "restore the checkpoint's own vocab.txt"),
+    "build: an --out that is a file": (
+        a_file, ["build", "{ckpt}", "--out", "{tmp}/a-file", "--seq-len", "32"],
+        "--out {tmp}/a-file is a file", "name a folder"),
+    "build: --tolerance 0": (
+        nothing, ["build", "{ckpt}", "--out", "{tmp}/out", "--tolerance", "0"],
+        "--tolerance 0.0", "must be a positive relative error"),
+    # run
+    "run: a manifest.json that is not JSON": (
+        data_set(lambda d: (d / "manifest.json").write_text('{"n_ctx": 64,')),
+        ["run", "--data", "{tmp}/data", "--out", "{tmp}/out", "--backend", "simulated"],
+        "{tmp}/data/manifest.json: not the manifest of an `npueval prepare` data set", "prepare the data set again"),
+    "run: a manifest.json edited to {}": (
+        data_set(lambda d: (d / "manifest.json").write_text("{}")),
+        ["run", "--data", "{tmp}/data", "--out", "{tmp}/out", "--backend", "simulated"],
+        "{tmp}/data/manifest.json: not the manifest of an `npueval prepare` data set", "prepare the data set again"),
+    "run: a data set without a window": (
+        no_window, ["run", "--data", "{tmp}/data", "--out", "{tmp}/out", "--backend", "simulated"],
+        "--data {tmp}/data: the data set holds no window (articles kept: 3 of 3; mode seed, n_ctx 512)",
+        "prepare it again from more text, or with a smaller --n-ctx or --min-length"),
+    "run: a --model that does not exist": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/model.onnx"],
+        "--model {tmp}/model.onnx: no such file or folder", "give an `npueval build` folder, a .onnx or an .om"),
+    "run: a --model folder that is not a build": (
+        other_files, ["run", "--data", "{data}", "--out", "{tmp}/o", "--model", "{tmp}/out"],
+        "--model {tmp}/out: no manifest.json", "point it at an `npueval build` folder or a model file"),
+    "run: a --model build folder without its ONNX": (
+        build_folder_without_its_onnx, ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/build"],
+        "--model {tmp}/build: the manifest names model.onnx, which is missing", "run `npueval build` again"),
+    "run: a --vocab that does not exist": (
+        a_file, ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/a-file", "--vocab", "{tmp}/v.txt"],
+        "--vocab {tmp}/v.txt: no such file", "pass the checkpoint's vocab.txt"),
+    "run: an --out that is a file": (
+        a_file, ["run", "--data", "{data}", "--out", "{tmp}/a-file", "--backend", "simulated"],
+        "--out {tmp}/a-file is a file", "name a folder"),
+    "run: an --out holding blocks, without --resume or --force": (
+        results_folder_with_blocks({}), ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated"],
+        "--out {tmp}/out already holds 1 finished blocks of a run", "continue it with --resume, or start over with --force"),
+    "run: --resume on the folder of another data set": (
+        results_folder_with_blocks({"data_manifest_sha256": "0" * 64, "model": None, "seq_len": 64, "limit": None,
+                                    "drop_last": False, "backend": "simulated", "batch_size": 8, "block_windows": 256}),
+        ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--resume"],
+        "--resume: the blocks in {tmp}/out are of another run (data_manifest_sha256: '{zeros}' there, '{data_sha}' now)",
+        "use another --out, or --force to start over"),
+    "run: --resume on the folder of another --limit": (
+        results_folder_with_blocks({"model": None, "seq_len": 64, "limit": 48, "drop_last": False}, same_data=True),
+        ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--resume"],
+        "--resume: the blocks in {tmp}/out are of another run (limit: 48 there, None now)",
+        "use another --out, or --force to start over"),
+    "run: --resume on a folder whose run.json is gone": (
+        results_folder_with_blocks(None), ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated",
+                                           "--resume"],
+        "--resume: {tmp}/out/run.json is missing or unreadable", "start over with --force"),
+    "run: --batch-size 0": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--batch-size", "0"],
+        "--batch-size 0", "must be at least 1"),
+    "run: --devices that is not a number": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--devices", "all"],
+        "argument --devices: invalid int value: 'all'", "see `npueval run --help`"),
+    "run: --block-windows 0": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--block-windows", "0"],
+        "--block-windows 0", "must be at least 1"),
+    "run: --max-retries below 0": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--max-retries", "-1"],
+        "--max-retries -1", "must be 0 or more"),
+    "run: an unknown --on-nonfinite": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--on-nonfinite", "zero"],
+        "argument --on-nonfinite: invalid choice: 'zero' (choose from 'fail', 'skip')", "see `npueval run --help`"),
+    "run: a --check-against that does not exist": (
+        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated",
+                  "--check-against", "{tmp}/ref.onnx"],
+        "--check-against {tmp}/ref.onnx: no such file", "give the ONNX model to compare with"),
+    # bench
+    "bench: a --model that does not exist": (
+        nothing, ["bench", "--model", "{tmp}/model.onnx"], "--model {tmp}/model.onnx: no such file or folder",
+        "give an `npueval build` folder, a .onnx or an .om"),
+    "bench: a --data that does not exist": (
+        nothing, ["bench", "--backend", "simulated", "--data", "{tmp}/data"], "--data {tmp}/data: no such folder",
+        "make it with `npueval prepare`"),
+    "bench: --json into a folder that does not exist": (
+        nothing, ["bench", "--backend", "simulated", "--json", "{tmp}/no/bench.json"],
+        "--json {tmp}/no/bench.json: the folder {tmp}/no does not exist", "does not exist"),
+    "bench: --loop 0": (
+        nothing, ["bench", "--backend", "simulated", "--loop", "0"], "--loop 0", "must be at least 1"),
+    "bench: --model with the simulated backend": (
+        a_file, ["bench", "--backend", "simulated", "--model", "{tmp}/a-file"], "--backend simulated runs no model",
+        "drop --model, give --batch-sizes"),
+    # report
+    "report: an OUT that holds no results": (
+        other_files, ["report", "{tmp}/out"], "OUT {tmp}/out: no results.json", "give a results folder of `npueval run`"),
+    "report: an OTHER that does not exist": (
+        a_results_folder, ["report", "{tmp}/done", "{tmp}/nowhere"], "OTHER {tmp}/nowhere: no such folder",
+        "give a results folder of `npueval run`"),
+    "report: a --plot of an unknown format": (
+        a_results_folder, ["report", "{tmp}/done", "--plot", "{tmp}/run.jpeg2000"],
+        "--plot {tmp}/run.jpeg2000: the suffix says the format", "end the name in .png, .svg, .pdf"),
+}
+
+
+def data_sha(fx) -> str:
+    from npueval.eval.vocab import file_sha256
+
+    return file_sha256(fx["data"] / "manifest.json")
+
+
+def files_under(*roots: Path) -> dict[Path, tuple[int, int] | None]:
+    """Every file (its size and mtime) and folder under the roots."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+            for root in roots for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("make, argv, culprit, fix", list(CASES.values()), ids=list(CASES))
+def test_bad_input_is_one_line_exit_2_and_nothing_written(fixtures, tmp_path, capsys, make, argv, culprit, fix):
+    make(tmp_path, fixtures)
+    fill = {"tmp": tmp_path, **fixtures, "zeros": "0" * 64, "data_sha": data_sha(fixtures)}
+    before = files_under(tmp_path, fixtures["root"])
+    try:
+        code = main([a.format(**fill) for a in argv])
+    except SystemExit as exc:  # argparse's flag errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.match(rf"npueval( {argv[0]})?: error: ", lines[0]), lines[0]  # argparse's own: "npueval: error: "
+    assert culprit.format(**fill) in lines[0] and fix in lines[0], lines[0]
+    assert files_under(tmp_path, fixtures["root"]) == before, "something was written before the refusal"
