@@ -208,7 +208,10 @@ def measure(data: Path, nodes: int, devices: int, args) -> dict:
         cmd = [sys.executable, __file__, ONE, "--data", str(data), "--tmp", tmp, "--json", str(out),
                "--nodes", str(nodes), "--devices", str(devices), "--device-ms", str(args.device_ms),
                "--repeat", str(args.repeat)]
-        subprocess.run(cmd, check=True, cwd=REPO)
+        # Ray's own processes read the setting from the environment they inherit (the child starts
+        # its Ray with bench_scaling.start_ray, not npueval's connect(), which sets it itself).
+        env = {**os.environ, "RAY_free_objects_period_milliseconds": str(args.free_period_ms)}
+        subprocess.run(cmd, check=True, cwd=REPO, env=env)
         raw = json.loads(out.read_text())
     runs = raw["runs"]
     med = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "eval_s", "windows_per_s")}
@@ -268,6 +271,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--nodes", default="1,2,4")
     p.add_argument("--device-ms", type=float, default=0.0)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--free-period-ms", type=int, default=1000,
+                   help="Ray's free_objects_period_milliseconds for the runs' Rays (Ray's default 1000; "
+                        "npueval's local Ray: 100)")
     p.add_argument("--workers", type=int, default=2, help="processes generating the corpora")
     p.add_argument("--vocab", type=Path, default=gen_wiki_zh.DEFAULT_VOCAB)
     p.add_argument("--json", type=Path, default=BENCH / "out" / "bench_scale.json")

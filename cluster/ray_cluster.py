@@ -33,6 +33,13 @@ class RaySession:
     connected_here: bool = True  # False: this process was already connected (tests, embedding)
 
 
+#: Ray deletes objects nobody holds in batches, once a second by default; blocks go through the
+#: store at up to ~100 a second, so a second's worth of finished blocks (50 MiB and more) stayed in
+#: it. Every 100 ms halves the store's high-water mark (BENCHMARKS.md, "Scale"). A cluster started
+#: with `ray start` takes the same setting from RAY_free_objects_period_milliseconds=100.
+FREE_OBJECTS_PERIOD_MS = 100
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, simulated_npus: int | None = None,
             devices: list[Device] | None = None, allow_unhealthy: bool = False) -> RaySession:
     """Join `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1.
@@ -70,6 +77,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
+            _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS},
         )
     return RaySession("local", True, dict(ray.cluster_resources()))
 
