@@ -124,6 +124,9 @@ def nothing(tmp: Path, fx) -> None:
 
 #: (what is made, argv, the culprit named, what to do): {tmp} is the test's folder, {vocab},
 #: {wiki}, {data} and {ckpt} the good fixtures. {data_sha} is the good data set's manifest sha256.
+#: `npueval run` on the simulated backend over the good data set; a case adds its bad flag.
+SIM_RUN = ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated"]
+
 CASES = {
     # devices
     "devices: an unknown flag": (
@@ -229,41 +232,39 @@ CASES = {
         a_file, ["run", "--data", "{data}", "--out", "{tmp}/a-file", "--backend", "simulated"],
         "--out {tmp}/a-file is a file", "name a folder"),
     "run: an --out holding blocks, without --resume or --force": (
-        results_folder_with_blocks({}), ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated"],
+        results_folder_with_blocks({}), SIM_RUN,
         "--out {tmp}/out already holds 1 finished blocks of a run", "continue it with --resume, or start over with --force"),
     "run: --resume on the folder of another data set": (
         results_folder_with_blocks({"data_manifest_sha256": "0" * 64, "model": None, "seq_len": 64, "limit": None,
                                     "drop_last": False, "backend": "simulated", "batch_size": 8, "block_windows": 256}),
-        ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--resume"],
+        [*SIM_RUN, "--resume"],
         "--resume: the blocks in {tmp}/out are of another run (data_manifest_sha256: '{zeros}' there, '{data_sha}' now)",
         "use another --out, or --force to start over"),
     "run: --resume on the folder of another --limit": (
         results_folder_with_blocks({"model": None, "seq_len": 64, "limit": 48, "drop_last": False}, same_data=True),
-        ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--resume"],
+        [*SIM_RUN, "--resume"],
         "--resume: the blocks in {tmp}/out are of another run (limit: 48 there, None now)",
         "use another --out, or --force to start over"),
     "run: --resume on a folder whose run.json is gone": (
-        results_folder_with_blocks(None), ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated",
-                                           "--resume"],
+        results_folder_with_blocks(None), [*SIM_RUN, "--resume"],
         "--resume: {tmp}/out/run.json is missing or unreadable", "start over with --force"),
     "run: --batch-size 0": (
-        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--batch-size", "0"],
+        nothing, [*SIM_RUN, "--batch-size", "0"],
         "--batch-size 0", "must be at least 1"),
     "run: --devices that is not a number": (
-        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--devices", "all"],
+        nothing, [*SIM_RUN, "--devices", "all"],
         "argument --devices: invalid int value: 'all'", "see `npueval run --help`"),
     "run: --block-windows 0": (
-        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--block-windows", "0"],
+        nothing, [*SIM_RUN, "--block-windows", "0"],
         "--block-windows 0", "must be at least 1"),
     "run: --max-retries below 0": (
-        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--max-retries", "-1"],
+        nothing, [*SIM_RUN, "--max-retries", "-1"],
         "--max-retries -1", "must be 0 or more"),
     "run: an unknown --on-nonfinite": (
-        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated", "--on-nonfinite", "zero"],
+        nothing, [*SIM_RUN, "--on-nonfinite", "zero"],
         "argument --on-nonfinite: invalid choice: 'zero' (choose from 'fail', 'skip')", "see `npueval run --help`"),
     "run: a --check-against that does not exist": (
-        nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--backend", "simulated",
-                  "--check-against", "{tmp}/ref.onnx"],
+        nothing, [*SIM_RUN, "--check-against", "{tmp}/ref.onnx"],
         "--check-against {tmp}/ref.onnx: no such file", "give the ONNX model to compare with"),
     # bench
     "bench: a --model that does not exist": (
