@@ -3,10 +3,15 @@
 `nll(x)[:, j]` is the NLL of token `x[:, j + 1]` predicted from `x[:, :j + 1]`. A backend
 takes a batch of at most `batch_size` rows of `seq_len` ids; a static-shape model pads a
 short batch itself and returns only the real rows.
+
+`nll_many(batches)` hands a block's batches over together, so that a device with a queue (an
+NPU through ais_bench's `infer_pipeline`) runs them back to back instead of idling while the
+host wakes up between calls; its results are those of `nll` on each batch, in order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -19,6 +24,11 @@ class Backend(Protocol):
 
     def nll(self, input_ids: np.ndarray) -> np.ndarray:
         """(b, L) integer ids, b <= batch_size → (b, L - 1) float32."""
+        ...
+
+    def nll_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """A block's batches together, so a device with a queue runs them back to back; same
+        results as nll on each."""
         ...
 
     def device_seconds(self) -> float:

@@ -3,11 +3,16 @@
 A plain class, so tests build it directly; the driver makes it remote in one place. Column j
 of `nll` is the NLL of token j + 1, so a window's scored columns are
 score_from − 1 ≤ j < n_valid − 1 (positions score_from ≤ t < n_valid).
+
+With `pipeline` (the default) a block's batches go to the backend in one `nll_many` call, so a
+device with a queue runs them back to back; without it (`--no-pipeline`), one `nll` call per
+batch. The sums are the same bits either way: the same arrays are masked and summed per batch.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -64,12 +69,14 @@ def scored_mask(score_from: np.ndarray, n_valid: np.ndarray, seq_len: int) -> np
 class Evaluator:
     """`reference` (optional) is the host ONNX model of `--check-against`: the first
     `check_batches` batches this evaluator runs also go through it, and the per-token NLL of
-    both are compared over the scored positions."""
+    both are compared over the scored positions. `pipeline`: a block's batches in one
+    `nll_many` call (see the module docstring)."""
 
     def __init__(self, backend: Backend, node_id: str = "local", device: str = "0",
-                 reference: Backend | None = None, check_batches: int = 0):
+                 reference: Backend | None = None, check_batches: int = 0, pipeline: bool = True):
         self.backend, self.node_id, self.device = backend, node_id, device
         self.reference, self._check_left = reference, check_batches if reference is not None else 0
+        self.pipeline = pipeline
 
     def evaluate(self, block_id: int, input_ids: np.ndarray, score_from: np.ndarray, n_valid: np.ndarray,
                  window_ids: np.ndarray) -> BlockResult:
@@ -77,14 +84,15 @@ class Evaluator:
         batch = self.backend.batch_size
         mask = scored_mask(score_from.astype(np.int64), n_valid.astype(np.int64), input_ids.shape[1])
         sums = np.empty(input_ids.shape[0], dtype=np.float64)
-        batches, checks = 0, []
-        for lo in range(0, input_ids.shape[0], batch):
-            nll = self.backend.nll(input_ids[lo: lo + batch]).astype(np.float64)
+        starts = range(0, input_ids.shape[0], batch)
+        checks = []
+        for lo, nll in zip(starts, self._nll([input_ids[lo: lo + batch] for lo in starts])):
+            nll = nll.astype(np.float64)
             sums[lo: lo + batch] = np.where(mask[lo: lo + batch], nll, 0.0).sum(axis=1)
-            batches += 1
             if self._check_left > 0:
                 self._check_left -= 1
                 checks.append(self._check(input_ids[lo: lo + batch], nll, mask[lo: lo + batch]))
+        batches = len(starts)
         scored = mask.sum(axis=1).astype(np.int64)
         return BlockResult(
             block_id=block_id,
@@ -101,6 +109,13 @@ class Evaluator:
             window_scored=scored,
             check=CheckStats.merge(checks),
         )
+
+    def _nll(self, batches: list[np.ndarray]) -> Iterable[np.ndarray]:
+        """Each batch's NLL, in order: one nll_many call (pipeline), or lazily one nll call per
+        batch, so that without the pipeline each batch is summed and checked before the next runs."""
+        if self.pipeline:
+            return self.backend.nll_many(batches)
+        return (self.backend.nll(b) for b in batches)
 
     def _check(self, input_ids: np.ndarray, nll: np.ndarray, mask: np.ndarray) -> CheckStats:
         expected = self.reference.nll(input_ids).astype(np.float64)[mask]

@@ -6,7 +6,14 @@ from the shards alone:
 
     nll[:, j] = 1 + ((x[:, j] * 7919 + x[:, j + 1] * 104729 + j) % 9973) / 9973
 
-in int64 arithmetic, then float32. Each call sleeps `device_ms` per model batch.
+in int64 arithmetic, then float32.
+
+**Device time.** `nll` models a synchronous device: each call sleeps `device_ms`, so the device
+idles while the host gets from one call to the next. `nll_many` models a device with a queue (an
+NPU through ais_bench's `infer_pipeline`): the whole list is handed over at t0 and batch k is done
+at t0 + (k + 1)·device_ms, however late the host wakes up. It computes every batch's NLL (host
+work, overlapping the device time) and then sleeps until t0 + n·device_ms, one deadline. Either
+way `device_seconds` grows by device_ms per batch.
 
 **Test hook** (not a user flag): faults for reliability tests and scenarios (RELIABILITY.md),
 NPUEVAL_SIMULATED_FAULTS names a JSON file, which each actor reads when it starts (so a Ray
@@ -17,9 +24,10 @@ that is already running picks up a new file with the next run's actors). It hold
      {"device": "npu:0", "kind": "hang", "batch": 2},   # batch 2 never returns
      {"device": "npu:3", "kind": "slow", "factor": 5}]  # every batch takes 5 × device_ms
 
-`batch` counts the device's model batches from 1. A fault fires only in the actor's first life:
-an actor Ray restarted (after a kill or a --block-timeout) runs clean, so a scenario's faults
-are points, not loops.
+`batch` counts the device's model batches from 1, through `nll` and `nll_many` alike; under
+`nll_many` a hang fires as soon as the list holding that batch is reached. A fault fires only in
+the actor's first life: an actor Ray restarted (after a kill or a --block-timeout) runs clean,
+so a scenario's faults are points, not loops.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,13 +89,34 @@ class SimulatedBackend:
 
     def nll(self, input_ids: np.ndarray) -> np.ndarray:
         x = check_batch(input_ids, self.batch_size, self.seq_len)
+        fault = self._next_batch()
+        if self.device_ms:
+            time.sleep(self.device_ms / 1000)
+        return self._compute(x, fault)
+
+    def nll_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        t0 = time.perf_counter()  # the list reaches the device's queue
+        checked = [check_batch(b, self.batch_size, self.seq_len) for b in batches]  # all, before any is counted
+        faults = [self._next_batch() for _ in checked]  # a hang anywhere in the list hangs here
+        results = [self._compute(x, fault) for x, fault in zip(checked, faults)]
+        # The device ran the batches back to back from t0: done at t0 + n·device_ms, whatever
+        # the host spent above (one deadline, so the host's wake-ups add no device time).
+        left = t0 + len(checked) * self.device_ms / 1000 - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+        return results
+
+    def _next_batch(self) -> Fault | None:
+        """Count one more model batch; its fault, after hanging forever if that is the fault."""
         self._batches += 1
         fault = self.faults.get(self._batches)
         if fault is not None and fault.kind == "hang":
             while True:  # a device that never answers; only killing the actor ends it
                 time.sleep(3600)
-        if self.device_ms:
-            time.sleep(self.device_ms / 1000)
+        return fault
+
+    def _compute(self, x: np.ndarray, fault: Fault | None) -> np.ndarray:
+        """One batch's NLL, with its nan or inf fault, and its device time counted."""
         self._device_s += self.device_ms / 1000
         nll = simulated_nll(x)
         if fault is not None:

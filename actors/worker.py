@@ -49,6 +49,7 @@ class WorkerSpec:
     reference: ModelFile | None = None  # --check-against: the host ONNX model
     check_batches: int = 0
     allow_unhealthy: bool = False
+    pipeline: bool = True  # a block's batches in one nll_many call; False: one nll call per batch
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -159,7 +160,7 @@ class DeviceWorker:
             from .onnx_backend import OnnxBackend
 
             reference = OnnxBackend(local_model_file(spec.reference), threads=1, providers=["CPUExecutionProvider"])
-        return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches)
+        return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches, spec.pipeline)
 
     def _ready(self) -> Evaluator:
         if self._error is not None:
@@ -179,7 +180,9 @@ class DeviceWorker:
 
     def bench(self, loop: int, warmup: int, random_below: int | None = None) -> dict:
         """Pure inference: `warmup` batches untimed, then `loop` batches of zeros, or of random ids
-        below `random_below` (ais_bench --loop, --pure_data_type zero|random)."""
+        below `random_below` (ais_bench --loop, --pure_data_type zero|random). One `nll` call per
+        batch whatever the spec's pipeline: the figure is the synchronous device time per batch
+        that ais_bench --loop reports."""
         import time
 
         backend = self._ready().backend

@@ -174,7 +174,7 @@ class _Probe:
         self.cpu: dict = {}
         self.driver_cpu_s = self.driver_thread_s = 0.0
         self.read_s = self.on_result_s = 0.0
-        self.read_at: list[float] = []
+        self.sent_at: list[float] = []  # when the dispatch loop took each block to send it
         self.result_at: list[float] = []
         self.eval_start = self.eval_end = 0.0
 
@@ -196,15 +196,13 @@ def _probed_evaluate(*args, **kwargs):
 
 
 class _ProbedDispatcher(Dispatcher):
-    """The same dispatcher; its `read` and `on_result` callbacks timed."""
+    """The same dispatcher; when each block is taken to be sent, and its `on_result` timed."""
 
-    def run(self, blocks, read, on_result):
-        def timed_read(block):
-            t = time.perf_counter()
-            PROBE.read_at.append(t)
-            rows = read(block)
-            PROBE.read_s += time.perf_counter() - t
-            return rows
+    def run(self, blocks, on_result):
+        def timed_blocks():
+            for item in blocks:
+                PROBE.sent_at.append(time.perf_counter())
+                yield item
 
         def timed_result(result):
             t = time.perf_counter()
@@ -212,11 +210,23 @@ class _ProbedDispatcher(Dispatcher):
             on_result(result)
             PROBE.on_result_s += time.perf_counter() - t
 
-        return super().run(blocks, timed_read, timed_result)
+        return super().run(timed_blocks(), timed_result)
+
+
+class _ProbedBlockReader(BlockReader):
+    """The same reader, its time counted (in the prefetch thread, which may start before eval_s)."""
+
+    def read(self, block):
+        t = time.perf_counter()
+        try:
+            return super().read(block)
+        finally:
+            PROBE.read_s += time.perf_counter() - t
 
 
 run_module._evaluate = _probed_evaluate
 run_module.Dispatcher = _ProbedDispatcher
+run_module.BlockReader = _ProbedBlockReader
 
 
 # -- Ray per configuration ----------------------------------------------------------------------
@@ -258,12 +268,13 @@ def block_host_s(out: Path) -> list[float]:
     return host
 
 
-def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, limit: int) -> dict:
+def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, limit: int,
+            pipeline: bool = True) -> dict:
     PROBE.reset()
     started = time.perf_counter()
     results = run(RunConfig(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
                             device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
-                            max_retries=0)).results
+                            max_retries=0, pipeline=pipeline)).results
     ended = time.perf_counter()
     per = [d for d in results["per_device"] if d["batches"]]
     eval_s = results["eval_s"]
@@ -273,7 +284,7 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
     ideal = n * 1000 * args.batch_size / device_ms if device_ms else None
     host = block_host_s(out)
     # When the last device got its first block, and how long after the median device's last result the run ended.
-    first_round = PROBE.read_at[n - 1] - PROBE.read_at[0] if len(PROBE.read_at) >= n else None
+    first_round = PROBE.sent_at[n - 1] - PROBE.sent_at[0] if len(PROBE.sent_at) >= n else None
     cpu = PROBE.cpu
     # Steady state: the rate at which results arrive once every device has returned its first
     # block and before the queue runs dry (start-up stagger and tail left out).
@@ -283,7 +294,8 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
         t = sorted(PROBE.result_at)
         steady = (k2 - k1) * args.block_windows / (t[k2] - t[k1]) / ideal
     row = {
-        "n": n, "nodes": nodes, "device_ms": device_ms, "windows": results["windows"], "blocks": blocks,
+        "n": n, "nodes": nodes, "device_ms": device_ms, "pipeline": pipeline,
+        "windows": results["windows"], "blocks": blocks,
         "batches": batches, "eval_s": eval_s, "wall_s": results["wall_s"],
         "samples_per_s": results["samples_per_s"],
         "samples_per_s_recomputed": results["windows"] / eval_s,
@@ -319,31 +331,37 @@ def median_row(rows: list[dict]) -> dict:
     return med
 
 
-def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: float, limit: int) -> dict:
+def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: float, limit: int) -> list[dict]:
+    """One Ray for the configuration; `--repeat` runs of each --pipeline mode, the modes taking
+    turns run by run so that both see the same machine. One median row per mode."""
     n = nodes * per_node
     label = f"{nodes}x{per_node}@{device_ms:g}ms"
     t0 = time.perf_counter()
     cluster = start_ray(nodes, per_node)
-    rows = []
+    rows = {mode: [] for mode in args.modes}
     try:
         for rep in range(args.warmup + args.repeat):
-            out = tmp / f"{label}-{rep}"
-            row = one_run(data, out, n, nodes, args, device_ms, limit)
-            shutil.rmtree(out, ignore_errors=True)
-            kept = rep >= args.warmup
-            if kept:
-                rows.append(row)
-            eff = f"eff {row['efficiency']:.4f} overhead {row['host_overhead']:.4f} " if device_ms else ""
-            print(f"  {label} run {rep}{'' if kept else ' (warm-up)'}: {row['samples_per_s']:.1f} samples/s "
-                  f"{eff}eval_s {row['eval_s']:.2f} "
-                  f"cpu busy {row['cpu_busy_frac']:.0%} driver cpu {row['driver_cpu_s']:.2f}s", flush=True)
-            time.sleep(args.settle)  # let the stopped actors' processes go before the next run
+            for mode in args.modes:
+                out = tmp / f"{label}-{rep}-{mode}"
+                row = one_run(data, out, n, nodes, args, device_ms, limit, pipeline=mode)
+                shutil.rmtree(out, ignore_errors=True)
+                kept = rep >= args.warmup
+                if kept:
+                    rows[mode].append(row)
+                eff = f"eff {row['efficiency']:.4f} overhead {row['host_overhead']:.4f} " if device_ms else ""
+                print(f"  {label} {'pipeline' if mode else 'per batch'} run {rep}{'' if kept else ' (warm-up)'}: "
+                      f"{row['samples_per_s']:.1f} samples/s {eff}eval_s {row['eval_s']:.2f} "
+                      f"cpu busy {row['cpu_busy_frac']:.0%} driver cpu {row['driver_cpu_s']:.2f}s", flush=True)
+                time.sleep(args.settle)  # let the stopped actors' processes go before the next run
     finally:
         stop_ray(cluster)
-    med = median_row(rows)
-    med["all_runs"] = rows
-    med["config_s"] = time.perf_counter() - t0
-    return med
+    meds = []
+    for mode in args.modes:
+        med = median_row(rows[mode])
+        med["all_runs"] = rows[mode]
+        med["config_s"] = time.perf_counter() - t0
+        meds.append(med)
+    return meds
 
 
 def idle_actors(n: int, seconds: float = 5.0) -> dict:
@@ -410,17 +428,21 @@ def microbench(data: Path, args) -> dict:
 
 # -- reporting ----------------------------------------------------------------------------------
 
+def _calls(row: dict) -> str:
+    return "block (pipeline)" if row["pipeline"] else "per batch"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def table(rows: list[dict], batch_size: int) -> str:
-    lines = ["| N | nodes | samples/s | ideal samples/s | efficiency | host overhead | eval_s | steady-state efficiency |"
-             " blocks/device | last device's first block, s | CPU busy (2 cores) | run() wall s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| N | nodes | device calls | samples/s | ideal samples/s | efficiency | host overhead | eval_s |"
+             " steady-state efficiency | blocks/device | last device's first block, s | CPU busy (2 cores) | run() wall s |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['n']} | {r['nodes']} | {r['samples_per_s']:.1f} | {r['ideal_samples_per_s']:.1f} | "
+            f"| {r['n']} | {r['nodes']} | {_calls(r)} | {r['samples_per_s']:.1f} | {r['ideal_samples_per_s']:.1f} | "
             f"{100 * r['efficiency']:.2f}% | {100 * r['host_overhead']:.2f}% | {r['eval_s']:.2f} | "
             f"{_pct(r['steady_efficiency'])} | "
             f"{'/'.join(map(str, r['blocks_per_device']))} | {r['first_round_s']:.3f} | "
@@ -429,27 +451,27 @@ def table(rows: list[dict], batch_size: int) -> str:
 
 
 def host_table(rows: list[dict], batch_size: int) -> str:
-    lines = ["| N (device_ms 0) | samples/s | batches/s | host ms/batch (2 cores) | CPU busy |"
+    lines = ["| N (device_ms 0) | device calls | samples/s | batches/s | host ms/batch (2 cores) | CPU busy |"
              " driver | actors | raylet+gcs | ray other | other |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
         bps = r["samples_per_s"] / batch_size
         lines.append(
-            f"| {r['n']} | {r['samples_per_s']:.0f} | {bps:.0f} | {per_batch('machine'):.2f} | "
+            f"| {r['n']} | {_calls(r)} | {r['samples_per_s']:.0f} | {bps:.0f} | {per_batch('machine'):.2f} | "
             f"{100 * r['cpu_busy_frac']:.0f}% | {per_batch('driver'):.2f} | {per_batch('actors'):.2f} | "
             f"{per_batch('raylet+gcs'):.2f} | {per_batch('ray other'):.2f} | {per_batch('other'):.2f} |")
     return "\n".join(lines)
 
 
 def cpu_table(rows: list[dict]) -> str:
-    lines = ["| N | nodes | CPU ms/batch (all) | driver | actors | raylet+gcs | ray other | other |"
+    lines = ["| N | nodes | device calls | CPU ms/batch (all) | driver | actors | raylet+gcs | ray other | other |"
              " actor in-call host ms/batch | driver CPU ms/block (main thread) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
         lines.append(
-            f"| {r['n']} | {r['nodes']} | {per_batch('machine'):.2f} | {per_batch('driver'):.2f} | "
+            f"| {r['n']} | {r['nodes']} | {_calls(r)} | {per_batch('machine'):.2f} | {per_batch('driver'):.2f} | "
             f"{per_batch('actors'):.2f} | {per_batch('raylet+gcs'):.2f} | {per_batch('ray other'):.2f} | "
             f"{per_batch('other'):.2f} | {1000 * r['actor_call_host_s'] / r['batches']:.2f} | "
             f"{1000 * r['driver_cpu_s'] / r['blocks']:.2f} ({1000 * r['driver_main_thread_s'] / r['blocks']:.2f}) |")
@@ -472,7 +494,16 @@ def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # With --pipeline both: the pipelined runs as the curve, the per-batch ones in grey beside them.
+    baseline = [r for r in single if not r["pipeline"]] if any(r["pipeline"] for r in single) else []
+    single = [r for r in single if r not in baseline]
+    multi = [r for r in multi if r["pipeline"] or not baseline]
     ns = [r["n"] for r in single]
+    if baseline:
+        ax.plot([r["n"] for r in baseline], [100 * r["efficiency"] for r in baseline], "x--", color="grey",
+                label="1 node, one device call per batch (--no-pipeline)")
+        ax2.plot([r["n"] for r in baseline], [100 * r["host_overhead"] for r in baseline], "x--", color="grey",
+                 label="1 node, --no-pipeline")
     ax.plot(ns, [100 * r["efficiency"] for r in single], "o-", label="1 node")
     steady = [(r["n"], 100 * r["steady_efficiency"]) for r in single if r["steady_efficiency"] is not None]
     if steady:
@@ -484,7 +515,7 @@ def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     ax.set_xlabel("simulated devices N")
     ax.set_ylabel("scaling efficiency, %")
     ax.set_title(f"npueval run, simulated 310P3 (B={args.batch_size}, {args.device_ms:g} ms/batch)", fontsize=10)
-    lo = min(90.0, min(100 * r["efficiency"] for r in single + multi) - 1)
+    lo = min(90.0, min(100 * r["efficiency"] for r in single + multi + baseline) - 1)
     ax.set_ylim(lo, 100.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
@@ -535,7 +566,11 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=1.0, help="seconds between runs")
     p.add_argument("--json", type=Path, default=OUT / "bench_scaling.json")
     p.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "scaling.png")
+    p.add_argument("--pipeline", choices=("on", "off", "both"), default="on",
+                   help="a block's batches in one device call (on, run's default), one call per batch (off, "
+                        "--no-pipeline), or both, taking turns run by run")
     args = p.parse_args()
+    args.modes = {"on": [True], "off": [False], "both": [True, False]}[args.pipeline]
     logging.basicConfig(level=logging.WARNING)
 
     single, multi, host_n = _ints(args.single), _multi(args.multi), _ints(args.host_n)
@@ -566,13 +601,13 @@ def main() -> int:
         tmp = Path(tmp)
         host_rows = []
         for n in host_n:
-            host_rows.append(measure(data, tmp, 1, n, args, 0.0, args.host_windows))
+            host_rows.extend(measure(data, tmp, 1, n, args, 0.0, args.host_windows))
         single_rows, multi_rows = [], []
         for n in single:
-            single_rows.append(measure(data, tmp, 1, n, args, args.device_ms, n * args.blocks_per_device * args.block_windows))
+            single_rows.extend(measure(data, tmp, 1, n, args, args.device_ms, n * args.blocks_per_device * args.block_windows))
         for nodes, per in multi:
             n = nodes * per
-            multi_rows.append(measure(data, tmp, nodes, per, args, args.device_ms,
+            multi_rows.extend(measure(data, tmp, nodes, per, args, args.device_ms,
                                       n * args.blocks_per_device * args.block_windows))
 
     report.update(single=single_rows, multi=multi_rows, host=host_rows,

@@ -1,10 +1,10 @@
-"""Batches of corpus lines → framed token streams, on every core.
+"""Ranges of corpus lines → framed token streams, on every core.
 
-The driver of `prepare` reads lines and keeps everything that depends on order (pieces,
-windows, shards). What each line becomes on its own (JSON parsing, [SEP] for newlines, the
-length filter, tokenizing, [MASK] … [CLS] framing: port-protocol.md steps 2, 3, 5, 6, 7)
-happens here, in worker processes, on batches of about a megabyte of text, and comes back
-in order.
+The driver of `prepare` cuts the files into ranges of about a megabyte and keeps everything
+that depends on order (pieces, windows, shards). What each line becomes on its own (JSON
+parsing, [SEP] for newlines, the length filter, tokenizing, [MASK] … [CLS] framing:
+port-protocol.md steps 2, 3, 5, 6, 7) happens here, in worker processes that read their
+range from the file themselves, and comes back in order.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import parse_text
+from .corpus import LineRange, parse_text, read_lines
 
 KEPT, SHORT, BAD = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class FramedBatch:
-    status: np.ndarray  # int8, one per line: KEPT, SHORT (dropped by --min-length) or BAD
-    problems: dict[int, str]  # line position in the batch → what is wrong with it (BAD lines)
+    lines: int  # physical lines in the range, blank ones included
+    status: np.ndarray  # int8, one per non-blank line (article): KEPT, SHORT (dropped by --min-length) or BAD
+    problems: dict[int, tuple[int, str]]  # article position → (its physical line in the range, from 0; what is wrong)
     framed: np.ndarray  # int32: [MASK] ids [CLS] of each kept line, end to end
     bounds: np.ndarray  # int64, kept + 1: kept line k is framed[bounds[k]:bounds[k + 1]]
 
@@ -44,15 +45,17 @@ def _init(vocab_path: str) -> None:
     _tokenizer = BertChineseTokenizer(load_vocab(vocab_path))
 
 
-def frame_lines(lines: list[bytes], min_length: int) -> FramedBatch:
-    status = np.full(len(lines), KEPT, dtype=np.int8)
-    problems: dict[int, str] = {}
+def frame_range(path: str, start: int, end: int, min_length: int) -> FramedBatch:
+    lines = read_lines(path, start, end)
+    articles = [(i, raw) for i, raw in enumerate(lines) if raw.strip()]
+    status = np.full(len(articles), KEPT, dtype=np.int8)
+    problems: dict[int, tuple[int, str]] = {}
     texts: list[str] = []
-    for pos, raw in enumerate(lines):
+    for pos, (line, raw) in enumerate(articles):
         text, problem = parse_text(raw)
         if problem is not None:
             status[pos] = BAD
-            problems[pos] = problem
+            problems[pos] = (line, problem)
             continue
         text = text.replace("\n", " [SEP] ")
         if len(text) <= min_length:
@@ -61,7 +64,7 @@ def frame_lines(lines: list[bytes], min_length: int) -> FramedBatch:
         texts.append(text)
     ids, bounds = _tokenizer.encode_batch_flat(texts)
     framed, framed_bounds = _frame(ids, bounds, _tokenizer.vocab.mask_id, _tokenizer.vocab.cls_id)
-    return FramedBatch(status, problems, framed, framed_bounds)
+    return FramedBatch(len(lines), status, problems, framed, framed_bounds)
 
 
 def _frame(ids: np.ndarray, bounds: np.ndarray, mask_id: int, cls_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +86,7 @@ def _ray_running() -> bool:
 
 @contextmanager
 def batch_framer(vocab_path: Path, workers: int, min_length: int):
-    """A function that maps batches of lines to FramedBatches in order.
+    """A function that maps LineRanges to FramedBatches in order.
 
     `workers` processes, or the calling process itself with 0. At most two batches per
     worker are in flight, so memory stays bounded. The tokenizer is built here first; on
@@ -94,9 +97,9 @@ def batch_framer(vocab_path: Path, workers: int, min_length: int):
     _init(str(vocab_path))
     if workers == 0:
 
-        def run_here(batches: Iterable[list[bytes]]) -> Iterator[FramedBatch]:
-            for lines in batches:
-                yield frame_lines(lines, min_length)
+        def run_here(ranges: Iterable[LineRange]) -> Iterator[FramedBatch]:
+            for r in ranges:
+                yield frame_range(str(r.file.path), r.start, r.end, min_length)
 
         yield run_here
         return
@@ -108,10 +111,10 @@ def batch_framer(vocab_path: Path, workers: int, min_length: int):
                                    initializer=_init, initargs=(str(vocab_path),))
     with pool:
 
-        def run(batches: Iterable[list[bytes]]) -> Iterator[FramedBatch]:
+        def run(ranges: Iterable[LineRange]) -> Iterator[FramedBatch]:
             pending: deque = deque()
-            for lines in batches:
-                pending.append(pool.submit(frame_lines, lines, min_length))
+            for r in ranges:
+                pending.append(pool.submit(frame_range, str(r.file.path), r.start, r.end, min_length))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:

@@ -92,6 +92,7 @@ def _bench_one(config: BenchConfig, model_path: Path | None, model: ModelSpec | 
             raise UserError(f"--input random: the vocabulary of --model {model.name} is unknown; give --vocab")
     seq_len = config.seq_len if model is None else None
     with Fleet(devices, model, seq_len) as fleet:
+        fleet.wait()
         runs = ray.get([a.bench.remote(config.loop, config.warmup, random_below) for a in fleet.actors])
         backend = fleet.choice.backend
     per_device = []

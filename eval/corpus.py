@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import orjson
 
 from .errors import CorpusError
 
@@ -30,12 +32,12 @@ class CorpusFile:
 
 
 @dataclass(frozen=True)
-class LineBatch:
-    """Non-blank lines of one file, in order: each one position in the port's article list."""
+class LineRange:
+    """Bytes [start, end) of one file: whole lines, read by whichever process tokenizes them."""
 
     file: CorpusFile
-    linenos: list[int]  # 1-based, counting blank lines too
-    raws: list[bytes]
+    start: int
+    end: int
 
 
 def select_files(root: Path, files: str) -> list[Path]:
@@ -62,24 +64,10 @@ def scan_files(root: Path, paths: list[Path]) -> list[CorpusFile]:
     """Hash each file and count its lines in one read."""
     scanned = []
     for path in paths:
-        digest = hashlib.sha256()
-        lines = articles = size = 0
-        with open(path, "rb") as f:
-            for raw in f:
-                digest.update(raw)
-                size += len(raw)
-                lines += 1
-                if raw.strip():
-                    articles += 1
+        sha256, size, lines, articles = _scan(path)
         scanned.append(
-            CorpusFile(
-                path=path,
-                rel=path.relative_to(root).as_posix(),
-                sha256=digest.hexdigest(),
-                lines=lines,
-                articles=articles,
-                size=size,
-            )
+            CorpusFile(path=path, rel=path.relative_to(root).as_posix(), sha256=sha256, lines=lines,
+                       articles=articles, size=size)
         )
     if sum(f.articles for f in scanned) == 0:
         raise CorpusError(
@@ -89,44 +77,84 @@ def scan_files(root: Path, paths: list[Path]) -> list[CorpusFile]:
     return scanned
 
 
-def iter_line_batches(
-    files: list[CorpusFile], batch_bytes: int, on_bytes: Callable[[int], None] | None = None
-) -> Iterator[LineBatch]:
-    """The non-blank lines of every file, in order, in batches of about `batch_bytes`.
+def _scan(path: Path, block_bytes: int = 1 << 23) -> tuple[str, int, int, int]:
+    """(sha256, bytes, physical lines, non-blank lines) of one file, read in large blocks:
+    the lines are split and tested in C, not one by one in Python."""
+    digest = hashlib.sha256()
+    size = lines = articles = 0
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(block_bytes):
+            digest.update(block)
+            size += len(block)
+            parts = (tail + block).split(b"\n")
+            tail = parts.pop()  # the start of a line the next block finishes
+            lines += len(parts)
+            articles += sum(map(bool, map(bytes.strip, parts)))
+    if tail:  # a last line without "\n"
+        lines += 1
+        articles += bool(tail.strip())
+    return digest.hexdigest(), size, lines, articles
 
-    Files are read in blocks and split at "\n" in C; a batch never spans two files.
+
+def iter_line_ranges(files: list[CorpusFile], batch_bytes: int) -> Iterator[LineRange]:
+    """Every file cut, in order, into ranges of about `batch_bytes` that end at a line's end.
+
+    Only the bytes near each cut are read here: the tokenizing workers read the ranges
+    themselves, so the text does not pass through the driver and a pipe.
     """
     for cf in files:
-        batch = LineBatch(cf, [], [])
-        lineno = size = 0
-        tail = b""
-
-        def take(lines: list[bytes]) -> None:
-            nonlocal lineno, size
-            for raw in lines:
-                lineno += 1
-                if raw.strip():
-                    batch.linenos.append(lineno)
-                    batch.raws.append(raw)
-                    size += len(raw)
-
         with open(cf.path, "rb") as f:
-            while block := f.read(batch_bytes):
-                if on_bytes is not None:
-                    on_bytes(len(block))
-                lines = (tail + block).split(b"\n")
-                tail = lines.pop()  # the start of a line the next block finishes
-                take(lines)
-                if size >= batch_bytes:
-                    yield batch
-                    batch, size = LineBatch(cf, [], []), 0
-        take([tail] if tail else [])  # a last line without "\n"
-        if batch.raws:
-            yield batch
+            start = 0
+            while start < cf.size:
+                end = _line_end(f, start + batch_bytes, cf.size)
+                yield LineRange(cf, start, end)
+                start = end
+
+
+def _line_end(f, pos: int, size: int) -> int:
+    """The offset just past the first "\n" at or after `pos`, or the file's end."""
+    if pos >= size:
+        return size
+    f.seek(pos)
+    while chunk := f.read(1 << 16):
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return min(pos + found + 1, size)
+        pos += len(chunk)
+    return size
+
+
+def read_lines(path: Path | str, start: int, end: int) -> list[bytes]:
+    """The physical lines of bytes [start, end) of a file, without their "\n"; blank ones too."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the range ends with a "\n" (or is empty): no line after it
+        lines.pop()
+    return lines
 
 
 def parse_text(raw: bytes) -> tuple[str | None, str | None]:
-    """The port's `json.loads(line)["text"]`: (text, None), or (None, what is wrong)."""
+    """The port's `json.loads(line)["text"]`: (text, None), or (None, what is wrong).
+
+    orjson parses a well-formed line about 2.5 times as fast. Where it accepts a line it gives
+    the same text as `json` (both keep the last of duplicate keys); what it refuses and `json`
+    accepts (lone surrogate escapes, NaN, a UTF-8 BOM) and every bad line go through `json`,
+    so the text and the error message are always the port's.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if type(obj) is dict and type(obj.get("text")) is str:
+            return obj["text"], None
+    return _parse_text_json(raw)
+
+
+def _parse_text_json(raw: bytes) -> tuple[str | None, str | None]:
     try:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -2,7 +2,8 @@
 
 Blocks are read from the shards and put into the object store ahead of time by a `Prefetcher`
 thread (decoding a shard and copying a block stay off the dispatch loop's critical path), so a
-device that frees up gets its next block at once.
+device that frees up gets its next block at once. `npueval run` starts it while the device
+actors are still starting, so the first round is ready when they are.
 
 Each actor has up to `per_actor` calls in flight (the next block waits on the device while the
 current one runs). A call that fails because its actor died, or with an error that is not the
@@ -23,7 +24,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from npueval.actors.evaluator import BlockResult
@@ -35,6 +36,13 @@ log = logging.getLogger(__name__)
 
 #: How long a dead device's restart is waited for (--block-timeout, when given, instead).
 PROBE_TIMEOUT_S = 60.0
+#: Calls in flight per actor: the next block waits in the actor's queue while the current one runs.
+PER_ACTOR = 2
+
+
+def prefetch_depth(devices: int) -> int:
+    """Blocks read ahead: two rounds of every device's calls in flight."""
+    return 2 * PER_ACTOR * devices
 
 
 @dataclass
@@ -106,22 +114,24 @@ class Prefetcher:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class Dispatcher:
-    def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = 2,
+    def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
                  block_timeout: float | None = None):
         self.slots = [_Slot(a, n) for a, n in zip(actors, names)]
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.retries = 0
         self.timeouts: list[dict] = []  # {"block", "device"}: calls ended by block_timeout
 
-    def run(self, blocks: list[Block], read: Callable[[Block], dict],
-            on_result: Callable[[BlockResult], None]) -> None:
-        prefetch = Prefetcher(blocks, read, depth=2 * self.per_actor * len(self.slots))
-        try:
-            self._loop(iter(prefetch), on_result)
-        finally:
-            prefetch.close()
+    def run(self, blocks: Iterable[tuple[Block, object]], on_result: Callable[[BlockResult], None]) -> None:
+        """Send `blocks` ((block, its rows in the object store), e.g. a Prefetcher) to the devices."""
+        self._loop(iter(blocks), on_result)
 
     def _loop(self, fresh: Iterator[tuple[Block, object]], on_result: Callable[[BlockResult], None]) -> None:
         import ray

@@ -9,6 +9,7 @@ backends and lets Ray go.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ class DeviceConfig:
     check_against: Path | None = None
     check_batches: int = 4
     allow_unhealthy: bool = False
+    pipeline: bool = True  # run: a block's batches handed over together (--no-pipeline: False)
 
     def __post_init__(self):
         if self.backend not in ("auto", *BACKENDS):
@@ -72,7 +74,8 @@ def connect(config: DeviceConfig) -> ray_cluster.RaySession:
 
 
 class Fleet:
-    """`with Fleet(config, model, seq_len) as fleet:` one started actor per device.
+    """`with Fleet(config, model, seq_len) as fleet:` one actor per device, starting; `described`
+    and `batch_size` wait for them to answer.
 
     `seq_len`: the data's window length, which the model must take (None: whatever it takes)."""
 
@@ -88,9 +91,8 @@ class Fleet:
             self.choice = choose_backend(config, self.model, self.session.resources)
             count = device_count(config, self.choice.backend, self.session.resources)
             spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count, self.session.resources)
+            self.spec = spec
             self.actors = remote_workers(spec, count, config.max_retries, self.factory)
-            self.described = describe(self.actors)
-            self.batch_size = self._batch_size()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -99,6 +101,26 @@ class Fleet:
     def __exit__(self, *exc) -> None:
         stop(self.actors)
         ray_cluster.disconnect(self.session)
+
+    @functools.cached_property
+    def described(self) -> list[dict]:
+        """What each actor runs: asked on first use, so that the caller can work while they start."""
+        return describe(self.actors)
+
+    @functools.cached_property
+    def batch_size(self) -> int:
+        """The model batch every device reports (waits for the actors)."""
+        return self._batch_size()
+
+    def wait(self) -> None:
+        """Until every device has answered; one that cannot start ends the command with its error."""
+        self.batch_size
+
+    @property
+    def planned_batch_size(self) -> int | None:
+        """The batch the devices will report, known before they answer: the simulated backend's,
+        or a model's whose manifest gives it (None: only the devices can say)."""
+        return self.spec.batch_size or None
 
     @property
     def names(self) -> list[str]:
@@ -206,7 +228,7 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
     return WorkerSpec(backend=backend, model=shipped, batch_size=batch, seq_len=seq_len or 512,
                       device_ms=config.device_ms, threads=threads if backend == "onnx" else 1,
                       reference=reference, check_batches=config.check_batches if reference else 0,
-                      allow_unhealthy=config.allow_unhealthy)
+                      allow_unhealthy=config.allow_unhealthy, pipeline=config.pipeline)
 
 
 def describe(actors: list) -> list[dict]:

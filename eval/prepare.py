@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .batches import BAD, KEPT, FramedBatch, batch_framer
-from .corpus import FILES_CHOICES, CorpusFile, LineBatch, bad_line_error, iter_line_batches, scan_files, select_files
+from .corpus import FILES_CHOICES, CorpusFile, LineRange, bad_line_error, iter_line_ranges, scan_files, select_files
 from .dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
 from .errors import DatasetError, UserError
 from .vocab import Vocab, load_vocab
@@ -30,7 +30,7 @@ from .windows import MODES, WindowMaker, Windows
 
 log = logging.getLogger(__name__)
 
-#: Lines go to the tokenizing workers in batches of about this many bytes.
+#: The tokenizing workers get the files in ranges of about this many bytes.
 BATCH_BYTES = 1 << 20
 ProgressFn = Callable[[int, int], None]  # (bytes done so far, bytes in all)
 
@@ -196,8 +196,8 @@ def _build(
     maker = WindowMaker(config.mode, config.n_ctx, config.stride, pad_id)
 
     with batch_framer(config.vocab, config.workers, config.min_length) as frame:
-        batches = iter_line_batches(files, BATCH_BYTES, on_bytes)
-        framed = _framed_articles(batches, frame, config, stats)
+        ranges = iter_line_ranges(files, BATCH_BYTES)
+        framed = _framed_articles(ranges, frame, config, stats, on_bytes)
         windows = _windows(framed, maker)
         if config.shuffle:
             windows = _shuffled_by_piece(windows, random.Random(0))
@@ -228,22 +228,25 @@ def _pieces_of(indices: np.ndarray, n: int, num_pieces: int) -> np.ndarray:
 
 
 def _framed_articles(
-    batches: Iterable[LineBatch], frame, config: PrepareConfig, stats: dict
+    ranges: Iterable[LineRange], frame, config: PrepareConfig, stats: dict, on_bytes: Callable[[int], None]
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(piece, framed ids, article index of each id) in stream order, a run per piece and batch."""
-    submitted: deque[LineBatch] = deque()
+    """(piece, framed ids, article index of each id) in stream order, a run per piece and range."""
+    submitted: deque[LineRange] = deque()
 
-    def raw_batches() -> Iterator[list[bytes]]:
-        for batch in batches:
-            submitted.append(batch)
-            yield batch.raws
+    def submit() -> Iterator[LineRange]:
+        for r in ranges:
+            submitted.append(r)
+            yield r
 
     first_index = 0
-    for result in frame(raw_batches()):
-        batch = submitted.popleft()
-        _count(result, batch, config, stats)
+    lines_before: dict[str, int] = {}  # physical lines of each file in the ranges done so far
+    for result in frame(submit()):
+        r = submitted.popleft()
+        _count(result, r, lines_before.get(r.file.rel, 0), config, stats)
+        lines_before[r.file.rel] = lines_before.get(r.file.rel, 0) + result.lines
+        on_bytes(r.end - r.start)
         kept = first_index + np.flatnonzero(result.status == KEPT)
-        first_index += len(batch.raws)
+        first_index += result.status.shape[0]
         lengths = np.diff(result.bounds)
         pieces = _pieces_of(kept, stats["articles_total"], config.num_pieces)
         docs = np.repeat(kept, lengths)
@@ -255,15 +258,15 @@ def _framed_articles(
             yield int(pieces[a]), result.framed[lo:hi], docs[lo:hi]
 
 
-def _count(result: FramedBatch, batch: LineBatch, config: PrepareConfig, stats: dict) -> None:
+def _count(result: FramedBatch, r: LineRange, lines_before: int, config: PrepareConfig, stats: dict) -> None:
     bad = np.flatnonzero(result.status == BAD)
     if bad.size and not config.skip_bad_lines:
-        first = int(bad[0])
-        raise bad_line_error(batch.file, batch.linenos[first], result.problems[first])
+        line, problem = result.problems[int(bad[0])]
+        raise bad_line_error(r.file, lines_before + line + 1, problem)
     kept = int((result.status == KEPT).sum())
     stats["bad_lines"] += int(bad.size)
     stats["articles_kept"] += kept
-    stats["articles_dropped"] += len(batch.raws) - kept
+    stats["articles_dropped"] += result.status.shape[0] - kept
     stats["stream_tokens"] += int(result.framed.shape[0])
 
 

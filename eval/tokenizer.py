@@ -69,21 +69,27 @@ SPACE, SINGLE, WORD, SOLO, REMOVED, SPECIAL = range(6)
 
 
 #: Bump when the tables' meaning changes: the cache file name carries it.
-_TABLES_VERSION = 1
+_TABLES_VERSION = 2  # 2: stored uncompressed (8 MB, read in a few ms)
 
 
 @functools.lru_cache(maxsize=1)
 def _char_classes() -> dict:
     """The classic's character predicates: code point tables and, for regexes, ranges."""
-    tables = _load_or_build_tables()
+    return _load_or_build_tables()
+
+
+@functools.lru_cache(maxsize=None)
+def _class_ranges(name: str) -> list[tuple[int, int]]:
+    """Code point ranges of one character class, for a regex (built when first needed)."""
+    tables = _char_classes()
     kind = tables["kind"]
-    return {
-        **tables,
-        "removed": _ranges(kind == REMOVED),  # dropped by cleaning
-        "spaced": _ranges(tables["spaced"]),  # CJK and digits: the classic puts spaces around them
-        "isolated": _ranges((kind == SINGLE) | (kind == SOLO)),  # spaced and punctuation: a word each
-        "marks": _ranges(tables["marks"]),  # Mn: removed after NFD
+    masks = {
+        "removed": lambda: kind == REMOVED,  # dropped by cleaning
+        "spaced": lambda: tables["spaced"],  # CJK and digits: the classic puts spaces around them
+        "isolated": lambda: (kind == SINGLE) | (kind == SOLO),  # spaced and punctuation: a word each
+        "marks": lambda: tables["marks"],  # Mn: removed after NFD
     }
+    return _ranges(masks[name]())
 
 
 def warm_tables() -> None:
@@ -95,7 +101,7 @@ def tables_cache_path() -> Path:
     """Where the code point tables are kept: they depend only on Python's Unicode version.
 
     Building them takes about a second (every code point through unicodedata); loading
-    them, a few milliseconds. They live in npueval's cache folder (eval/cache.py).
+    them, a few milliseconds (uncompressed: decompressing took 30 ms of every start). They live in npueval's cache folder (eval/cache.py).
     """
     name = f"codepoints-unicode{unicodedata.unidata_version}-max{sys.maxunicode:x}-v{_TABLES_VERSION}.npz"
     return cache_root() / name
@@ -116,7 +122,7 @@ def _load_or_build_tables() -> dict[str, np.ndarray]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **tables)
+            np.savez(f, **tables)
         os.replace(tmp, path)
     except OSError as exc:  # a read-only home only costs the next run a second
         log.debug("could not keep code point tables in %s: %s", path, exc)
@@ -198,31 +204,24 @@ class BertChineseTokenizer:
         token_to_id = dict(vocab.token_to_id)
         unk = "[UNK]"
 
-        def wordpiece_tokenizer(normalize: bool):
-            tok = Tokenizer(
-                WordPiece(token_to_id, unk_token=unk, max_input_chars_per_word=MAX_CHARS_PER_WORD)
-            )
-            if normalize:
-                tok.normalizer = normalizers.Sequence(
-                    [normalizers.NFD(), normalizers.Replace(Regex(_onig_class(classes["marks"])), "")]
-                )
-            tok.pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.WhitespaceSplit(),
-                    pre_tokenizers.Split(Regex(_onig_class(classes["isolated"])), behavior="isolated"),
-                ]
-            )
-            return tok
-
+        self._rust = Tokenizer(WordPiece(token_to_id, unk_token=unk, max_input_chars_per_word=MAX_CHARS_PER_WORD))
+        self._rust.normalizer = normalizers.Sequence(
+            [normalizers.NFD(), normalizers.Replace(Regex(_onig_class(_class_ranges("marks"))), "")]
+        )
+        self._rust.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Split(Regex(_onig_class(_class_ranges("isolated"))), behavior="isolated"),
+            ]
+        )
         # A never-split word is punctuation-split but neither lower-cased nor accent-stripped.
-        verbatim = wordpiece_tokenizer(normalize=False)
+        # The special tokens are plain ASCII, which NFD and mark removal leave as they are, so
+        # the tokenizer gives their verbatim pieces before it learns them as added tokens.
         self._never_split_ids = {
-            s: np.asarray(verbatim.encode(s, add_special_tokens=False).ids, dtype=np.int32)
+            s: np.asarray(self._rust.encode(s, add_special_tokens=False).ids, dtype=np.int32)
             for s in SPECIAL_TOKENS
         }
         self._sentinels = {s: chr(_SENTINEL_BASE + i) for i, s in enumerate(SPECIAL_TOKENS)}
-
-        self._rust = wordpiece_tokenizer(normalize=True)
         self._rust.add_special_tokens(
             [AddedToken(s, normalized=False) for s in (*SPECIAL_TOKENS, *self._sentinels.values())]
         )
@@ -238,13 +237,6 @@ class BertChineseTokenizer:
         self._first_extra_id = min(self._extra_ids)
 
         self._special_split = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
-        self._removed = re.compile(_python_class(classes["removed"]))
-        # A special token's spelling that stands as a word of its own once cleaned: preceded
-        # and followed by the text's edge, whitespace or a spaced (CJK or digit) character.
-        edge = "\\s" + _python_class(classes["spaced"])[1:-1]
-        self._never_split = re.compile(
-            f"(?<![^{edge}])(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + f")(?![^{edge}])"
-        )
 
         # The numpy path: per code point, what it is and (for SINGLE) its id. Special tokens
         # stand in the lower-cased text as private-use placeholders of kind SPECIAL; a text
@@ -379,6 +371,19 @@ class BertChineseTokenizer:
                 ids = self._expand_extra(ids)
             out.append(ids)
         return out
+
+    @functools.cached_property
+    def _removed(self) -> re.Pattern:
+        """Characters cleaning drops (compiled on the first text that needs the slow path)."""
+        return re.compile(_python_class(_class_ranges("removed")))
+
+    @functools.cached_property
+    def _never_split(self) -> re.Pattern:
+        """A special token's spelling that stands as a word of its own once cleaned: preceded
+        and followed by the text's edge, whitespace or a spaced (CJK or digit) character."""
+        edge = "\\s" + _python_class(_class_ranges("spaced"))[1:-1]
+        alternatives = "|".join(re.escape(s) for s in SPECIAL_TOKENS)
+        return re.compile(f"(?<![^{edge}])({alternatives})(?![^{edge}])")
 
     def _prepare(self, text: str) -> str:
         """Clean (if needed) and lower-case each stretch between special tokens."""

@@ -113,7 +113,8 @@ class WindowMaker:
         score_from = self._score_from(k)
         windows = Windows(
             piece=self.piece,
-            ids=self._ids[starts[:, None] + np.arange(self.n_ctx)],
+            # Rows of a strided view: a copy of k rows, with no (k, n_ctx) index array.
+            ids=np.lib.stride_tricks.sliding_window_view(self._ids, self.n_ctx)[starts],
             n_valid=np.full(k, self.n_ctx, dtype=np.int64),
             score_from=score_from,
             doc_id=self._docs[starts + score_from],

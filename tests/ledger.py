@@ -4,6 +4,8 @@
 simulated backend wrapped in `LedgerBackend`, which appends one line per model batch to
 LEDGER/<pid>.log before computing it: the device, and the sha1 of each row. Tests map row
 hashes back to window ids from the shards, so the ledger shows which process ran which window.
+`nll_many` (a block's batches handed over together) writes every batch's line and applies its
+faults in order, as `nll` would one batch at a time, before the list is computed.
 
 Faults at a deterministic point, each once (a marker file remembers it):
 - `kill_self_at`: a row hash, or several; the actor's process kills itself (SIGKILL) when it gets
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,16 @@ class LedgerBackend:
         self.log = open(Path(factory.ledger) / f"{os.getpid()}.log", "a", encoding="utf-8")
 
     def nll(self, input_ids: np.ndarray) -> np.ndarray:
+        self._reach(input_ids)
+        return self.inner.nll(input_ids)
+
+    def nll_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for batch in batches:  # in the order the device reaches them
+            self._reach(batch)
+        return self.inner.nll_many(batches)
+
+    def _reach(self, input_ids: np.ndarray) -> None:
+        """The batch reaches the device: its ledger line, then its faults."""
         hashes = [row_hash(r) for r in input_ids]
         self.log.write(" ".join([os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "-"), *hashes]) + "\n")
         self.log.flush()
@@ -60,7 +73,6 @@ class LedgerBackend:
                 os.kill(os.getpid(), signal.SIGKILL)
         if f.kill_pid_at and f.kill_pid_at[0] in hashes and self._first_time("kill-pid"):
             os.kill(f.kill_pid_at[1], signal.SIGKILL)
-        return self.inner.nll(input_ids)
 
     def _first_time(self, what: str) -> bool:
         marker = Path(self.factory.ledger) / f"{what}.done"

@@ -61,3 +61,28 @@ def test_run_puts_one_actor_on_every_healthy_chip_and_matches_onnx(tmp_path):
     assert sorted(d["device"] for d in results["per_device"]) == sorted(f"npu:{d.logic_id}" for d in healthy)
     for d in results["per_device"]:
         assert d["fps"] > 0 and d["check"]["max_abs_err"] < 5e-2
+
+
+def test_infer_pipeline_gives_what_infer_gives_batch_by_batch(tmp_path):
+    """`run`'s default hands a block's batches to ais_bench's infer_pipeline; on the chip it must
+    give the per-batch infer's numbers, and one exec_time_list entry per batch."""
+    pytest.importorskip("ais_bench.infer.interface")
+    from checkpoints import make_checkpoint
+    from npueval.actors.om_backend import OmBackend
+    from npueval.build.pipeline import BuildConfig, build
+    from npueval.build.verify import random_ids
+
+    result = build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "out", batch_size=4, seq_len=64))
+    os.chmod(result.om, 0o644)
+    vocab = result.manifest["config"]["vocab_size"]
+    batches = [random_ids(4, 64, vocab, seed=s) for s in range(5)] + [random_ids(3, 64, vocab, seed=5)]
+    backend = OmBackend(result.om)
+    try:
+        one_by_one = [backend.nll(b) for b in batches]
+        entries = len(backend._session.summary().exec_time_list)
+        together = backend.nll_many(batches)
+        assert len(backend._session.summary().exec_time_list) == entries + len(batches)
+    finally:
+        backend.close()
+    for a, b in zip(one_by_one, together):
+        assert a.shape == b.shape and np.array_equal(a, b)

@@ -274,6 +274,23 @@ def test_the_cli_prints_the_summary(ray_npu4, seed_data, tmp_path, capsys):
     assert results["provenance"]["command"][0] == "npueval"
 
 
+def test_no_pipeline_gives_the_same_numbers_and_says_so(baseline, seed_data, tmp_path, capsys):
+    """--no-pipeline (one model batch per call) changes no bit, is recorded, and a run may be resumed either way."""
+    from npueval.eval.cli import main
+
+    out = tmp_path / "out"
+    code = main(["run", "--data", str(seed_data), "--out", str(out), "--backend", "simulated", "--devices", "4",
+                 "--batch-size", "8", "--block-windows", str(BLOCK), "--no-pipeline"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["pipeline"] is False and baseline["pipeline"] is True
+    keys = ("mean_ce", "nll_sum", "seed_ppl", "ppl", "tokens", "windows")
+    assert [results[k] for k in keys] == [baseline[k] for k in keys]
+    resumed = run(simulated(seed_data, out, devices=4, resume=True)).results  # with the pipeline this time
+    assert resumed["pipeline"] is True and resumed["blocks_resumed"] == resumed["blocks"]
+    assert [resumed[k] for k in keys] == [baseline[k] for k in keys]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--backend", "simulated", "--devices", "0"], "--devices 0: must be at least 1"),
     (["--backend", "onnx", "--device-ms", "5"], "--device-ms is the simulated backend's"),

@@ -118,3 +118,69 @@ def test_the_simulated_fault_hook_reads_its_file(tmp_path):
     path.write_text(json.dumps([{"device": "npu:1", "kind": "melt"}]))
     with pytest.raises(ValueError, match="kind 'melt' is not one of nan, inf, hang, slow"):
         faults_for("npu:1", environ)
+
+
+def test_simulated_nll_many_is_nll_on_each_batch():
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(0, 21128, (B, L)) for _ in range(4)] + [rng.integers(0, 21128, (1, L))]  # a short last
+    many, one = SimulatedBackend(B, L, device_ms=2), SimulatedBackend(B, L, device_ms=2)
+    got = many.nll_many(batches)
+    assert len(got) == len(batches)
+    for out, x in zip(got, batches):
+        expected = one.nll(x)
+        assert out.dtype == expected.dtype == np.float32 and out.shape == expected.shape == (x.shape[0], L - 1)
+        np.testing.assert_array_equal(out, expected)
+    assert many.device_seconds() == pytest.approx(len(batches) * 2 / 1000)
+    assert many.device_seconds() == one.device_seconds()  # the same sum, added the same way
+    assert many.nll_many([]) == []
+    with pytest.raises(ValueError, match=r"a batch must be \(1…3, 32\) ids"):
+        many.nll_many([batches[0], np.zeros((B + 1, L), dtype=np.int64)])
+
+
+def test_simulated_nll_many_waits_for_one_deadline(monkeypatch):
+    """A device with a queue: the list is handed over at t0 and done at t0 + n·device_ms, one sleep."""
+    from npueval.actors import simulated
+
+    clock, sleeps = [100.0], []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(simulated, "time", type("Clock", (), {"perf_counter": lambda: clock[0], "sleep": sleep}))
+    backend = SimulatedBackend(B, L, device_ms=10)
+    backend.nll_many([np.zeros((B, L), dtype=np.int64)] * 4)
+    assert sleeps == [pytest.approx(0.04)]
+    backend.nll(np.zeros((B, L), dtype=np.int64))  # a synchronous device: its own sleep per call
+    assert sleeps[1:] == [pytest.approx(0.01)]
+
+
+def test_faults_land_in_their_batch_through_nll_many(monkeypatch):
+    from npueval.actors import simulated
+    from npueval.actors.simulated import Fault
+
+    x = np.arange(16).reshape(2, 8)
+    backend = SimulatedBackend(2, 8, faults=(Fault("nan", 3), Fault("inf", 5)))
+    first, second = backend.nll_many([x, x]), backend.nll_many([x, x, x, x])  # batches 1–2, then 3–6
+    assert all(np.isfinite(out).all() for out in first)
+    assert np.isnan(second[0][0, 0]) and np.isposinf(second[2][0, 0])
+    for out in (second[0], second[2]):
+        assert np.isfinite(out[0, 1:]).all() and np.isfinite(out[1:]).all()
+    assert np.isfinite(second[1]).all() and np.isfinite(second[3]).all()
+
+    slow = SimulatedBackend(2, 8, device_ms=1, faults=(Fault("slow", factor=3),))
+    slow.nll_many([x] * 4)
+    assert slow.device_seconds() == pytest.approx(0.012)
+
+    class Hung(Exception):
+        pass
+
+    def sleep(seconds):
+        if seconds >= 3600:  # the hang's sleep: stop it here instead of forever
+            raise Hung
+
+    monkeypatch.setattr(simulated.time, "sleep", sleep)
+    hangs = SimulatedBackend(2, 8, faults=(Fault("hang", 3),))
+    assert len(hangs.nll_many([x, x])) == 2  # batches 1–2
+    with pytest.raises(Hung):
+        hangs.nll_many([x, x])  # the list holding batch 3

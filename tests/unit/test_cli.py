@@ -108,3 +108,17 @@ def test_progress_bar_on_a_terminal_only(tmp_path, vocab_path):
     assert b"prepare:   0%|" in shown
     piped = run(*base[1:], "--out", str(tmp_path / "pipe"))
     assert piped.returncode == 0 and "%|" not in piped.stderr
+
+
+def test_no_pipeline_reaches_the_device_actors(tmp_path):
+    """--no-pipeline: RunConfig → DeviceConfig → WorkerSpec → Evaluator; on by default."""
+    from npueval.eval.cli import parser
+    from npueval.eval.fleet import worker_spec
+    from npueval.eval.run import RunConfig
+
+    assert parser().parse_args(["run"]).pipeline is True
+    assert parser().parse_args(["run", "--no-pipeline"]).pipeline is False
+    for pipeline in (True, False):
+        config = RunConfig(data=tmp_path, out=tmp_path / "out", backend="simulated", pipeline=pipeline)
+        spec = worker_spec(config.device_config, "simulated", None, 16, 1, {"CPU": 2})
+        assert config.device_config.pipeline is spec.pipeline is pipeline

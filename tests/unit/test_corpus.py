@@ -5,7 +5,7 @@ import json
 import pytest
 
 from textgen import write_jsonl
-from npueval.eval.corpus import bad_line_error, iter_line_batches, parse_text, scan_files, select_files
+from npueval.eval.corpus import bad_line_error, iter_line_ranges, parse_text, read_lines, scan_files, select_files
 from npueval.eval.errors import CorpusError
 
 
@@ -29,7 +29,14 @@ def test_first_file_of_each_sorted_subfolder(tmp_path):
 
 
 def lines_of(files, batch_bytes=1 << 20):
-    return [(b.file.rel, n, raw) for b in iter_line_batches(files, batch_bytes) for n, raw in zip(b.linenos, b.raws)]
+    """(file, line number, raw) of every non-blank line, read range by range as the workers do."""
+    out, line_in_file = [], {}
+    for r in iter_line_ranges(files, batch_bytes):
+        for raw in read_lines(r.file.path, r.start, r.end):
+            line_in_file[r.file.rel] = line_in_file.get(r.file.rel, 0) + 1
+            if raw.strip():
+                out.append((r.file.rel, line_in_file[r.file.rel], raw))
+    return out
 
 
 def test_blank_lines_are_not_articles_and_line_numbers_are_physical(tmp_path):
@@ -100,3 +107,54 @@ def test_hashes_match_the_bytes(tmp_path):
     (f,) = scan_files(tmp_path, [path])
     assert f.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert f.size == path.stat().st_size
+
+
+# Lines where orjson and json could part ways: each must give what `json.loads(line)["text"]`
+# gives (the port's parser), text or error message alike.
+PARSER_EDGES = [
+    b'{"text": "a", "text": "b"}',  # duplicate keys: the last one
+    b'{"text": "\\ud800 lone"}',  # a lone surrogate escape: json accepts it, orjson does not
+    b'{"text": "\\ud83d\\ude00 pair"}',
+    b'{"text": NaN}', b'{"text": "x", "n": Infinity}',
+    b'\xef\xbb\xbf{"text": "bom"}',  # a UTF-8 byte order mark
+    b'{"text": "crlf"}\r', b' \t{"text": "spaced"} ',
+    b'{"text": "\xff"}',  # invalid UTF-8
+    b'{"text": 123456789012345678901234567890}',  # too big for orjson's integers
+    b'{"text": 1.5}', b'{"text": null}', b'{"title": "no text"}', b'["text"]', b'"text"',
+    b'{"text": "a\x01b"}',  # a raw control character
+    b'{"text": "\\u0000 nul"}', b'{"text": "\\n new \\t lines"}',
+    b'{"text": "' + "中文 ∑ é 😀".encode() + b'"}',
+    b'{"text": "x"} trailing', b'{"text": "x"', b"",
+    b'{"id": "1", "url": "u", "title": "t", "text": "' + b"[" * 2000 + b'"}',
+]
+
+
+@pytest.mark.parametrize("raw", PARSER_EDGES)
+def test_parse_text_is_json_loads(raw):
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        assert parse_text(raw) == (None, f"malformed JSON line ({exc})")
+        return
+    text, problem = parse_text(raw)
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        assert (text, problem) == (obj["text"], None)
+    else:
+        assert text is None and problem
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\n", b"a", b"a\n", b"a\nb", b"a\n\n \t\r\n\x0b\x0cb\n", b"\r\n\r\n", b"x" * 50 + b"\n\n" + b"y" * 7,
+])
+@pytest.mark.parametrize("block_bytes", [1, 3, 1 << 20])
+def test_scan_counts_lines_as_reading_them_one_by_one(tmp_path, data, block_bytes):
+    import hashlib
+
+    from npueval.eval.corpus import _scan
+
+    path = tmp_path / "wiki_00"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        raws = list(f)
+    expected = (hashlib.sha256(data).hexdigest(), len(data), len(raws), sum(1 for r in raws if r.strip()))
+    assert _scan(path, block_bytes) == expected

@@ -38,3 +38,65 @@ def test_block_sums_match_a_direct_loop(rows):
 def test_scored_mask_for_seed_and_sliding_windows():
     mask = scored_mask(np.array([1, 3]), np.array([5, 4]), 5)
     assert mask.astype(int).tolist() == [[1, 1, 1, 1], [0, 0, 1, 0]]
+
+
+class CountingBackend(SimulatedBackend):
+    """The simulated backend, counting the calls of each kind."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = {"nll": 0, "nll_many": 0}
+
+    def nll(self, input_ids):
+        self.calls["nll"] += 1
+        return super().nll(input_ids)
+
+    def nll_many(self, batches):
+        self.calls["nll_many"] += 1
+        return super().nll_many(batches)
+
+
+class Reference:
+    """A host model whose NLL differs a little from the simulated one's, so the check has errors to find."""
+
+    def nll(self, input_ids):
+        from npueval.actors.simulated import simulated_nll
+
+        return simulated_nll(input_ids) * (1 + 1e-3 * (input_ids[:, 1:] % 7))
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("rows", [1, 4, 7, 30])
+def test_pipeline_on_and_off_give_the_same_bits(rows):
+    L, B = 16, 4
+    rng = np.random.default_rng(10 + rows)
+    ids = rng.integers(0, 21128, (rows, L))
+    score_from = rng.integers(1, L // 2, rows)
+    n_valid = np.maximum(score_from + 1, rng.integers(L // 2, L + 1, rows))
+    results, backends = {}, {}
+    for pipeline in (True, False):
+        backends[pipeline] = CountingBackend(B, L, device_ms=1)
+        evaluator = Evaluator(backends[pipeline], reference=Reference(), check_batches=3, pipeline=pipeline)
+        results[pipeline] = evaluator.evaluate(7, ids, score_from, n_valid, np.arange(rows))
+    on, off = results[True], results[False]
+    assert on.nll_sum == off.nll_sum
+    assert on.window_nll.tobytes() == off.window_nll.tobytes()
+    assert on.window_scored.tobytes() == off.window_scored.tobytes()
+    assert (on.batches, on.windows, on.scored_tokens, on.device_s) == (off.batches, off.windows, off.scored_tokens,
+                                                                       off.device_s)
+    assert on.check == off.check and on.check.batches == min(3, on.batches) and on.check.max_rel > 0
+    assert backends[True].calls == {"nll": 0, "nll_many": 1}  # the whole block in one call
+    assert backends[False].calls == {"nll": on.batches, "nll_many": 0}
+
+
+def test_the_check_covers_the_first_batches_across_blocks():
+    """--check-batches counts batches of the evaluator, not of a block: 3 = a block of 2, then 1 of the next."""
+    L, B = 8, 2
+    ids = np.arange(4 * L).reshape(4, L) % 50
+    ones, full = np.ones(4, np.int64), np.full(4, L)
+    for pipeline in (True, False):
+        evaluator = Evaluator(SimulatedBackend(B, L), reference=Reference(), check_batches=3, pipeline=pipeline)
+        checks = [evaluator.evaluate(b, ids, ones, full, np.arange(4)).check for b in range(3)]
+        assert [c.batches if c else 0 for c in checks] == [2, 1, 0]

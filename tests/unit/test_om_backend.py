@@ -106,3 +106,93 @@ def test_fp16_on_the_chip_stays_close(built, monkeypatch):
     ids = np.random.default_rng(4).integers(0, result.manifest["config"]["vocab_size"], (B, L))
     got, ref = OmBackend(result.om).nll(ids), OnnxBackend(result.out / "model.onnx").nll(ids)
     assert not np.array_equal(got, ref) and np.abs(got - ref).max() < 1e-2
+
+
+@pytest.mark.parametrize("output", ["nll", "logits"])
+def test_nll_many_is_nll_on_each_batch_through_infer_pipeline(built, output, monkeypatch):
+    from npueval.actors.om_backend import OmBackend
+
+    result = built[output]
+    om = OmBackend(result.om)
+    rng = np.random.default_rng(5)
+    vocab = result.manifest["config"]["vocab_size"]
+    batches = [rng.integers(0, vocab, (B, L)) for _ in range(4)] + [rng.integers(0, vocab, (1, L))]  # a short last
+    expected = [om.nll(x) for x in batches]
+    session = om._session
+    calls = []
+
+    def pipeline(feeds_list, *args, **kwargs):
+        calls.append(len(feeds_list))
+        return type(session).infer_pipeline(session, feeds_list, *args, **kwargs)
+
+    def no_infer(*args, **kwargs):
+        raise AssertionError("nll_many called infer")
+
+    monkeypatch.setattr(session, "infer_pipeline", pipeline)
+    monkeypatch.setattr(session, "infer", no_infer)
+    entries, device_s = len(session.summary().exec_time_list), om.device_seconds()
+    got = om.nll_many(batches)
+    assert calls == [len(batches)]  # one call: the model's outputs are far under the budget here
+    assert len(session.summary().exec_time_list) == entries + len(batches)  # one execution per batch
+    assert om.device_seconds() > device_s
+    for out, exp in zip(got, expected):
+        assert out.dtype == exp.dtype == np.float32
+        np.testing.assert_array_equal(out, exp)
+    om.pipeline_feeds = 2  # as a budget of two batches' outputs would make it
+    calls.clear()
+    for out, exp in zip(om.nll_many(batches), expected):
+        np.testing.assert_array_equal(out, exp)
+    assert calls == [2, 2, 1]
+    assert om.nll_many([]) == [] and calls == [2, 2, 1]  # nothing to hand over: no call
+    om.close()
+
+
+def test_a_logits_model_goes_one_batch_per_pipeline_call(built):
+    from types import SimpleNamespace
+
+    from npueval.actors import om_backend
+    from npueval.actors.om_backend import OmBackend, output_bytes, pipeline_feeds
+
+    def desc(shape, datatype="dtype.float32", size=0):  # aclruntime's enum prints as dtype.float32
+        return SimpleNamespace(name="out", datatype=datatype, shape=shape, size=size)
+
+    port = desc([8, 512, 21128])  # the port's logits at B = 8: 346 MB a batch
+    assert output_bytes([port]) == 8 * 512 * 21128 * 4
+    assert pipeline_feeds([port]) == 1
+    assert pipeline_feeds([desc([8, 512])]) == om_backend.PIPELINE_MAX_FEEDS  # the loss head: 16 KiB a batch
+    assert pipeline_feeds([desc([4, 100], "float16")], budget=3 * 800) == 3
+    assert output_bytes([desc([-1, 512], size=12345)]) == 12345  # a dynamic shape: the size ais_bench gives
+    built_logits = OmBackend(built["logits"].om)
+    vocab = built["logits"].manifest["config"]["vocab_size"]
+    assert built_logits.pipeline_feeds == min(om_backend.PIPELINE_MAX_FEEDS,
+                                              om_backend.PIPELINE_OUTPUT_BYTES // (B * L * vocab * 4))
+
+
+def test_the_fake_pipeline_refuses_what_ais_bench_refuses(built, monkeypatch):
+    from ais_bench.infer.interface import InferSession
+
+    session = InferSession(0, str(built["nll"].om))
+    ids = np.random.default_rng(6).integers(0, 100, (B, L))
+    feeds = [ids, ids]
+    outputs = session.infer_pipeline([feeds, feeds])
+    assert len(outputs) == 2 and len(session.summary().exec_time_list) == 2
+    for out in outputs:
+        np.testing.assert_array_equal(out[0], session.infer(feeds)[0])
+    with pytest.raises(RuntimeError, match="feeds_list size 513 is over the limit 512"):
+        session.infer_pipeline([feeds] * 513)
+    flat = ids.reshape(1, B * L)  # the same bytes in another shape
+    with pytest.raises(RuntimeError, match="all feeds must have the same shape"):
+        session.infer_pipeline([feeds, [flat, flat]])
+    for bad in ([], (feeds,), [[]]):
+        with pytest.raises(RuntimeError, match="must be a non-empty list"):
+            session.infer_pipeline(bad)
+    with pytest.raises(RuntimeError, match=r"in size:256 needsize:512 not match"):
+        session.infer_pipeline([[ids.astype(np.int32), ids]])
+    with pytest.raises(RuntimeError, match="feeds size 1 not equal to model tensor desc size 2"):
+        session.infer_pipeline([[ids]])
+    with pytest.raises(RuntimeError, match="wrong infer_mode"):
+        session.infer_pipeline([feeds], mode="fast")
+    monkeypatch.setenv("FAKE_AIS_BENCH_OLD", "1")
+    old = InferSession(0, str(built["nll"].om), loop=2)
+    old.infer_pipeline([feeds] * 3)
+    assert len(old.sumary().exec_time_list) == 6 and not hasattr(old, "summary")  # loop entries per feed

@@ -152,6 +152,10 @@ def test_the_device_actor_as_a_plain_class():
     assert result.window_nll.tolist() == expected.window_nll.tolist() and result.batches == 2
     bench = worker.bench(loop=3, warmup=1)
     assert bench["batches"] == 3 and bench["device_s"] == pytest.approx(0.003)
+    assert worker.evaluator.pipeline is True
+    per_batch = DeviceWorker(WorkerSpec(backend="simulated", batch_size=4, seq_len=L, pipeline=False), "cpu:1")
+    assert per_batch.evaluator.pipeline is False
+    assert per_batch.evaluate(3, rows).window_nll.tobytes() == result.window_nll.tobytes()
 
 
 def test_an_actor_that_cannot_start_says_why_on_every_call(tmp_path):
