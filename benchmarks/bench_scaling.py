@@ -307,6 +307,8 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
         "blocks_per_device": sorted({round(d["batches"] * args.batch_size / args.block_windows) for d in per}),
         "first_round_s": first_round,
         "first_result_s": PROBE.result_at[0] - PROBE.eval_start if PROBE.result_at else None,
+        # How far apart the devices finish: the time between the first and the last of the last N results.
+        "end_spread_s": (sorted(PROBE.result_at)[-1] - sorted(PROBE.result_at)[-n]) if len(PROBE.result_at) >= n else None,
         "steady_efficiency": steady,
         "setup_s": PROBE.eval_start - started, "after_s": ended - PROBE.eval_end,
         "mean_ce": results["mean_ce"],
