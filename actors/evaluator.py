@@ -86,7 +86,8 @@ class Evaluator:
         sums = np.empty(input_ids.shape[0], dtype=np.float64)
         starts = range(0, input_ids.shape[0], batch)
         checks = []
-        for lo, nll in zip(starts, self._nll([input_ids[lo: lo + batch] for lo in starts])):
+        # strict: a backend that returned fewer results than batches must not leave sums unset.
+        for lo, nll in zip(starts, self._nll([input_ids[lo: lo + batch] for lo in starts]), strict=True):
             nll = nll.astype(np.float64)
             sums[lo: lo + batch] = np.where(mask[lo: lo + batch], nll, 0.0).sum(axis=1)
             if self._check_left > 0:

@@ -98,9 +98,12 @@ class OmBackend:
         for lo in range(0, len(checked), self.pipeline_feeds):
             chunk = checked[lo: lo + self.pipeline_feeds]
             outputs = self._session.infer_pipeline([self._feeds(x) for x in chunk])
+            if len(outputs) != len(chunk):  # never pair a batch with another's outputs, or with none
+                raise RuntimeError(f"ais_bench infer_pipeline returned {len(outputs)} outputs for {len(chunk)} "
+                                   "feeds; run with --no-pipeline")
             # Each chunk's outputs become NLL (and are let go) before the next call: a logits
             # model's are hundreds of MB per batch.
-            results += [self._nll(x, outs[0]) for x, outs in zip(chunk, outputs)]
+            results += [self._nll(x, outs[0]) for x, outs in zip(chunk, outputs, strict=True)]
         return results
 
     def _feeds(self, x: np.ndarray) -> list[np.ndarray]:

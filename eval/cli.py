@@ -197,9 +197,6 @@ def _add_run(sub) -> None:
                    "windows out and counts them")
     p.add_argument("--block-timeout", type=float, metavar="SECONDS",
                    help="a call running longer is taken for a hung device: restart it, send the block elsewhere")
-    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
-                   help="hand the device one model batch per call (ais_bench infer) instead of a block's batches "
-                   "together (infer_pipeline)")
     p.set_defaults(handler=_cmd_run)
 
 
@@ -295,6 +292,9 @@ def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
     p.add_argument("--address", help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                   help="hand the device one model batch per call (ais_bench infer) instead of a block's batches "
+                   "together (infer_pipeline); bench: in its --data run")
 
 
 def _add_bench(sub) -> None:
@@ -338,7 +338,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models=tuple(args.model), batch_sizes=sizes, seq_len=args.seq_len, loop=args.loop, warmup=args.warmup,
         inputs=args.input, vocab=args.vocab, data=args.data, limit=args.limit,
         devices=DeviceConfig(backend=args.backend, devices=args.devices, device_ms=args.device_ms,
-                             address=args.address, allow_unhealthy=args.allow_unhealthy),
+                             address=args.address, allow_unhealthy=args.allow_unhealthy, pipeline=args.pipeline),
     )
     rows = bench(config)
     print(table(rows))

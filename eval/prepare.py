@@ -24,7 +24,7 @@ import numpy as np
 from .batches import BAD, KEPT, FramedBatch, batch_framer
 from .corpus import FILES_CHOICES, CorpusFile, LineRange, bad_line_error, iter_line_ranges, scan_files, select_files
 from .dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
-from .errors import DatasetError, UserError
+from .errors import CorpusError, DatasetError, UserError
 from .vocab import Vocab, load_vocab
 from .windows import MODES, WindowMaker, Windows
 
@@ -240,8 +240,12 @@ def _framed_articles(
 
     first_index = 0
     lines_before: dict[str, int] = {}  # physical lines of each file in the ranges done so far
+    current: CorpusFile | None = None
     for result in frame(submit()):
         r = submitted.popleft()
+        if r.file is not current:
+            _check_unchanged(current, lines_before)
+            current = r.file
         _count(result, r, lines_before.get(r.file.rel, 0), config, stats)
         lines_before[r.file.rel] = lines_before.get(r.file.rel, 0) + result.lines
         on_bytes(r.end - r.start)
@@ -256,6 +260,14 @@ def _framed_articles(
         for a, b in zip(run_starts.tolist(), run_ends.tolist()):
             lo, hi = result.bounds[a], result.bounds[b]
             yield int(pieces[a]), result.framed[lo:hi], docs[lo:hi]
+    _check_unchanged(current, lines_before)
+
+
+def _check_unchanged(file: CorpusFile | None, lines_before: dict[str, int]) -> None:
+    """The workers read a file's ranges after the scan hashed it: the same line count, or it changed."""
+    if file is not None and lines_before.get(file.rel, 0) != file.lines:
+        raise CorpusError(f"{file.path}: changed while prepare read it ({file.lines} lines when scanned, "
+                          f"{lines_before.get(file.rel, 0)} when read); run prepare again once it is written")
 
 
 def _count(result: FramedBatch, r: LineRange, lines_before: int, config: PrepareConfig, stats: dict) -> None:

@@ -118,6 +118,8 @@ def test_no_pipeline_reaches_the_device_actors(tmp_path):
 
     assert parser().parse_args(["run"]).pipeline is True
     assert parser().parse_args(["run", "--no-pipeline"]).pipeline is False
+    assert parser().parse_args(["bench"]).pipeline is True  # bench's --data run
+    assert parser().parse_args(["bench", "--no-pipeline"]).pipeline is False
     for pipeline in (True, False):
         config = RunConfig(data=tmp_path, out=tmp_path / "out", backend="simulated", pipeline=pipeline)
         spec = worker_spec(config.device_config, "simulated", None, 16, 1, {"CPU": 2})

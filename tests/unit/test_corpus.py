@@ -158,3 +158,8 @@ def test_scan_counts_lines_as_reading_them_one_by_one(tmp_path, data, block_byte
         raws = list(f)
     expected = (hashlib.sha256(data).hexdigest(), len(data), len(raws), sum(1 for r in raws if r.strip()))
     assert _scan(path, block_bytes) == expected
+
+
+def test_json_nested_too_deep_for_python_is_a_bad_line_not_a_crash():
+    raw = b'{"text": "x", "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert parse_text(raw) == (None, "JSON nested too deeply for Python's json")

@@ -100,3 +100,17 @@ def test_the_check_covers_the_first_batches_across_blocks():
         evaluator = Evaluator(SimulatedBackend(B, L), reference=Reference(), check_batches=3, pipeline=pipeline)
         checks = [evaluator.evaluate(b, ids, ones, full, np.arange(4)).check for b in range(3)]
         assert [c.batches if c else 0 for c in checks] == [2, 1, 0]
+
+
+class ShortBackend(SimulatedBackend):
+    """A device whose pipeline call loses its last batch's output."""
+
+    def nll_many(self, batches):
+        return super().nll_many(batches)[:-1]
+
+
+def test_a_pipeline_call_that_returns_too_few_outputs_is_an_error_not_a_sum():
+    ids = np.arange(20 * 16, dtype=np.int64).reshape(20, 16) % 97
+    evaluator = Evaluator(ShortBackend(batch_size=4, seq_len=16))
+    with pytest.raises(ValueError):
+        evaluator.evaluate(0, ids, np.ones(20, np.int16), np.full(20, 16, np.int16), np.arange(20))

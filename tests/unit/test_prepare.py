@@ -212,3 +212,26 @@ def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monk
     spawned = prepare(config(corpus, vocab_path, tmp_path / "spawned", workers=2, n_ctx=64, stride=96)).manifest
     here = prepare(config(corpus, vocab_path, tmp_path / "here", workers=0, n_ctx=64, stride=96)).manifest
     assert [s["sha256"] for s in spawned["shards"]] == [s["sha256"] for s in here["shards"]]
+
+
+def test_a_file_that_shrinks_after_the_scan_is_named_and_nothing_is_written(corpus, vocab_path, tmp_path, monkeypatch):
+    import shutil
+
+    import npueval.eval.prepare as prepare_module
+
+    root = tmp_path / "wiki"
+    shutil.copytree(corpus, root)
+    scan = prepare_module.scan_files
+
+    def scan_then_truncate(corpus_dir, paths):
+        files = scan(corpus_dir, paths)
+        victim = files[-1].path
+        data = victim.read_bytes()
+        victim.write_bytes(data[: data.index(b"\n", len(data) // 2) + 1])  # its last lines gone while prepare runs
+        return files
+
+    monkeypatch.setattr(prepare_module, "scan_files", scan_then_truncate)
+    out = tmp_path / "out"
+    with pytest.raises(CorpusError, match=r"changed while prepare read it"):
+        prepare(config(root, vocab_path, out, workers=0))
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
