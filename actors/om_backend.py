@@ -103,7 +103,7 @@ class OmBackend:
                                    "feeds; run with --no-pipeline")
             # Each chunk's outputs become NLL (and are let go) before the next call: a logits
             # model's are hundreds of MB per batch.
-            results += [self._nll(x, outs[0]) for x, outs in zip(chunk, outputs, strict=True)]
+            results += [self._nll(x, outs[0]) for x, outs in zip(chunk, outputs)]
         return results
 
     def _feeds(self, x: np.ndarray) -> list[np.ndarray]:

@@ -288,11 +288,11 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
     cpu = PROBE.cpu
     # Steady state: the rate at which results arrive once every device has returned its first
     # block and before the queue runs dry (start-up stagger and tail left out).
+    results_at = sorted(PROBE.result_at)
     k1, k2 = n, blocks - 2 * n
     steady = None
     if device_ms and k2 - k1 >= 4:
-        t = sorted(PROBE.result_at)
-        steady = (k2 - k1) * args.block_windows / (t[k2] - t[k1]) / ideal
+        steady = (k2 - k1) * args.block_windows / (results_at[k2] - results_at[k1]) / ideal
     row = {
         "n": n, "nodes": nodes, "device_ms": device_ms, "pipeline": pipeline,
         "windows": results["windows"], "blocks": blocks,
@@ -308,7 +308,7 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
         "first_round_s": first_round,
         "first_result_s": PROBE.result_at[0] - PROBE.eval_start if PROBE.result_at else None,
         # How far apart the devices finish: the time between the first and the last of the last N results.
-        "end_spread_s": (sorted(PROBE.result_at)[-1] - sorted(PROBE.result_at)[-n]) if len(PROBE.result_at) >= n else None,
+        "end_spread_s": results_at[-1] - results_at[-n] if len(results_at) >= n else None,
         "steady_efficiency": steady,
         "setup_s": PROBE.eval_start - started, "after_s": ended - PROBE.eval_end,
         "mean_ce": results["mean_ce"],
