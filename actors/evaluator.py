@@ -7,17 +7,24 @@ score_from − 1 ≤ j < n_valid − 1 (positions score_from ≤ t < n_valid).
 With `pipeline` (the default) a block's batches go to the backend in one `nll_many` call, so a
 device with a queue runs them back to back; without it (`--no-pipeline`), one `nll` call per
 batch. The sums are the same bits either way: the same arrays are masked and summed per batch.
+
+Given a `DeviceThread`, every backend call goes through it, and `evaluate` may be called from
+several threads at once (a device actor takes two calls): each call's host work then overlaps
+the device's run of the other's batches, and the device time of a block is measured on the
+device thread, around its own calls only.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .backend import Backend
+from .device_thread import DeviceThread
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class BlockResult:
     window_nll: np.ndarray = field(repr=False)  # float64 (n,)
     window_scored: np.ndarray = field(repr=False)  # int64 (n,)
     check: CheckStats | None = None  # --check-against: this block's batches also run on the host
+    device_wait_s: float = 0.0  # in wall_s, waiting for the device to finish another block first
 
     def totals_only(self) -> BlockResult:
         """The block without its per-window arrays (once saved to disk, a long run keeps only this)."""
@@ -66,32 +74,41 @@ def scored_mask(score_from: np.ndarray, n_valid: np.ndarray, seq_len: int) -> np
     return (j >= (score_from[:, None] - 1)) & (j < (n_valid[:, None] - 1))
 
 
+@dataclass
+class _DeviceClock:
+    """One block's device time, and its time waiting for the device thread to be free."""
+
+    run_s: float = 0.0
+    wait_s: float = 0.0
+
+
 class Evaluator:
     """`reference` (optional) is the host ONNX model of `--check-against`: the first
     `check_batches` batches this evaluator runs also go through it, and the per-token NLL of
     both are compared over the scored positions. `pipeline`: a block's batches in one
-    `nll_many` call (see the module docstring)."""
+    `nll_many` call; `device_thread`: where the backend is called (see the module docstring)."""
 
     def __init__(self, backend: Backend, node_id: str = "local", device: str = "0",
-                 reference: Backend | None = None, check_batches: int = 0, pipeline: bool = True):
+                 reference: Backend | None = None, check_batches: int = 0, pipeline: bool = True,
+                 device_thread: DeviceThread | None = None):
         self.backend, self.node_id, self.device = backend, node_id, device
         self.reference, self._check_left = reference, check_batches if reference is not None else 0
-        self.pipeline = pipeline
+        self.pipeline, self.device_thread = pipeline, device_thread
+        self._check_lock = threading.Lock()
 
     def evaluate(self, block_id: int, input_ids: np.ndarray, score_from: np.ndarray, n_valid: np.ndarray,
                  window_ids: np.ndarray) -> BlockResult:
-        start, device_before = time.perf_counter(), self.backend.device_seconds()
+        start, clock = time.perf_counter(), _DeviceClock()
         batch = self.backend.batch_size
         mask = scored_mask(score_from.astype(np.int64), n_valid.astype(np.int64), input_ids.shape[1])
         sums = np.empty(input_ids.shape[0], dtype=np.float64)
         starts = range(0, input_ids.shape[0], batch)
         checks = []
         # strict: a backend that returned fewer results than batches must not leave sums unset.
-        for lo, nll in zip(starts, self._nll([input_ids[lo: lo + batch] for lo in starts]), strict=True):
+        for lo, nll in zip(starts, self._nll([input_ids[lo: lo + batch] for lo in starts], clock), strict=True):
             nll = nll.astype(np.float64)
             sums[lo: lo + batch] = np.where(mask[lo: lo + batch], nll, 0.0).sum(axis=1)
-            if self._check_left > 0:
-                self._check_left -= 1
+            if self._take_check():
                 checks.append(self._check(input_ids[lo: lo + batch], nll, mask[lo: lo + batch]))
         batches = len(starts)
         scored = mask.sum(axis=1).astype(np.int64)
@@ -103,20 +120,45 @@ class Evaluator:
             scored_tokens=int(scored.sum()),
             windows=int(input_ids.shape[0]),
             batches=batches,
-            device_s=self.backend.device_seconds() - device_before,
+            device_s=clock.run_s,
             wall_s=time.perf_counter() - start,
             window_ids=window_ids.astype(np.int64),
             window_nll=sums,
             window_scored=scored,
             check=CheckStats.merge(checks),
+            device_wait_s=clock.wait_s,
         )
 
-    def _nll(self, batches: list[np.ndarray]) -> Iterable[np.ndarray]:
+    def _nll(self, batches: list[np.ndarray], clock: _DeviceClock) -> Iterator[np.ndarray]:
         """Each batch's NLL, in order: one nll_many call (pipeline), or lazily one nll call per
         batch, so that without the pipeline each batch is summed and checked before the next runs."""
         if self.pipeline:
-            return self.backend.nll_many(batches)
-        return (self.backend.nll(b) for b in batches)
+            yield from self._on_device(self.backend.nll_many, batches, clock)
+        else:
+            for b in batches:
+                yield self._on_device(self.backend.nll, b, clock)
+
+    def _on_device(self, call: Callable, arg, clock: _DeviceClock):
+        """call(arg) on the device thread. Its device time is measured there, around this call
+        only, since another block's calls may run between two of this block's."""
+        handed_in = time.perf_counter()
+
+        def timed():
+            clock.wait_s += time.perf_counter() - handed_in
+            before = self.backend.device_seconds()
+            out = call(arg)
+            clock.run_s += self.backend.device_seconds() - before
+            return out
+
+        return timed() if self.device_thread is None else self.device_thread.run(timed)
+
+    def _take_check(self) -> bool:
+        """Whether this batch is one of the first check_batches (counted across threads)."""
+        with self._check_lock:
+            if self._check_left <= 0:
+                return False
+            self._check_left -= 1
+            return True
 
     def _check(self, input_ids: np.ndarray, nll: np.ndarray, mask: np.ndarray) -> CheckStats:
         expected = self.reference.nll(input_ids).astype(np.float64)[mask]
@@ -125,6 +167,10 @@ class Evaluator:
         return CheckStats(1, int(mask.sum()), float(error.max(initial=0.0)), float(rel.max(initial=0.0)))
 
     def close(self) -> None:
-        self.backend.close()
+        if self.device_thread is None:
+            self.backend.close()
+        else:
+            self.device_thread.run(self.backend.close)
+            self.device_thread.stop()
         if self.reference is not None:
             self.reference.close()

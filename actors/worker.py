@@ -21,11 +21,15 @@ import numpy as np
 from npueval.eval.errors import UserError
 
 from .backend import Backend
+from .device_thread import DeviceThread
 from .evaluator import BlockResult, Evaluator
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("om", "onnx", "simulated")
+#: Calls a device actor runs at once: one on the device, the next one's host work beside it
+#: (actors/device_thread.py). The driver keeps as many in flight per actor.
+CALLS_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,19 @@ class DeviceWorker:
         if spec.backend == "om" and npu is not None:
             check_chip_health(npu, spec.allow_unhealthy)
         model_path = local_model_file(spec.model) if spec.model is not None else None
-        backend = (factory or make_backend)(spec, model_path)
+        device_thread = DeviceThread()
+        try:
+            backend = device_thread.run(factory or make_backend, spec, model_path)
+        except BaseException:
+            device_thread.stop()
+            raise
         reference = None
         if spec.reference is not None:
             from .onnx_backend import OnnxBackend
 
             reference = OnnxBackend(local_model_file(spec.reference), threads=1, providers=["CPUExecutionProvider"])
-        return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches, spec.pipeline)
+        return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches, spec.pipeline,
+                         device_thread)
 
     def _ready(self) -> Evaluator:
         if self._error is not None:
@@ -183,23 +193,30 @@ class DeviceWorker:
         below `random_below` (ais_bench --loop, --pure_data_type zero|random). One `nll` call per
         batch whatever the spec's pipeline: the figure is the synchronous device time per batch
         that ais_bench --loop reports."""
-        import time
-
-        backend = self._ready().backend
+        evaluator = self._ready()
+        backend = evaluator.backend
         shape = (backend.batch_size, backend.seq_len)
         ids = (np.zeros(shape, np.int64) if random_below is None
                else np.random.default_rng(0).integers(0, random_below, shape))
-        for _ in range(warmup):
-            backend.nll(ids)
-        device_before, start = backend.device_seconds(), time.perf_counter()
-        for _ in range(loop):
-            backend.nll(ids)
+        device_s, wall_s = evaluator.device_thread.run(_loop, backend, ids, warmup, loop)
         return {"node": self.node_id, "device": self.device, "batch_size": backend.batch_size, "batches": loop,
-                "device_s": backend.device_seconds() - device_before, "wall_s": time.perf_counter() - start}
+                "device_s": device_s, "wall_s": wall_s}
 
     def close(self) -> None:
         if self.evaluator is not None:
             self.evaluator.close()
+
+
+def _loop(backend: Backend, ids: np.ndarray, warmup: int, loop: int) -> tuple[float, float]:
+    """`warmup` untimed nll calls, then `loop` timed ones: (device seconds, wall seconds)."""
+    import time
+
+    for _ in range(warmup):
+        backend.nll(ids)
+    device_before, start = backend.device_seconds(), time.perf_counter()
+    for _ in range(loop):
+        backend.nll(ids)
+    return backend.device_seconds() - device_before, time.perf_counter() - start
 
 
 def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: BackendFactory | None = None) -> list:
@@ -208,6 +225,8 @@ def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: Bac
     NPU actors ask for no CPU: the chip does the work, and 32 simulated devices must fit on a
     two-core machine. Ray restarts a dead actor up to `max_restarts` times; calls that were in
     flight fail and the driver sends their blocks again (max_task_retries=0), so it counts them.
+    A threaded actor of CALLS_AT_ONCE calls: the device runs one block while the next is unpacked
+    and the last one's result goes back (actors/device_thread.py).
     """
     import ray
 
@@ -215,6 +234,7 @@ def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: Bac
         options = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
     else:
         options = {"num_cpus": 0, "resources": {"NPU": 1}}
-    actor = ray.remote(DeviceWorker).options(max_restarts=max_restarts, max_task_retries=0, **options)
+    actor = ray.remote(DeviceWorker).options(max_restarts=max_restarts, max_task_retries=0,
+                                             max_concurrency=CALLS_AT_ONCE, **options)
     return [actor.remote(spec, f"cpu:{k}", factory) for k in range(count)]
 

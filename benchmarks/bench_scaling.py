@@ -28,7 +28,7 @@ Protocol:
   first block sent to the last result reduced, so actor start-up is not in it). Medians.
 - Host cost: (a) the CPU time of every process during `eval_s`, from /proc (the driver, the
   actors, raylet/GCS, the rest of the machine); (b) the actors' in-call host time per block
-  (block wall_s − device_s, from OUT/blocks); (c) runs at --device-ms 0, where the host is the
+  (block wall_s − device_s − device_wait_s, from OUT/blocks); (c) runs at --device-ms 0, where the host is the
   only cost, on 1, 2 and 4 devices: their samples/s is the most the host can feed; (d) the
   driver's and the actor's per-block costs in this process, without Ray.
 
@@ -64,6 +64,7 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTE
 import numpy as np
 import ray
 
+import npueval.actors.worker as worker_module
 import npueval.eval.run as run_module
 from npueval.actors.evaluator import Evaluator
 from npueval.actors.simulated import SimulatedBackend
@@ -258,19 +259,23 @@ def stop_ray(cluster) -> None:
 # -- one measured run ---------------------------------------------------------------------------
 
 def block_host_s(out: Path) -> list[float]:
-    """Each block's actor-side host time inside the call: wall_s − device_s (NLL, masking, sleep overshoot)."""
+    """Each block's actor-side host time inside the call: wall_s − device_s − device_wait_s (NLL,
+    masking, sleep overshoot; not the wait for the device to finish the actor's other block)."""
     import pyarrow.parquet as pq
 
     host = []
     for path in sorted((out / "blocks").glob("block-*.parquet")):
         meta = json.loads(pq.read_schema(path).metadata[b"npueval"])
-        host.append(meta["wall_s"] - meta["device_s"])
+        host.append(meta["wall_s"] - meta["device_s"] - meta.get("device_wait_s", 0.0))
     return host
 
 
 def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, limit: int,
-            pipeline: bool = True) -> dict:
+            pipeline: bool = True, calls_at_once: int = worker_module.CALLS_AT_ONCE) -> dict:
     PROBE.reset()
+    # remote_workers reads it when the run starts its actors; 1 is the sequential actor of before
+    # (its second call waits in Ray's queue, not in the actor).
+    worker_module.CALLS_AT_ONCE = calls_at_once
     started = time.perf_counter()
     results = run(RunConfig(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
                             device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
@@ -294,7 +299,7 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
     if device_ms and k2 - k1 >= 4:
         steady = (k2 - k1) * args.block_windows / (results_at[k2] - results_at[k1]) / ideal
     row = {
-        "n": n, "nodes": nodes, "device_ms": device_ms, "pipeline": pipeline,
+        "n": n, "nodes": nodes, "device_ms": device_ms, "pipeline": pipeline, "calls_at_once": calls_at_once,
         "windows": results["windows"], "blocks": blocks,
         "batches": batches, "eval_s": eval_s, "wall_s": results["wall_s"],
         "samples_per_s": results["samples_per_s"],
@@ -334,8 +339,9 @@ def median_row(rows: list[dict]) -> dict:
 
 
 def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: float, limit: int) -> list[dict]:
-    """One Ray for the configuration; `--repeat` runs of each --pipeline mode, the modes taking
-    turns run by run so that both see the same machine. One median row per mode."""
+    """One Ray for the configuration; `--repeat` runs of each mode ((pipeline, calls at once), from
+    --pipeline and --calls-at-once), the modes taking turns run by run so that all see the same
+    machine. One median row per mode."""
     n = nodes * per_node
     label = f"{nodes}x{per_node}@{device_ms:g}ms"
     t0 = time.perf_counter()
@@ -344,14 +350,15 @@ def measure(data: Path, tmp: Path, nodes: int, per_node: int, args, device_ms: f
     try:
         for rep in range(args.warmup + args.repeat):
             for mode in args.modes:
-                out = tmp / f"{label}-{rep}-{mode}"
-                row = one_run(data, out, n, nodes, args, device_ms, limit, pipeline=mode)
+                pipeline, calls = mode
+                out = tmp / f"{label}-{rep}-{int(pipeline)}-{calls}"
+                row = one_run(data, out, n, nodes, args, device_ms, limit, pipeline, calls)
                 shutil.rmtree(out, ignore_errors=True)
                 kept = rep >= args.warmup
                 if kept:
                     rows[mode].append(row)
                 eff = f"eff {row['efficiency']:.4f} overhead {row['host_overhead']:.4f} " if device_ms else ""
-                print(f"  {label} {'pipeline' if mode else 'per batch'} run {rep}{'' if kept else ' (warm-up)'}: "
+                print(f"  {label} {_calls(row)} run {rep}{'' if kept else ' (warm-up)'}: "
                       f"{row['samples_per_s']:.1f} samples/s {eff}eval_s {row['eval_s']:.2f} "
                       f"cpu busy {row['cpu_busy_frac']:.0%} driver cpu {row['driver_cpu_s']:.2f}s", flush=True)
                 time.sleep(args.settle)  # let the stopped actors' processes go before the next run
@@ -431,7 +438,8 @@ def microbench(data: Path, args) -> dict:
 # -- reporting ----------------------------------------------------------------------------------
 
 def _calls(row: dict) -> str:
-    return "block (pipeline)" if row["pipeline"] else "per batch"
+    calls = "block (pipeline)" if row["pipeline"] else "per batch"
+    return f"{calls}, {row.get('calls_at_once', 1)} at once"
 
 
 def _pct(x: float | None) -> str:
@@ -496,6 +504,10 @@ def plot(single: list[dict], multi: list[dict], path: Path, args) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # With --calls-at-once both: the first kind's runs only (run's own, 2 at once, by default).
+    calls = args.modes[0][1]
+    single = [r for r in single if r["calls_at_once"] == calls]
+    multi = [r for r in multi if r["calls_at_once"] == calls]
     # With --pipeline both: the pipelined runs as the curve, the per-batch ones in grey beside them.
     baseline = [r for r in single if not r["pipeline"]] if any(r["pipeline"] for r in single) else []
     single = [r for r in single if r not in baseline]
@@ -571,8 +583,13 @@ def main() -> int:
     p.add_argument("--pipeline", choices=("on", "off", "both"), default="on",
                    help="a block's batches in one device call (on, run's default), one call per batch (off, "
                         "--no-pipeline), or both, taking turns run by run")
+    p.add_argument("--calls-at-once", choices=("2", "1", "both"), default="2",
+                   help="calls a device actor runs at once: 2 (run's: the next block is unpacked while the "
+                        "device runs one), 1 (a sequential actor, as before), or both, taking turns run by run")
     args = p.parse_args()
-    args.modes = {"on": [True], "off": [False], "both": [True, False]}[args.pipeline]
+    pipelines = {"on": [True], "off": [False], "both": [True, False]}[args.pipeline]
+    calls = {"2": [2], "1": [1], "both": [2, 1]}[args.calls_at_once]
+    args.modes = [(p, c) for p in pipelines for c in calls]
     logging.basicConfig(level=logging.WARNING)
 
     single, multi, host_n = _ints(args.single), _multi(args.multi), _ints(args.host_n)

@@ -28,7 +28,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from npueval.actors.evaluator import BlockResult
+from npueval.actors.worker import CALLS_AT_ONCE
 
+from .background import lower_this_thread
 from .blocks import Block
 from .errors import NpuevalError, RunError
 
@@ -36,8 +38,8 @@ log = logging.getLogger(__name__)
 
 #: How long a dead device's restart is waited for (--block-timeout, when given, instead).
 PROBE_TIMEOUT_S = 60.0
-#: Calls in flight per actor: the next block waits in the actor's queue while the current one runs.
-PER_ACTOR = 2
+#: Calls in flight per actor: the next block is unpacked in the actor while the current one runs.
+PER_ACTOR = CALLS_AT_ONCE
 
 
 def prefetch_depth(devices: int) -> int:
@@ -82,6 +84,7 @@ class Prefetcher:
     def _work(self, blocks: list[Block], read: Callable[[Block], dict]) -> None:
         import ray
 
+        lower_this_thread()  # reading ahead must not take the CPU from a device actor waiting to start
         try:
             for block in blocks:
                 if not self._put((block, ray.put(read(block)))):

@@ -20,6 +20,7 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
 
+from .background import lower_this_thread
 from .errors import DatasetError, UserError
 
 RUN = "run.json"
@@ -88,7 +89,8 @@ class RunFolder:
 
         meta = {"block_id": result.block_id, "node": result.node_id, "device": result.device,
                 "windows": result.windows, "batches": result.batches, "device_s": result.device_s,
-                "wall_s": result.wall_s, "check": asdict(result.check) if result.check else None}
+                "wall_s": result.wall_s, "device_wait_s": result.device_wait_s,
+                "check": asdict(result.check) if result.check else None}
         table = pa.table({"window_id": result.window_ids, "nll_sum": result.window_nll,
                           "n_scored": result.window_scored})
         table = table.replace_schema_metadata({"npueval": json.dumps(meta)})
@@ -108,6 +110,7 @@ class RunFolder:
             batches=meta["batches"], device_s=meta["device_s"], wall_s=meta["wall_s"],
             window_ids=table.column("window_id").to_numpy(), window_nll=nll, window_scored=scored,
             check=CheckStats(**meta["check"]) if meta["check"] else None,
+            device_wait_s=meta.get("device_wait_s", 0.0),  # blocks saved by an earlier npueval have none
         )
 
     def write_outputs(self, results: dict, windows, result_txt: str) -> None:
@@ -127,7 +130,8 @@ class BackgroundSaver:
         from concurrent.futures import ThreadPoolExecutor
 
         self.folder = folder
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npueval-save")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npueval-save",
+                                        initializer=lower_this_thread)
         self._pending: list = []
 
     def save(self, result: BlockResult) -> None:

@@ -84,6 +84,24 @@ def test_results_folder_holds_every_window_once(baseline, seed_data, tmp_path):
     assert (out / "result.txt").read_text().startswith(f"seed_ppl {results['seed_ppl']:.4f}\n")
 
 
+def test_an_actor_unpacks_its_next_block_while_the_device_runs_one(ray_npu4, seed_data, tmp_path):
+    """Each actor takes two calls at once: the second waits for the device (device_wait_s) instead
+    of in Ray's queue, and the numbers stay the reference's bits."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    results = run(simulated(seed_data, out, devices=2, device_ms=20)).results
+    waits = [json.loads(pq.read_schema(p).metadata[b"npueval"])["device_wait_s"]
+             for p in sorted((out / "blocks").glob("block-*.parquet"))]
+    assert len(waits) == results["blocks"] > 4
+    # A block arrives while the device runs the one before it (3 batches, 60 ms) and waits for it;
+    # one call at a time, no block would wait more than the hand-over to the device thread.
+    assert sum(w > 0.01 for w in waits) >= len(waits) // 2
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+    assert results["host_overhead"] is not None
+
+
 def test_seed_ppl_and_drop_last_follow_the_port(ray_npu4, seed_data, tmp_path):
     """The port's number: per piece, batches of B consecutive windows; --drop-last drops each
     piece's incomplete last batch (port-protocol.md step 9)."""

@@ -73,13 +73,32 @@ def block_result(block_id: int, window_ids, nll) -> BlockResult:
 def test_a_saved_block_reads_back_bit_for_bit(tmp_path):
     folder = RunFolder(tmp_path / "out")
     folder.start({"model": "m"}, resume=False, force=False)
-    saved = block_result(7, [14, 15], [1 / 3, np.pi])
+    saved = replace(block_result(7, [14, 15], [1 / 3, np.pi]), device_wait_s=0.125)
     folder.save(saved)
     loaded = folder.load(7)
     assert loaded.window_nll.tobytes() == saved.window_nll.tobytes()
     assert (loaded.block_id, loaded.node_id, loaded.device, loaded.device_s, loaded.batches) == (7, "node-a", "npu:0",
                                                                                                   0.25, 1)
+    assert loaded.device_wait_s == 0.125
     assert folder.finished() == {7} and not list((tmp_path / "out" / "blocks").glob(".*"))
+
+
+def test_a_block_saved_without_its_device_wait_reads_back_with_none(tmp_path):
+    """Blocks saved by an earlier npueval (one call at a time) have no device_wait_s: --resume reads them as 0."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    folder = RunFolder(tmp_path / "out")
+    folder.start({"model": "m"}, resume=False, force=False)
+    folder.save(block_result(3, [6, 7], [1.0, 2.0]))
+    path = folder.blocks / "block-000003.parquet"
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"npueval"])
+    del meta["device_wait_s"]
+    pq.write_table(table.replace_schema_metadata({"npueval": json.dumps(meta)}), path)
+    loaded = folder.load(3)
+    assert loaded.device_wait_s == 0.0 and loaded.window_nll.tolist() == [1.0, 2.0]
 
 
 def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
