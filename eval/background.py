@@ -3,10 +3,11 @@
 The driver shares its host with Ray and the device actors (at 32 simulated devices, all on two
 cores). CPU these threads take while an actor is waiting to start its device is device time
 lost: at the start of a run, reading the next round of blocks delayed the last device's first
-block from 0.37 s to 0.55–0.70 s (BENCHMARKS.md, run scaling). So they run at a lower
-scheduling priority than the dispatch loop and the actors: when the CPU is free they run at full
-speed, when it is contended they go last. Linux applies a nice value per thread; elsewhere the
-priority is left as it is (it changes no result, only who waits).
+block from 0.37 s to 0.55–0.70 s (BENCHMARKS.md, run scaling). So they run at the lowest
+scheduling priority, below the dispatch loop and below the actors (Ray starts its workers at
+nice 15): when the CPU is free they run at full speed, when it is contended they go last. Linux
+applies a nice value per thread; elsewhere the priority is left as it is (it changes no result,
+only who waits).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import threading
 
 log = logging.getLogger(__name__)
 
-#: How much lower (in nice steps) a background thread runs than the rest of the driver.
-BACKGROUND_NICE = 10
+#: The nice value of a background thread: the lowest priority there is, below Ray's workers (15).
+BACKGROUND_NICE = 19
 
 
 def lower_this_thread() -> None:
-    """Give the calling thread a lower scheduling priority (Linux: its own nice value)."""
+    """Give the calling thread the lowest scheduling priority (Linux: its own nice value)."""
     tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, tid)))
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed: only the timing differs
         log.debug("thread %s keeps its priority: %s", threading.current_thread().name, exc)
