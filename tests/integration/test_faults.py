@@ -61,7 +61,9 @@ def scored_per_window(data) -> np.ndarray:
 
 
 def test_a_nan_ends_the_run_naming_block_and_device(ray_npu4, inject, seed_data, tmp_path):
-    inject({"device": "npu:1", "kind": "nan", "batch": 2})
+    # npu:1's 6th block: with two calls in flight per device its first four have come back by
+    # then, so there are finished blocks to keep (at its 2nd, the NaN could come back first).
+    inject({"device": "npu:1", "kind": "nan", "batch": 6})
     with pytest.raises(RunError) as err:
         run(simulated(seed_data, tmp_path / "out"))
     message = str(err.value)
