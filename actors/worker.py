@@ -8,6 +8,7 @@ file that is group- or other-writable, or a link.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -153,6 +154,12 @@ class DeviceWorker:
             self.evaluator = self._evaluator(spec, npu, factory)
         except Exception as exc:  # noqa: BLE001 - re-raised by the first call, see the class docstring
             self._error = exc
+        # Everything imported and built so far lives as long as the actor: take it out of Python's
+        # cyclic GC. A full collection then looks only at what the calls allocate, and takes a
+        # millisecond instead of tens: Ray makes every worker of the cluster collect at once when
+        # an object store passes 70% full, and every 10 minutes; with the GIL held meanwhile, the
+        # device thread could not start the next block (BENCHMARKS.md, "The GC stall").
+        gc.freeze()
 
     def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:
         if spec.backend == "om" and npu is not None:

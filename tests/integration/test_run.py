@@ -7,6 +7,7 @@ that the backend keeps in each actor (tests/ledger.py).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -100,6 +101,24 @@ def test_an_actor_unpacks_its_next_block_while_the_device_runs_one(ray_npu4, see
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     assert results["host_overhead"] is not None
+
+
+def test_a_device_actor_keeps_its_start_up_objects_out_of_the_garbage_collector(ray_npu4):
+    """Ray makes every worker run gc.collect() at once when an object store passes 70% full: with
+    the imports and the backend frozen, that collection sees only what the calls allocated."""
+    import ray
+
+    from npueval.actors.worker import WorkerSpec, remote_workers
+
+    (actor,) = remote_workers(WorkerSpec("simulated"), 1, max_restarts=0)
+    try:
+        # A lambda, so that cloudpickle sends it by value (the actor cannot import this module).
+        frozen, tracked = ray.get(actor.__ray_call__.remote(lambda worker: (gc.get_freeze_count(),
+                                                                            len(gc.get_objects()))))
+    finally:
+        ray.kill(actor)
+    assert frozen > 50_000  # Ray, numpy and npueval's modules: what a full collection used to walk
+    assert tracked < frozen / 10
 
 
 def test_seed_ppl_and_drop_last_follow_the_port(ray_npu4, seed_data, tmp_path):
