@@ -6,11 +6,15 @@ device that frees up gets its next block at once. `npueval run` starts it while 
 actors are still starting, so the first round is ready when they are.
 
 Each actor has up to `per_actor` calls in flight (the next block waits on the device while the
-current one runs). A call that fails because its actor died, or with an error that is not the
-user's, sends its block again (to whichever actor is free) and counts a retry; a block that
-fails more than `max_retries` times ends the run, naming the block and the device. A dead actor
-is probed: Ray restarts it up to its max_restarts and it gets work again; one that stays dead
-is left out. Results come back through `on_result`, which saves each block as it arrives.
+current one runs). At the start, the calls beyond the first wait in the driver until every
+device has had time to take its first one (`first_round_hold`), or until a result comes back: at
+32 devices on two cores the first round takes 0.2–0.3 s to reach its actors, and second calls
+sent at once took the CPU from first ones still on their way (BENCHMARKS.md, run scaling).
+A call that fails because its actor died, or with an error that is not the user's, sends its
+block again (to whichever actor is free) and counts a retry; a block that fails more than
+`max_retries` times ends the run, naming the block and the device. A dead actor is probed: Ray
+restarts it up to its max_restarts and it gets work again; one that stays dead is left out.
+Results come back through `on_result`, which saves each block as it arrives.
 
 With `block_timeout`, a call that has been running longer than that (counted from when it
 reached the head of its actor's queue) is taken for a hung device: the actor is killed, Ray
@@ -40,6 +44,14 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 60.0
 #: Calls in flight per actor: the next block is unpacked in the actor while the current one runs.
 PER_ACTOR = CALLS_AT_ONCE
+#: Per device, how long the calls beyond the first are held back at the start of a run (measured
+#: on two cores: 32 first calls reached their actors over 0.2–0.3 s, 6–10 ms each).
+FIRST_ROUND_S_PER_DEVICE = 0.010
+
+
+def first_round_hold(devices: int) -> float:
+    """Seconds the second round waits at the start: the time the first round takes to be taken up."""
+    return devices * FIRST_ROUND_S_PER_DEVICE
 
 
 def prefetch_depth(devices: int) -> int:
@@ -126,9 +138,10 @@ class Prefetcher:
 
 class Dispatcher:
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
-                 block_timeout: float | None = None):
+                 block_timeout: float | None = None, hold_s: float | None = None):
         self.slots = [_Slot(a, n) for a, n in zip(actors, names)]
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
+        self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
         self.retries = 0
         self.timeouts: list[dict] = []  # {"block", "device"}: calls ended by block_timeout
 
@@ -144,6 +157,7 @@ class Dispatcher:
         probes: dict[object, tuple[int, float]] = {}  # a dead actor's describe() → (slot, sent at)
         failures: Counter[int] = Counter()
         exhausted = False
+        held_until = time.monotonic() + self.hold_s  # the second round's calls wait till then, or a result
 
         def next_block():
             nonlocal exhausted
@@ -157,7 +171,8 @@ class Dispatcher:
 
         while True:
             # Round by round, so that every device gets a block before any gets a second.
-            for depth in range(1, self.per_actor + 1):
+            depths = self.per_actor if time.monotonic() >= held_until else 1
+            for depth in range(1, depths + 1):
                 for k, slot in enumerate(self.slots):
                     if slot.state == "ready" and slot.in_flight < depth:
                         item = next_block()
@@ -173,11 +188,17 @@ class Dispatcher:
                     raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated; "
                                    "the finished blocks are saved, continue with --resume")
                 return
-            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=self._wait_s(probes))
+            timeout = self._wait_s(probes)
+            if depths < self.per_actor:  # wake up when the hold ends
+                held = max(0.0, held_until - time.monotonic())
+                timeout = held if timeout is None else min(timeout, held)
+            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=timeout)
             if not ready:
-                self._end_hung_calls(in_flight)
+                if self.block_timeout is not None:
+                    self._end_hung_calls(in_flight)
                 self._give_up_probes(probes)
                 continue
+            held_until = 0.0  # a device is back for more: the first round has been taken up
             (ref,) = ready
             if ref in probes:
                 self._probed(ref, probes.pop(ref)[0])

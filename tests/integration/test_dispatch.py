@@ -1,0 +1,59 @@
+"""The dispatcher on a real local Ray, with stand-in devices that say when each call entered and
+left them (tests/timed_actor.py): the second round of calls is held back at the start."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from npueval.eval.blocks import Block
+from npueval.eval.dispatch import Dispatcher, first_round_hold
+from timed_actor import TimedDevice
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from npueval.cluster.ray_cluster import connect, disconnect
+
+    session = connect(num_cpus=2)
+    yield session
+    disconnect(session)
+
+
+def dispatch(devices: int, blocks: int, device_s: float, hold_s: float) -> tuple[dict, float]:
+    """{block_id: (entered, left)} of every block, and the seconds the whole dispatch took."""
+    import ray
+
+    actor = ray.remote(TimedDevice).options(num_cpus=0, max_concurrency=2)
+    actors = [actor.remote(device_s) for _ in range(devices)]
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    seen: dict[int, tuple[float, float]] = {}
+    started = time.monotonic()
+    Dispatcher(actors, [f"dev:{k}" for k in range(devices)], max_retries=0, hold_s=hold_s).run(
+        ((Block(b, b, b + 1), None) for b in range(blocks)), lambda r: seen.update({r[0]: r[1:]}))
+    for a in actors:
+        ray.kill(a)
+    return seen, time.monotonic() - started
+
+
+def test_the_second_round_waits_for_a_result_when_the_hold_is_long(ray_local):
+    seen, took = dispatch(devices=2, blocks=6, device_s=0.3, hold_s=60.0)
+    assert sorted(seen) == list(range(6))
+    first_done = min(seen[b][1] for b in (0, 1))
+    # Blocks 2 and 3 were sent only once a result had come back, not after the 60 s hold.
+    assert min(seen[b][0] for b in (2, 3)) >= first_done
+    assert took < 30
+
+
+def test_the_second_round_goes_out_when_the_hold_ends(ray_local):
+    seen, _ = dispatch(devices=2, blocks=4, device_s=2.0, hold_s=0.2)
+    # Sent at 0.2 s, they reached their actors while the first blocks (2 s) still ran.
+    assert max(seen[b][0] for b in (2, 3)) < min(seen[b][1] for b in (0, 1))
+    assert min(seen[b][0] for b in (2, 3)) >= max(seen[b][0] for b in (0, 1))
+
+
+def test_the_hold_grows_with_the_devices_and_is_none_for_none():
+    assert first_round_hold(0) == 0.0
+    assert first_round_hold(32) == pytest.approx(32 * first_round_hold(1))
+    assert 0.0 < first_round_hold(32) < 1.0  # shorter than a 32-batch block of a 310P3 (1.34 s)
