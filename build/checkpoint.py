@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.eval.errors import CheckpointError
+from npueval.eval.errors import CheckpointError, not_a_folder
 from npueval.eval.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     """Check the folder's files and read its config and vocab; loads no weights."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"CHECKPOINT {folder}: no such folder; pass the folder with config.json and the weights")
+        raise CheckpointError(
+            f"CHECKPOINT {folder}: {not_a_folder(folder)}; pass the folder with config.json and the weights")
     vocab_path = folder / "vocab.txt"
     if not vocab_path.is_file():
         raise CheckpointError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import CorpusError
+from .errors import CorpusError, not_a_folder
 
 FILES_CHOICES = ("first", "all")
 
@@ -47,7 +47,7 @@ def select_files(root: Path, files: str) -> list[Path]:
     deterministic by sorting. Hidden entries (".DS_Store", ".git") are not corpus files.
     """
     if not root.is_dir():
-        raise CorpusError(f"CORPUS_DIR {root}: no such folder; pass the wiki_zh folder (with AA/, AB/, …)")
+        raise CorpusError(f"CORPUS_DIR {root}: {not_a_folder(root)}; pass the wiki_zh folder (with AA/, AB/, …)")
     chosen: list[Path] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         names = sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))

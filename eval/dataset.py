@@ -169,10 +169,10 @@ def open_data_set(data_dir: Path, flag: str = "--data") -> dict:
     """The manifest of the data set `npueval prepare` made in DATA_DIR, or a one-line error
     naming the folder: missing, unfinished, without a window, or a manifest that is unreadable
     or was edited."""
-    from .errors import DatasetError
+    from .errors import DatasetError, not_a_folder
 
     if not data_dir.is_dir():
-        raise DatasetError(f"{flag} {data_dir}: no such folder; make it with `npueval prepare`")
+        raise DatasetError(f"{flag} {data_dir}: {not_a_folder(data_dir)}; make it with `npueval prepare`")
     if not (data_dir / MANIFEST).is_file():
         raise DatasetError(f"{flag} {data_dir}: no finished data set (manifest.json missing); run `npueval prepare`")
     m = read_manifest(data_dir)

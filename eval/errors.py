@@ -6,6 +6,8 @@ prints it on one line without a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_RUN_FAILURE = 1
 EXIT_USER_ERROR = 2
@@ -48,3 +50,8 @@ class Interrupted(NpuevalError):
     """Ctrl-C during a run: what was finished is kept (exit 130)."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def not_a_folder(path: Path) -> str:
+    """Why `path` cannot be opened as a folder, for a message: it is a file, or nothing is there."""
+    return "a file, not a folder" if Path(path).exists() else "no such folder"

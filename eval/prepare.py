@@ -119,6 +119,11 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
                            "choose another --out") from None
     try:
         manifest = _build(config, files, vocab, inputs, key, partial, progress)
+        if not manifest["windows"]:  # `run` would refuse it: say so now, and leave --out as it was
+            raise DatasetError(
+                f"CORPUS_DIR {config.corpus_dir}: not one window could be made (articles kept: "
+                f"{manifest['articles_kept']} of {manifest['articles_total']}, mode {config.mode}, n_ctx "
+                f"{config.n_ctx}); give it more text, or pass a smaller --n-ctx or --min-length")
         write_manifest(partial, manifest)
         _publish(partial, config.out)
     except BaseException:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, not_a_folder
 from .results import fmt, summary_table
 
 
@@ -47,7 +47,7 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
     folder = Path(folder)
     results_path, windows_path = folder / "results.json", folder / "windows.parquet"
     if not folder.is_dir():
-        raise UserError(f"{name} {folder}: no such folder; give a results folder of `npueval run`")
+        raise UserError(f"{name} {folder}: {not_a_folder(folder)}; give a results folder of `npueval run`")
     if not results_path.is_file():
         hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its other flags)"
                 if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")

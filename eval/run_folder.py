@@ -10,6 +10,7 @@ continues it. OUT/run.json records what the blocks are blocks of (data, model, b
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from npueval.actors.evaluator import BlockResult, CheckStats
 
 from .background import lower_this_thread
 from .errors import DatasetError, UserError
+
+log = logging.getLogger(__name__)
 
 RUN = "run.json"
 BLOCKS = "blocks"
@@ -55,6 +58,8 @@ class RunFolder:
             held = set()
         if held:
             self.check_same_run(identity)
+        elif resume:  # not an error: `--resume` may be how a script always starts, the first time too
+            log.warning("--resume: %s holds no finished block; starting from the first", self.out)
         self.blocks.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.out / RUN, json.dumps(identity, indent=2) + "\n")
         return held

@@ -57,6 +57,10 @@ def corpus_line(line: bytes):
     return make
 
 
+def short_articles(tmp: Path, fx) -> None:
+    write_wiki_corpus(tmp / "corpus", [[["\u4e00" * 20, "\u4e01" * 30]]])
+
+
 def empty_subfolders(tmp: Path, fx) -> None:
     (tmp / "corpus" / "AA").mkdir(parents=True)
 
@@ -158,6 +162,13 @@ CASES = {
     "prepare: a --vocab that is not text": (
         vocab_file(b"\xff\xfe\x00\x01"), ["prepare", "{wiki}", "--vocab", "{tmp}/vocab.txt", "--out", "{tmp}/out"],
         "--vocab {tmp}/vocab.txt: not UTF-8 text (byte 0)", "pass the checkpoint's vocab.txt"),
+    "prepare: a CORPUS_DIR that is a file": (
+        a_file, ["prepare", "{tmp}/a-file", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "CORPUS_DIR {tmp}/a-file: a file, not a folder", "pass the wiki_zh folder"),
+    "prepare: a corpus too short for one window": (
+        short_articles, ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "CORPUS_DIR {tmp}/corpus: not one window could be made (articles kept: 0 of 2, mode seed, n_ctx 512)",
+        "give it more text, or pass a smaller --n-ctx or --min-length"),
     "prepare: an --out that is a file": (
         a_file, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/a-file"],
         "--out {tmp}/a-file is a file", "name a folder"),
@@ -183,6 +194,9 @@ CASES = {
     "build: a CHECKPOINT that does not exist": (
         nothing, ["build", "{tmp}/nowhere", "--out", "{tmp}/out"],
         "CHECKPOINT {tmp}/nowhere: no such folder", "pass the folder with config.json and the weights"),
+    "build: a CHECKPOINT that is a file": (
+        a_file, ["build", "{tmp}/a-file", "--out", "{tmp}/out"],
+        "CHECKPOINT {tmp}/a-file: a file, not a folder", "pass the folder with config.json and the weights"),
     "build: a checkpoint without config.json": (
         checkpoint(lambda c: (c / "config.json").unlink()), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
         "{tmp}/ckpt/config.json: no such file", "a GPT-2 checkpoint needs its config.json"),
@@ -273,6 +287,9 @@ CASES = {
     "bench: a --data that does not exist": (
         nothing, ["bench", "--backend", "simulated", "--data", "{tmp}/data"], "--data {tmp}/data: no such folder",
         "make it with `npueval prepare`"),
+    "bench: a --data that is a file": (
+        a_file, ["bench", "--backend", "simulated", "--data", "{tmp}/a-file"],
+        "--data {tmp}/a-file: a file, not a folder", "make it with `npueval prepare`"),
     "bench: --json into a folder that does not exist": (
         nothing, ["bench", "--backend", "simulated", "--json", "{tmp}/no/bench.json"],
         "--json {tmp}/no/bench.json: the folder {tmp}/no does not exist", "does not exist"),
@@ -286,6 +303,9 @@ CASES = {
         other_files, ["report", "{tmp}/out"], "OUT {tmp}/out: no results.json", "give a results folder of `npueval run`"),
     "report: an OTHER that does not exist": (
         a_results_folder, ["report", "{tmp}/done", "{tmp}/nowhere"], "OTHER {tmp}/nowhere: no such folder",
+        "give a results folder of `npueval run`"),
+    "report: an OUT that is a file": (
+        a_file, ["report", "{tmp}/a-file"], "OUT {tmp}/a-file: a file, not a folder",
         "give a results folder of `npueval run`"),
     "report: a --plot of an unknown format": (
         a_results_folder, ["report", "{tmp}/done", "--plot", "{tmp}/run.jpeg2000"],

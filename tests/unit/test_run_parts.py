@@ -114,6 +114,14 @@ def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
     assert folder.finished() == set()
 
 
+def test_resume_on_a_folder_without_blocks_starts_from_the_first_and_says_so(tmp_path, caplog):
+    folder = RunFolder(tmp_path / "out")
+    with caplog.at_level("WARNING", logger="npueval.eval.run_folder"):
+        assert folder.start({"model": "m"}, resume=True, force=False) == set()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--resume: {tmp_path / 'out'} holds no finished block; starting from the first"]
+
+
 def test_the_reduction_proves_every_window_was_counted_once():
     blocks = [block_result(0, [0, 1], [1.0, 2.0]), block_result(1, [2, 3], [3.0, 4.0])]
     assert collect(blocks, np.arange(4)).nll.tolist() == [1.0, 2.0, 3.0, 4.0]
