@@ -81,7 +81,7 @@ def test_flags_that_do_not_fit_together(capsys, tmp_path):
 
 
 def test_verbosity_flags_after_the_subcommand(tmp_path, vocab_path):
-    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300]]])
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300, "\u4e01" * 300]]])
     base = ["prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--out", str(tmp_path / "o")]
     loud = run(*base, "-v")
     assert loud.returncode == 0 and "INFO npueval.eval.prepare" in loud.stderr

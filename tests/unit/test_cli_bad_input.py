@@ -91,11 +91,13 @@ def data_set(change):
 
 
 def no_window(tmp: Path, fx) -> None:
-    """What prepare makes of articles too short for one window (exit 0: it says 0 windows)."""
-    from npueval.eval.prepare import PrepareConfig, prepare
+    """A data set of no window, as prepare wrote one of articles too short for a window before it
+    refused to (the case "prepare: a corpus too short for one window"): a manifest, no shard."""
+    from npueval.eval.dataset import write_manifest
 
-    write_wiki_corpus(tmp / "short", [[["\u4e00" * 130] * 3]])
-    prepare(PrepareConfig(corpus_dir=tmp / "short", vocab=fx["vocab"], out=tmp / "data", workers=0))
+    (tmp / "data").mkdir()
+    write_manifest(tmp / "data", {"n_ctx": 512, "mode": "seed", "vocab_sha256": "0" * 64, "articles_kept": 3,
+                                  "articles_total": 3, "windows": 0, "shards": []})
 
 
 def build_folder_without_its_onnx(tmp: Path, fx) -> None:
