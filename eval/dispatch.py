@@ -63,7 +63,7 @@ def prefetch_depth(devices: int) -> int:
 class _Slot:
     actor: object
     name: str  # "npu:3 on node 4f1c…", for messages
-    state: str = "ready"  # ready | probing | dead
+    state: str = "ready"  # ready | killed (for a hung call; its calls are failing) | probing | dead
     calls: deque = field(default_factory=deque)  # refs in flight, oldest first (an actor runs them in order)
     head_since: float = 0.0  # when the oldest call in flight began to run, about
 
@@ -223,10 +223,13 @@ class Dispatcher:
                         "the finished blocks are saved, continue with --resume"
                     ) from None
                 retry.append((block, rows))
-                if _actor_died(exc) and slot.state == "ready":
+                if _actor_died(exc) and slot.state in ("ready", "killed"):
                     slot.state = "probing"
                     probes[slot.actor.describe.remote()] = (k, time.monotonic())
                 continue
+            if slot.state == "killed" and not slot.calls:  # it answered as it was being killed:
+                slot.state = "probing"                      # wait for Ray's restart like any death
+                probes[slot.actor.describe.remote()] = (k, time.monotonic())
             on_result(result)
 
     @property
@@ -265,7 +268,9 @@ class Dispatcher:
                             "restarting the device and sending its blocks elsewhere",
                             block.block_id, block.first, block.stop - 1, slot.name, self.block_timeout)
                 self.timeouts.append({"block": block.block_id, "device": slot.name})
-                slot.head_since = now  # the kill's failures come back through ray.wait
+                # Its calls' failures come back through ray.wait, however long Ray takes to notice
+                # (seconds on a busy host): until then it gets no work and is not timed again.
+                slot.state = "killed"
                 ray.kill(slot.actor, no_restart=False)
 
     def _probed(self, ref, k: int) -> None:
