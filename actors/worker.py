@@ -155,10 +155,10 @@ class DeviceWorker:
         except Exception as exc:  # noqa: BLE001 - re-raised by the first call, see the class docstring
             self._error = exc
         # Everything imported and built so far lives as long as the actor: take it out of Python's
-        # cyclic GC. A full collection then looks only at what the calls allocate, and takes a
-        # millisecond instead of tens: Ray makes every worker of the cluster collect at once when
+        # cyclic GC. A full collection then looks only at what the calls allocate, and takes
+        # microseconds instead of 35 ms: Ray makes every worker of the cluster collect at once when
         # an object store passes 70% full, and every 10 minutes; with the GIL held meanwhile, the
-        # device thread could not start the next block (BENCHMARKS.md, "The GC stall").
+        # device thread could not start the next block (BENCHMARKS.md, "The GC stall on several nodes").
         gc.freeze()
 
     def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:

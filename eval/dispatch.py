@@ -159,6 +159,11 @@ class Dispatcher:
         exhausted = False
         held_until = time.monotonic() + self.hold_s  # the second round's calls wait till then, or a result
 
+        def probe(k: int) -> None:
+            """Ask a dead or killed actor to describe itself: it answers once Ray has restarted it."""
+            self.slots[k].state = "probing"
+            probes[self.slots[k].actor.describe.remote()] = (k, time.monotonic())
+
         def next_block():
             nonlocal exhausted
             if retry:
@@ -224,12 +229,10 @@ class Dispatcher:
                     ) from None
                 retry.append((block, rows))
                 if _actor_died(exc) and slot.state in ("ready", "killed"):
-                    slot.state = "probing"
-                    probes[slot.actor.describe.remote()] = (k, time.monotonic())
+                    probe(k)
                 continue
             if slot.state == "killed" and not slot.calls:  # it answered as it was being killed:
-                slot.state = "probing"                      # wait for Ray's restart like any death
-                probes[slot.actor.describe.remote()] = (k, time.monotonic())
+                probe(k)                                    # wait for Ray's restart like any death
             on_result(result)
 
     @property
