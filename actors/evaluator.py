@@ -12,6 +12,10 @@ Given a `DeviceThread`, every backend call goes through it, and `evaluate` may b
 several threads at once (a device actor takes two calls): each call's host work then overlaps
 the device's run of the other's batches, and the device time of a block is measured on the
 device thread, around its own calls only.
+
+Given a `CallMarker`, a call that ends the process on error (a backend whose `aborts_on_error`
+is true: ais_bench's infer_pipeline) is noted on disk while it runs, so that the actor Ray
+restarts can tell the driver which block its process died in (actors/node_files.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from .backend import Backend
 from .device_thread import DeviceThread
+from .node_files import CallInProgress, CallMarker
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,11 @@ class Evaluator:
 
     def __init__(self, backend: Backend, node_id: str = "local", device: str = "0",
                  reference: Backend | None = None, check_batches: int = 0, pipeline: bool = True,
-                 device_thread: DeviceThread | None = None):
+                 device_thread: DeviceThread | None = None, marker: CallMarker | None = None):
         self.backend, self.node_id, self.device = backend, node_id, device
         self.reference, self._check_left = reference, check_batches if reference is not None else 0
         self.pipeline, self.device_thread = pipeline, device_thread
+        self.marker = marker if getattr(backend, "aborts_on_error", False) else None
         self._check_lock = threading.Lock()
 
     def evaluate(self, block_id: int, input_ids: np.ndarray, score_from: np.ndarray, n_valid: np.ndarray,
@@ -104,13 +110,13 @@ class Evaluator:
         sums = np.empty(input_ids.shape[0], dtype=np.float64)
         starts = range(0, input_ids.shape[0], batch)
         checks = []
+        model_batches = [input_ids[lo: lo + batch] for lo in starts]
         # strict: a backend that returned fewer results than batches must not leave sums unset.
-        for lo, nll in zip(starts, self._nll([input_ids[lo: lo + batch] for lo in starts], clock), strict=True):
+        for lo, nll in zip(starts, self._nll(block_id, model_batches, clock), strict=True):
             nll = nll.astype(np.float64)
             sums[lo: lo + batch] = np.where(mask[lo: lo + batch], nll, 0.0).sum(axis=1)
             if self._take_check():
                 checks.append(self._check(input_ids[lo: lo + batch], nll, mask[lo: lo + batch]))
-        batches = len(starts)
         scored = mask.sum(axis=1).astype(np.int64)
         return BlockResult(
             block_id=block_id,
@@ -119,7 +125,7 @@ class Evaluator:
             nll_sum=float(sums.sum()),
             scored_tokens=int(scored.sum()),
             windows=int(input_ids.shape[0]),
-            batches=batches,
+            batches=len(starts),
             device_s=clock.run_s,
             wall_s=time.perf_counter() - start,
             window_ids=window_ids.astype(np.int64),
@@ -129,14 +135,28 @@ class Evaluator:
             device_wait_s=clock.wait_s,
         )
 
-    def _nll(self, batches: list[np.ndarray], clock: _DeviceClock) -> Iterator[np.ndarray]:
+    def _nll(self, block_id: int, batches: list[np.ndarray], clock: _DeviceClock) -> Iterator[np.ndarray]:
         """Each batch's NLL, in order: one nll_many call (pipeline), or lazily one nll call per
         batch, so that without the pipeline each batch is summed and checked before the next runs."""
         if self.pipeline:
-            yield from self._on_device(self.backend.nll_many, batches, clock)
+            yield from self._on_device(self._marked(block_id, self.backend.nll_many), batches, clock)
         else:
             for b in batches:
                 yield self._on_device(self.backend.nll, b, clock)
+
+    def _marked(self, block_id: int, call: Callable) -> Callable:
+        """`call`, noted on disk while it runs where an error in it would end the process."""
+        if self.marker is None:
+            return call
+        marker, note = self.marker, CallInProgress(block_id, "ais_bench infer_pipeline", self.device)
+
+        def marked(arg):
+            marker.mark(note)
+            out = call(arg)  # an exception here is the backend's own: the process lives on
+            marker.clear()
+            return out
+
+        return marked
 
     def _on_device(self, call: Callable, arg, clock: _DeviceClock):
         """call(arg) on the device thread. Its device time is measured there, around this call

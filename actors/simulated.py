@@ -22,6 +22,7 @@ that is already running picks up a new file with the next run's actors). It hold
     [{"device": "npu:1", "kind": "nan", "batch": 3},    # batch 3 of npu:1: NaN in row 0
      {"device": "npu:2", "kind": "inf", "batch": 1},    # +Inf instead
      {"device": "npu:0", "kind": "hang", "batch": 2},   # batch 2 never returns
+     {"device": "npu:0", "kind": "error", "batch": 4},  # batch 4 raises RuntimeError, as a device call can
      {"device": "npu:3", "kind": "slow", "factor": 5}]  # every batch takes 5 × device_ms
 
 `batch` counts the device's model batches from 1, through `nll` and `nll_many` alike; under
@@ -51,13 +52,13 @@ def simulated_nll(input_ids: np.ndarray) -> np.ndarray:
 
 
 FAULTS_ENV = "NPUEVAL_SIMULATED_FAULTS"
-FAULT_KINDS = ("nan", "inf", "hang", "slow")
+FAULT_KINDS = ("nan", "inf", "hang", "error", "slow")
 
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # nan | inf | hang | slow
-    batch: int = 0  # nan, inf, hang: the device's batch it hits, from 1
+    kind: str  # nan | inf | hang | error | slow
+    batch: int = 0  # nan, inf, hang, error: the device's batch it hits, from 1
     factor: float = 1.0  # slow: device_ms is multiplied by it
 
 
@@ -113,6 +114,8 @@ class SimulatedBackend:
         if fault is not None and fault.kind == "hang":
             while True:  # a device that never answers; only killing the actor ends it
                 time.sleep(3600)
+        if fault is not None and fault.kind == "error":
+            raise RuntimeError(f"simulated device error on batch {self._batches}")
         return fault
 
     def _compute(self, x: np.ndarray, fault: Fault | None) -> np.ndarray:

@@ -8,11 +8,10 @@ file that is group- or other-writable, or a link.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,11 @@ import numpy as np
 
 from npueval.eval.errors import UserError
 
+from . import node_files
 from .backend import Backend
 from .device_thread import DeviceThread
 from .evaluator import BlockResult, Evaluator
+from .node_files import CallInProgress, CallMarker
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +68,15 @@ class WorkerSpec:
 BackendFactory = Callable[[WorkerSpec, "Path | None"], Backend]
 
 
-def local_model_file(model: ModelFile, folder: Path | None = None) -> Path:
-    """The model's bytes as a local file of mode 0o644, written once per node and checked."""
+def local_model_file(model: ModelFile, safe: bool = False) -> Path:
+    """The model's bytes as a local file of mode 0o644, written once per node and checked; `safe`:
+    in a folder whose path ais_bench takes (actors/node_files.py)."""
     import ray
 
-    folder = folder or Path(tempfile.gettempdir()) / f"npueval-{os.getuid()}" / model.sha256[:16]
-    path = folder / model.name
-    if path.is_file() and not path.is_symlink() and path.stat().st_size == model.size:
-        return path
-    data = ray.get(model.ref)
-    if hashlib.sha256(data).hexdigest() != model.sha256:
-        raise UserError(f"model {model.name}: the bytes that reached this node do not match its sha256")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Several actors of one node may arrive at once: each writes its own file, the rename is atomic.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{model.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    from .node_files import check_model_folder, local_root
+
+    root = check_model_folder() if safe else local_root()
+    return node_files.local_model_file(model.name, model.sha256, model.size, lambda: ray.get(model.ref), root)
 
 
 def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
@@ -97,9 +88,12 @@ def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
         from .onnx_backend import OnnxBackend
 
         return OnnxBackend(model_path, threads=spec.threads)
+    from npueval.cluster.visibility import acl_device_id
+
     from .om_backend import OmBackend
 
-    return OmBackend(model_path, device_id=0)  # Ray made our chip the only visible one: index 0
+    npu = assigned_npu()
+    return OmBackend(model_path, device_id=0 if npu is None else acl_device_id(npu))
 
 
 def _first_life_faults() -> tuple:
@@ -125,10 +119,11 @@ def assigned_npu() -> str | None:
 
 
 def check_chip_health(logic_id: str, allow_unhealthy: bool) -> None:
-    """On a cluster npueval joined, nobody left the sick chips out: refuse to run on one."""
-    from npueval.cluster.discovery import discover
+    """On a cluster npueval joined, nobody left the sick chips out: refuse to run on one (where
+    npu-smi can tell; where it fails, say so and run)."""
+    from npueval.cluster.discovery import discover_or_warn
 
-    for device in discover():
+    for device in discover_or_warn(f"NPU logic id {logic_id}'s health is not checked") or []:
         if str(device.logic_id) == logic_id and not device.healthy:
             if allow_unhealthy:
                 log.warning("NPU logic id %s is %s; running on it anyway (--allow-unhealthy)", logic_id, device.health)
@@ -149,7 +144,11 @@ class DeviceWorker:
         import ray
 
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        self.evaluator, self._error = None, None
+        self.spec, self.evaluator, self._error = spec, None, None
+        # A note left by this actor's previous process if it died inside a call that ends the
+        # process on error (ais_bench's infer_pipeline): the driver asks for it (describe).
+        self.marker = CallMarker.for_actor(ray.get_runtime_context().get_actor_id()) if ray.is_initialized() else None
+        self.previous_death: CallInProgress | None = self.marker.take() if self.marker else None
         try:
             self.evaluator = self._evaluator(spec, npu, factory)
         except Exception as exc:  # noqa: BLE001 - re-raised by the first call, see the class docstring
@@ -164,7 +163,7 @@ class DeviceWorker:
     def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:
         if spec.backend == "om" and npu is not None:
             check_chip_health(npu, spec.allow_unhealthy)
-        model_path = local_model_file(spec.model) if spec.model is not None else None
+        model_path = local_model_file(spec.model, safe=spec.backend == "om") if spec.model is not None else None
         device_thread = DeviceThread()
         try:
             backend = device_thread.run(factory or make_backend, spec, model_path)
@@ -177,7 +176,7 @@ class DeviceWorker:
 
             reference = OnnxBackend(local_model_file(spec.reference), threads=1, providers=["CPUExecutionProvider"])
         return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches, spec.pipeline,
-                         device_thread)
+                         device_thread, self.marker)
 
     def _ready(self) -> Evaluator:
         if self._error is not None:
@@ -185,11 +184,17 @@ class DeviceWorker:
         return self.evaluator
 
     def describe(self) -> dict:
+        """What this actor runs. `ais_bench_api`: how the om backend calls the device ("pipeline":
+        infer_pipeline, "infer": batch by batch, for --no-pipeline or an ais_bench without it);
+        `previous_death`: the call this actor's previous process died in, if it left a note."""
         import socket
 
         backend = self._ready().backend
+        api = getattr(backend, "api", None)
         return {"node": self.node_id, "device": self.device, "batch_size": backend.batch_size,
-                "seq_len": backend.seq_len, "host": socket.gethostname(), "pid": os.getpid()}
+                "seq_len": backend.seq_len, "host": socket.gethostname(), "pid": os.getpid(),
+                "ais_bench_api": None if api is None else api if self.spec.pipeline else "infer",
+                "previous_death": None if self.previous_death is None else dataclasses.asdict(self.previous_death)}
 
     def evaluate(self, block_id: int, rows: dict) -> BlockResult:
         return self._ready().evaluate(block_id, rows["input_ids"], rows["score_from"], rows["n_valid"],

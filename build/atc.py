@@ -2,9 +2,14 @@
 
 The command is the port's, corrected and extended: `--op_precision_mode` (the port's readme
 writes `--op_precision`, which atc does not have), `--precision_mode=force_fp16` with
-`--keep_dtype` listing the loss head's ops so the cross-entropy stays in float32, and an
+`--keep_dtype` naming the loss head's nodes so the cross-entropy stays in float32, and an
 `--input_shape` for every input. Without CANN the build writes the command into atc.sh,
 which picks the chip from npu-smi when it runs unless --soc was given.
+
+op_precision.ini is plain `OpType=mode` lines, the port's file: the ATC docs of CANN 5.0.4 show
+only that form; those of 6.0.1 to 8.0 still state it ("key_value (算子类型=精度模式), one operator
+per line") beside an example with [ByOpType] / [ByNodeName] sections, which a CANN before 6.0
+does not know (docs/npu-hosts.md, "ATC").
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from npueval.eval.errors import UserError
 
 #: The port's operator precision modes (the repository's top-level op_precision.ini).
-OP_PRECISION_INI = "[ByOpType]\nGelu=high_performance\nTanh=high_performance\n"
+OP_PRECISION_INI = "Gelu=high_performance\nTanh=high_performance\n"
 #: Where set_env.sh lives in the usual CANN installs (toolkit, newer cann, nnae; root or user).
 SET_ENV_CANDIDATES = (
     "/usr/local/Ascend/ascend-toolkit/set_env.sh",
@@ -82,12 +87,12 @@ def atc_args(onnx_file: str, output_prefix: str, soc: str, input_shapes: dict[st
     return args
 
 
-def write_inputs(folder: Path, keep_dtype_ops: tuple[str, ...]) -> str | None:
-    """op_precision.ini, and the keep_dtype cfg (one `OpType::X` per line) when there are ops to keep."""
+def write_inputs(folder: Path, keep_fp32_nodes: tuple[str, ...]) -> str | None:
+    """op_precision.ini, and the keep_dtype cfg (one node name per line) when there are nodes to keep."""
     (folder / "op_precision.ini").write_text(OP_PRECISION_INI)
-    if not keep_dtype_ops:
+    if not keep_fp32_nodes:
         return None
-    (folder / "keep_dtype.cfg").write_text("".join(f"OpType::{op}\n" for op in keep_dtype_ops))
+    (folder / "keep_dtype.cfg").write_text("".join(f"{node}\n" for node in keep_fp32_nodes))
     return "keep_dtype.cfg"
 
 

@@ -17,8 +17,13 @@ from .export import LOGITS
 
 TARGETS = "targets"
 NLL = "nll"
-#: The ops from LogSoftmax on, which ATC's --keep_dtype keeps in float32.
+#: The loss head's ops, in graph order.
 LOSS_OPS = ("LogSoftmax", "Unsqueeze", "GatherElements", "Squeeze", "Neg")
+#: The loss head's nodes whose float outputs ATC's --keep_dtype keeps in float32 under
+#: force_fp16, by node name: an `OpType::` entry must name the Ascend IR type after the ONNX
+#: parser's mapping (LogSoftmax becomes LogSoftmaxV2, opset-13 Squeeze SqueezeV3), which differs
+#: across CANN versions, while a node name is the ONNX model's own (ATC --keep_dtype docs).
+KEEP_FP32_NODES = tuple(f"loss_head/{op}" for op in ("LogSoftmax", "GatherElements", "Squeeze", "Neg"))
 
 
 def add_loss_head(src: Path, dst: Path) -> dict:

@@ -19,7 +19,7 @@ from npueval.eval.errors import UserError
 from . import atc
 from .checkpoint import load_model, open_checkpoint
 from .export import INPUT, LOGITS, export_onnx, op_histogram
-from .loss_head import LOSS_OPS, NLL, TARGETS, add_loss_head
+from .loss_head import KEEP_FP32_NODES, NLL, TARGETS, add_loss_head
 from .passes import run_passes
 from .simplify import simplify
 from .verify import DEFAULT_TOLERANCE, check_stage, random_ids
@@ -97,7 +97,7 @@ def build(config: BuildConfig) -> BuildResult:
     if config.output == "nll":
         inputs[TARGETS] = [config.batch_size, config.seq_len]
     output_shape = [config.batch_size, config.seq_len] + ([] if config.output == "nll" else [ckpt.config["vocab_size"]])
-    keep_dtype = atc.write_inputs(out, LOSS_OPS if config.output == "nll" else ())
+    keep_dtype = atc.write_inputs(out, KEEP_FP32_NODES if config.output == "nll" else ())
     om, atc_info = _compile(out, final, inputs, keep_dtype, config.soc)
 
     manifest = {

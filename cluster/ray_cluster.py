@@ -5,6 +5,7 @@
   127.0.0.1 only (its dashboard too) and sends no usage reports.
 - When npueval starts Ray on an NPU host, only the healthy chips' logic ids are made visible
   to it (ASCEND_RT_VISIBLE_DEVICES at Ray's start, ascending), so no actor lands on a sick one.
+  A list the user set before is narrowed to its healthy chips, never replaced (cluster/visibility.py).
 - Ray lets an unmet resource request wait forever (stack-notes.md); `require` fails at once
   with what the cluster has instead.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from npueval.eval.errors import UserError
 
 from .discovery import Device
+from .visibility import VISIBLE_ENV, check_user_list, narrowed
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
     resources = {}
     if simulated_npus:
         resources["NPU"] = float(simulated_npus)
-    elif devices:
-        os.environ["ASCEND_RT_VISIBLE_DEVICES"] = visible_devices(devices, allow_unhealthy)
-    with _loopback_only():
+    visible = None
+    if devices and not simulated_npus:
+        check_user_list()
+        visible = visible_devices(devices, allow_unhealthy)
+    with _loopback_only(), _environ(VISIBLE_ENV, visible):
         ray.init(
             # "local": a Ray of our own, even where one that `ray start` left running would be found.
             address="local",
@@ -80,6 +84,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS},
         )
     return RaySession("local", True, dict(ray.cluster_resources()))
+
+
+@contextmanager
+def _environ(name: str, value: str | None):
+    """`name` set to `value` (unless None) while Ray starts and reads it; as it was afterwards."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 @contextmanager
@@ -111,11 +130,19 @@ def _loopback_only():
 
 
 def visible_devices(devices: list[Device], allow_unhealthy: bool = False) -> str:
-    """ASCEND_RT_VISIBLE_DEVICES for a Ray npueval starts: the healthy chips' logic ids, ascending."""
+    """ASCEND_RT_VISIBLE_DEVICES for a Ray npueval starts: the healthy chips' logic ids, ascending,
+    within the list the user set (if any)."""
+    allowed = set(narrowed(d.logic_id for d in devices))
     for d in devices:
-        if not (d.healthy or allow_unhealthy):
+        if d.logic_id in allowed and not (d.healthy or allow_unhealthy):
             log.warning("leaving out NPU logic id %d (card %d chip %d): health %s", d.logic_id, d.card, d.chip, d.health)
-    return ",".join(str(d.logic_id) for d in sorted(devices, key=lambda d: d.logic_id) if d.healthy or allow_unhealthy)
+    chosen = [d.logic_id for d in devices if d.logic_id in allowed and (d.healthy or allow_unhealthy)]
+    if not chosen:
+        user = os.environ.get(VISIBLE_ENV)
+        log.warning("no NPU left to run on: npu-smi shows %s%s (--allow-unhealthy runs on sick chips too)",
+                    ", ".join(f"logic id {d.logic_id} {d.health}" for d in devices),
+                    f", and {VISIBLE_ENV}={user!r} allows only logic ids {sorted(allowed)}" if user is not None else "")
+    return ",".join(map(str, sorted(chosen)))
 
 
 def require(resources: dict, wanted: dict[str, float]) -> None:

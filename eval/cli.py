@@ -123,11 +123,34 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         return EXIT_OK
     header = ("logic", "card", "chip", "name", "soc_version", "health", "memory MB", "bus id")
     rows = [(str(d.logic_id), str(d.card), str(d.chip), d.name, d.soc_version, d.health,
-             f"{d.mem_used_mb}/{d.mem_total_mb}", d.bus_id) for d in devices]
+             "NA" if d.mem_total_mb is None else f"{d.mem_used_mb}/{d.mem_total_mb}", d.bus_id) for d in devices]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return EXIT_OK
+
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check this host for an om run: npu-smi, CANN, atc, ais_bench, pyACL, Ray",
+                       description="Check, one row each with a verdict and the fix, what an om run needs on this host: "
+                       "npu-smi (chips, health, driver), CANN (set_env.sh, version), atc, ais_bench and aclruntime "
+                       "(import, API generation), pyACL, Ray (the NPUs it would see, ASCEND_RT_VISIBLE_DEVICES, "
+                       "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES), the temp folder models are copied to; then "
+                       "what `npueval run` does here. Exit 0 when an om run can start or there is no NPU (runs go "
+                       "to onnx on CPU), 1 when an NPU host cannot start one.")
+    _add_verbosity(p, default=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="the checks and the verdict as a JSON object")
+    p.set_defaults(handler=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from .doctor import diagnose, render
+
+    report = diagnose()
+    print(json.dumps(report.to_json(), indent=2) if args.json else render(report))
+    return report.exit_code
 
 
 def _add_build(sub) -> None:
@@ -235,11 +258,11 @@ def _bundled_sample() -> Path:
     """Say what bare `npueval run` does and how to run a real model, then prepare the sample's data."""
     import shutil
 
-    from npueval.cluster.discovery import discover
+    from npueval.cluster.discovery import discover_or_warn
 
     from .sample import prepare_sample
 
-    if discover():
+    if discover_or_warn("taking this host for one without NPUs"):
         why = "NPUs found, but the bundled sample ships no OM (an OM is compiled per chip)"
     else:
         why = "no NPU found" + (" (no npu-smi on PATH)" if shutil.which("npu-smi") is None else "")
@@ -402,6 +425,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_VersionAction)
     _add_verbosity(p, default=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_doctor(sub)
     _add_devices(sub)
     _add_prepare(sub)
     _add_build(sub)
@@ -444,5 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"npueval {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the output's reader went away (`npueval doctor | head`): nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return EXIT_OK
 
 

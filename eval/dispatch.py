@@ -19,6 +19,13 @@ Results come back through `on_result`, which saves each block as it arrives.
 With `block_timeout`, a call that has been running longer than that (counted from when it
 reached the head of its actor's queue) is taken for a hung device: the actor is killed, Ray
 restarts it, its calls fail and their blocks go to the other devices; `timeouts` names them.
+
+A device whose process may end on an error instead of raising it (`may_abort`: the om backend
+through ais_bench's infer_pipeline) keeps the blocks of a death until its probe answers: the
+restarted actor says whether its previous process died inside such a call (actors/node_files.py),
+and if it did, the run ends there, naming the device, the block and `--no-pipeline`, rather than
+feeding that block to device after device. Every failure is logged and reported with its root
+cause: the type and message of the actor's own exception, not Ray's wrapper.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from npueval.actors.worker import CALLS_AT_ONCE
 
 from .background import lower_this_thread
 from .blocks import Block
-from .errors import NpuevalError, RunError
+from .errors import NpuevalError, RunError, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,8 @@ class _Slot:
     state: str = "ready"  # ready | killed (for a hung call; its calls are failing) | probing | dead
     calls: deque = field(default_factory=deque)  # refs in flight, oldest first (an actor runs them in order)
     head_since: float = 0.0  # when the oldest call in flight began to run, about
+    may_abort: bool = False  # an error may end its process (infer_pipeline): deaths wait for the probe
+    parked: list = field(default_factory=list)  # (block, rows) of a death, until the probe says why
 
     @property
     def in_flight(self) -> int:
@@ -138,8 +147,9 @@ class Prefetcher:
 
 class Dispatcher:
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
-                 block_timeout: float | None = None, hold_s: float | None = None):
-        self.slots = [_Slot(a, n) for a, n in zip(actors, names)]
+                 block_timeout: float | None = None, hold_s: float | None = None,
+                 may_abort: list[bool] | None = None):
+        self.slots = [_Slot(a, n, may_abort=bool(m)) for a, n, m in zip(actors, names, may_abort or [False] * len(actors))]
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
         self.retries = 0
@@ -187,7 +197,7 @@ class Dispatcher:
                         ref = slot.actor.evaluate.remote(block.block_id, rows)
                         in_flight[ref] = (block, rows, k)
                         slot.sent(ref)
-            work_left = bool(retry) or not exhausted
+            work_left = bool(retry) or not exhausted or any(slot.parked for slot in self.slots)
             if not in_flight and (not probes or not work_left):  # a device still restarting is not waited for
                 if work_left:
                     raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated; "
@@ -201,12 +211,12 @@ class Dispatcher:
             if not ready:
                 if self.block_timeout is not None:
                     self._end_hung_calls(in_flight)
-                self._give_up_probes(probes)
+                self._give_up_probes(probes, retry)
                 continue
             held_until = 0.0  # a device is back for more: the first round has been taken up
             (ref,) = ready
             if ref in probes:
-                self._probed(ref, probes.pop(ref)[0])
+                self._probed(ref, probes.pop(ref)[0], retry)
                 continue
             block, rows, k = in_flight.pop(ref)
             slot = self.slots[k]
@@ -219,16 +229,20 @@ class Dispatcher:
                     raise cause from None
                 failures[block.block_id] += 1
                 self.retries += 1
+                died, why = _actor_died(exc), _failure(exc, slot)
                 log.warning("block %d (windows %d–%d) failed on %s: %s", block.block_id, block.first,
-                            block.stop - 1, slot.name, _first_line(exc))
+                            block.stop - 1, slot.name, why)
                 if failures[block.block_id] > self.max_retries:
                     raise RunError(
                         f"block {block.block_id} (windows {block.first}–{block.stop - 1}) failed "
-                        f"{failures[block.block_id]} times, last on {slot.name}: {_first_line(exc)}; "
+                        f"{failures[block.block_id]} times, last on {slot.name}: {why}; "
                         "the finished blocks are saved, continue with --resume"
                     ) from None
-                retry.append((block, rows))
-                if _actor_died(exc) and slot.state in ("ready", "killed"):
+                if died and slot.may_abort and slot.state != "dead":
+                    slot.parked.append((block, rows))
+                else:
+                    retry.append((block, rows))
+                if died and slot.state in ("ready", "killed"):
                     probe(k)
                 continue
             if slot.state == "killed" and not slot.calls:  # it answered as it was being killed:
@@ -247,16 +261,14 @@ class Dispatcher:
             deadlines += [s.head_since + self.block_timeout for s in self.slots if s.calls and s.state == "ready"]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
-    def _give_up_probes(self, probes: dict) -> None:
+    def _give_up_probes(self, probes: dict, retry: deque) -> None:
         """A restarted actor that has not answered within probe_timeout (Ray cannot place it: its
         node is gone and no other has room) is left out of the run."""
         now = time.monotonic()
         for ref, (k, started) in list(probes.items()):
             if now - started > self.probe_timeout:
                 del probes[ref]
-                self.slots[k].state = "dead"
-                log.warning("%s did not come back within %g s; it is left out of the run", self.slots[k].name,
-                            self.probe_timeout)
+                self._leave_out(k, f"it did not come back within {self.probe_timeout:g} s", retry)
 
     def _end_hung_calls(self, in_flight: dict) -> None:
         """Kill every actor whose oldest call has run past block_timeout: Ray restarts it, its
@@ -276,17 +288,41 @@ class Dispatcher:
                 slot.state = "killed"
                 ray.kill(slot.actor, no_restart=False)
 
-    def _probed(self, ref, k: int) -> None:
+    def _probed(self, ref, k: int, retry: deque) -> None:
+        """A restarted actor answered (it is back, unless its previous process died inside a call
+        that ends the process on error: then the run ends), or failed to (it is left out)."""
         import ray
 
         slot = self.slots[k]
         try:
-            ray.get(ref)
-            slot.state = "ready"
-            log.info("%s is back (restarted by Ray)", slot.name)
+            described = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - any failure to answer leaves the device out
-            slot.state = "dead"
-            log.warning("%s is left out of the run: %s", slot.name, _first_line(exc))
+            self._leave_out(k, root_cause(exc), retry)
+            return
+        death = described.get("previous_death") if isinstance(described, dict) else None
+        if death:
+            raise RunError(_died_inside(slot.name, death, slot.parked)) from None
+        slot.state = "ready"
+        retry.extend(slot.parked)
+        slot.parked.clear()
+        log.info("%s is back (restarted by Ray)", slot.name)
+
+    def _leave_out(self, k: int, why: str, retry: deque) -> None:
+        slot = self.slots[k]
+        slot.state = "dead"
+        retry.extend(slot.parked)
+        slot.parked.clear()
+        log.warning("%s is left out of the run: %s", slot.name, why)
+
+
+def _died_inside(device: str, death: dict, parked: list) -> str:
+    """The one line that ends a run whose device died inside ais_bench's infer_pipeline."""
+    block = next((b for b, _ in parked if b.block_id == death["block"]), None)
+    windows = f" (windows {block.first}–{block.stop - 1})" if block is not None else ""
+    return (f"{device} died inside {death['call']} on block {death['block']}{windows}: an error there ends the "
+            "process instead of raising, so its message is only in that node's Ray worker log; continue with "
+            "--resume --no-pipeline, which runs the device batch by batch and reports the error; the finished "
+            "blocks are saved")
 
 
 def _actor_died(exc: Exception) -> bool:
@@ -295,6 +331,11 @@ def _actor_died(exc: Exception) -> bool:
     return isinstance(exc, RayActorError)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _failure(exc: Exception, slot: _Slot) -> str:
+    """Why a call failed, on one line: the actor's own exception, or that its process died."""
+    if not _actor_died(exc):
+        return root_cause(exc)
+    why = f"its process died or was killed ({type(exc).__name__})"
+    if slot.may_abort:
+        why += "; an error inside ais_bench's infer_pipeline ends the process: --no-pipeline reports it"
+    return why

@@ -52,6 +52,21 @@ class Interrupted(NpuevalError):
     exit_code = EXIT_INTERRUPTED
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message ("" if it has none)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+def root_cause(exc: BaseException) -> str:
+    """A failure on one line: the type and first line of the exception that started it, taken out
+    of Ray's wrappers (a RayTaskError's `cause` is the actor's own exception)."""
+    cause = getattr(exc, "cause", None)
+    while isinstance(cause, BaseException):
+        exc, cause = cause, getattr(cause, "cause", None)
+    text = first_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def not_a_folder(path: Path) -> str:
     """Why `path` cannot be opened as a folder, for a message: it is a file, or nothing is there."""
     return "a file, not a folder" if Path(path).exists() else "no such folder"

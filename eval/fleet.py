@@ -19,7 +19,7 @@ from pathlib import Path
 from npueval.actors.worker import BACKENDS, BackendFactory, ModelFile, WorkerSpec, remote_workers
 from npueval.cluster import ray_cluster
 
-from .errors import RunError, UserError
+from .errors import RunError, UserError, root_cause
 from .model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,17 @@ class Fleet:
     def names(self) -> list[str]:
         return [f"{d['device']} on node {d['node'][:8]}" for d in self.described]
 
+    @property
+    def may_abort(self) -> list[bool]:
+        """Per device: whether an error may end its process instead of raising (infer_pipeline)."""
+        return [d.get("ais_bench_api") == "pipeline" for d in self.described]
+
+    @property
+    def ais_bench_api(self) -> str | None:
+        """How the om devices call ais_bench ("pipeline" or "infer"; "mixed" if they differ), or None."""
+        apis = {d.get("ais_bench_api") for d in self.described} - {None}
+        return None if not apis else apis.pop() if len(apis) == 1 else "mixed"
+
     def _batch_size(self) -> int:
         shapes = {(d["batch_size"], d["seq_len"]) for d in self.described}
         if len(shapes) != 1:
@@ -151,12 +162,13 @@ def _simulated_npus(config: DeviceConfig) -> int | None:
 
 
 def _local_devices(config: DeviceConfig):
-    """This host's chips, whose healthy ones a Ray npueval starts makes visible (om only)."""
+    """This host's chips, whose healthy ones a Ray npueval starts makes visible (om only). Where
+    npu-smi fails (DCMI is root-only on some hosts), Ray's own count of the chips stands."""
     if config.backend in ("onnx", "simulated") or _joins(config):
         return None
-    from npueval.cluster.discovery import discover
+    from npueval.cluster.discovery import discover_or_warn
 
-    return discover() or None
+    return discover_or_warn("the chips' health is not checked, and Ray's own count of the NPUs stands") or None
 
 
 def choose_backend(config: DeviceConfig, model: ModelSpec | None, resources: dict) -> BackendChoice:
@@ -243,7 +255,7 @@ def describe(actors: list) -> list[dict]:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, (UserError, RunError)):
                 raise cause from None
-            raise RunError(f"device actor {k} could not start: {str(exc).strip().splitlines()[0]}") from None
+            raise RunError(f"device actor {k} could not start: {root_cause(exc)}") from None
     return described
 
 

@@ -94,6 +94,7 @@ def per_device(blocks: list[BlockResult], batch_size: int, devices: list[dict] =
     """One row per device: every device of `devices` (the run's actors, idle ones included) and
     every device a block was evaluated on (earlier, resumed blocks included)."""
     grouped: dict[tuple[str, str], list[BlockResult]] = defaultdict(list)
+    api = {(d["node"], d["device"]): d.get("ais_bench_api") for d in devices}
     for d in devices:
         grouped.setdefault((d["node"], d["device"]), [])
     for b in blocks:
@@ -106,6 +107,7 @@ def per_device(blocks: list[BlockResult], batch_size: int, devices: list[dict] =
         rows.append({
             "node": node, "device": device, "windows": sum(b.windows for b in mine), "batches": batches,
             "device_s": device_s, "fps": batch_size * batches / device_s if device_s > 0 else None,
+            "ais_bench_api": api.get((node, device)),
             "check": None if check is None else {"batches": check.batches, "tokens": check.tokens,
                                                  "max_abs_err": check.max_abs, "max_rel_err": check.max_rel},
         })

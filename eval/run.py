@@ -184,7 +184,13 @@ def _start_reading(config: RunConfig, index: WindowIndex, data: dict, model: Mod
 def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetcher, folder: RunFolder,
               progress: Callable[[int, int, int], None] | None) -> Evaluated:
     """Send the unfinished blocks to the devices, saving each as it comes back."""
-    dispatcher = Dispatcher(fleet.actors, fleet.names, config.max_retries, block_timeout=config.block_timeout)
+    batch_by_batch = [n for n, d in zip(fleet.names, fleet.described) if d.get("ais_bench_api") == "infer"]
+    if config.pipeline and batch_by_batch:
+        log.warning("%s: this ais_bench has no infer_pipeline (the pre-2024 package the vendor's wheel links still "
+                    "serve): one infer call per model batch; the newer ais_bench runs a block's batches back to back "
+                    "(README, \"NPU hosts\")", ", ".join(batch_by_batch))
+    dispatcher = Dispatcher(fleet.actors, fleet.names, config.max_retries, block_timeout=config.block_timeout,
+                            may_abort=fleet.may_abort)
     fresh: list[BlockResult] = []
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
     tokens, total = 0, int(plan.keep.sum())
@@ -259,6 +265,7 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: dic
         "backend": fleet.choice.backend,
         "fallback": fleet.choice.fallback,
         "pipeline": config.pipeline,
+        "ais_bench_api": fleet.ais_bench_api,
         "retries": evaluated.retries,
         "timeouts": evaluated.timeouts,
         "windows_nonfinite": len(nonfinite),

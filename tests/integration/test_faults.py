@@ -171,3 +171,21 @@ def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, se
     assert results["blocks_resumed"] == saved and results["blocks"] > saved
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12) and results["tokens"] == tokens
+
+
+def test_a_device_error_reaches_the_driver_as_its_root_cause(ray_npu4, inject, seed_data, tmp_path, caplog):
+    """The actor's own exception, type and message on one line, in the warning and in the final
+    error: never Ray's wrapper with the actor's repr and a traceback."""
+    inject({"device": "npu:2", "kind": "error", "batch": 3})
+    with caplog.at_level("WARNING", logger="npueval.eval.dispatch"):
+        results = run(simulated(seed_data, tmp_path / "retried")).results
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert results["retries"] == 1 and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+    (warning,) = [r.getMessage() for r in caplog.records if "failed on npu:2" in r.getMessage()]
+    assert warning.endswith(": RuntimeError: simulated device error on batch 3") and "ray::" not in warning
+    inject({"device": "npu:2", "kind": "error", "batch": 3})
+    with pytest.raises(RunError) as err:
+        run(simulated(seed_data, tmp_path / "final", max_retries=0))
+    message = str(err.value)
+    assert "failed 1 times, last on npu:2" in message and ": RuntimeError: simulated device error on batch 3; " in message
+    assert "\n" not in message and "ray::" not in message and "repr=" not in message

@@ -3,6 +3,7 @@ on simulated NPU resources against the fake ais_bench (tests/fakes), which round
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from checkpoints import make_checkpoint, tiny_model
 from conftest import small_vocab_tokens
-from npueval.eval.errors import DatasetError, UserError
+from npueval.eval.errors import DatasetError, RunError, UserError
 from npueval.eval.fleet import DeviceConfig, choose_backend
 from npueval.eval.run import RunConfig, run
 from run_data import FAKES, build_tiny, prepare_data, read_shards
@@ -19,14 +20,31 @@ from run_data import FAKES, build_tiny, prepare_data, read_shards
 B, L = 4, 64
 
 
+FP16 = {"FAKE_AIS_BENCH_FP16": "1"}
+
+
 @pytest.fixture(scope="module")
-def ray_with_fake_chips():
-    """A local Ray with 2 simulated NPUs whose actors import the fake ais_bench (fp16 outputs)."""
+def knobs(tmp_path_factory):
+    """The fake ais_bench's knobs file, named before Ray starts (its workers keep that environment)
+    and written per test: fp16 outputs unless a test says otherwise."""
+    path = tmp_path_factory.mktemp("knobs") / "knobs.json"
+
+    def write(**values: str) -> None:
+        path.write_text(json.dumps({**FP16, **values}))
+
+    write()
+    write.path = path
+    return write
+
+
+@pytest.fixture(scope="module")
+def ray_with_fake_chips(knobs):
+    """A local Ray with 2 simulated NPUs whose actors import the fake ais_bench."""
     from npueval.cluster.ray_cluster import connect, disconnect
 
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "FAKE_AIS_BENCH_FP16")}
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "FAKE_AIS_BENCH_KNOBS")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKES), os.environ["PYTHONPATH"]])
-    os.environ["FAKE_AIS_BENCH_FP16"] = "1"
+    os.environ["FAKE_AIS_BENCH_KNOBS"] = str(knobs.path)
     session = connect(num_cpus=2, simulated_npus=2)
     for k, v in saved.items():  # the workers have it now; later subprocesses of the tests must not
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -155,3 +173,57 @@ def test_bench_on_the_fake_chips_reads_ais_bench_times(ray_with_fake_chips, mode
     assert row.backend == "om" and row.batch_size == B and len(row.per_device) == 2
     assert all(d["fps"] > 0 and d["device_s"] > 0 for d in row.per_device)
     assert row.device_fps_sum == pytest.approx(sum(d["fps"] for d in row.per_device))
+
+
+def block_with_a_rare_id(data: Path, block_windows: int) -> tuple[int, int]:
+    """(a token id found in one block only, that block): the input a test makes the fake chip fail on."""
+    ids = read_shards(data)["input_ids"]
+    blocks = np.arange(len(ids)) // block_windows
+    for token in np.unique(ids):
+        holding = np.unique(blocks[(ids == token).any(axis=1)])
+        if len(holding) == 1 and holding[0] > 0:
+            return int(token), int(holding[0])
+    raise AssertionError("no token id is found in one block only")
+
+
+def test_a_device_that_dies_inside_infer_pipeline_ends_the_run_naming_the_block(
+        ray_with_fake_chips, knobs, model, sliding_data, tmp_path):
+    """An error inside ais_bench's infer_pipeline ends the actor's process (std::terminate): Ray
+    restarts it, it finds its note, and the run ends there, naming the device, the block and
+    --no-pipeline, instead of feeding the block to device after device. --resume --no-pipeline then
+    gets the error itself: aclruntime's RuntimeError, as the root cause of the block's failure."""
+    token, block = block_with_a_rare_id(sliding_data, 40)
+    knobs(FAKE_AIS_BENCH_FAIL_ON_ID=str(token))
+    try:
+        with pytest.raises(RunError) as err:
+            run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40))
+        message = str(err.value)
+        assert f"died inside ais_bench infer_pipeline on block {block} (windows {block * 40}–" in message
+        assert "--resume --no-pipeline" in message and "\n" not in message
+        with pytest.raises(RunError) as err:
+            run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
+                          resume=True, pipeline=False, max_retries=1))
+        assert f"block {block} (windows {block * 40}–" in str(err.value)
+        assert "failed 2 times" in str(err.value) and "RuntimeError: [-1][ACL: general failure]" in str(err.value)
+    finally:
+        knobs()
+    done = run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
+                         resume=True)).results
+    assert done["blocks_resumed"] > 0 and done["windows"] == len(read_shards(sliding_data)["window_id"])
+
+
+def test_the_pre_2024_ais_bench_on_the_fake_chips(ray_with_fake_chips, knobs, model, sliding_data, tmp_path):
+    knobs(FAKE_AIS_BENCH_OLD="1", FAKE_AIS_BENCH_FP16="")
+    try:
+        old = run(RunConfig(data=sliding_data, out=tmp_path / "old", model=model / "build", block_windows=40)).results
+    finally:
+        knobs()
+    knobs(FAKE_AIS_BENCH_FP16="")
+    try:
+        new = run(RunConfig(data=sliding_data, out=tmp_path / "new", model=model / "build", block_windows=40)).results
+    finally:
+        knobs()
+    onnx = run(RunConfig(data=sliding_data, out=tmp_path / "onnx", model=model / "build", backend="onnx",
+                         devices=2, block_windows=40)).results
+    assert (old["ais_bench_api"], new["ais_bench_api"], onnx["ais_bench_api"]) == ("infer", "pipeline", None)
+    assert old["mean_ce"] == new["mean_ce"] == onnx["mean_ce"]

@@ -11,7 +11,7 @@ import pytest
 
 from checkpoints import make_checkpoint
 from conftest import small_vocab_tokens
-from npueval.build.loss_head import LOSS_OPS, targets_for
+from npueval.build.loss_head import KEEP_FP32_NODES, targets_for
 from npueval.build.pipeline import BuildConfig, build
 from npueval.build.verify import random_ids
 from npueval.eval.cli import main
@@ -64,8 +64,9 @@ def test_without_cann_the_build_stops_after_verification_and_writes_atc_sh(check
     assert (m["opset"], m["batch_size"], m["seq_len"], m["output"]) == (13, B, L, "nll")
     assert m["vocab_sha256"] and m["weights_sha256"] and m["config"]["n_layer"] == 2
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == m
-    assert (tmp_path / "out" / "keep_dtype.cfg").read_text() == "".join(f"OpType::{op}\n" for op in LOSS_OPS)
-    assert (tmp_path / "out" / "op_precision.ini").read_text() == (Path(__file__).parents[2] / "op_precision.ini").read_text()
+    assert (tmp_path / "out" / "keep_dtype.cfg").read_text() == "".join(f"{node}\n" for node in KEEP_FP32_NODES)
+    ini = (tmp_path / "out" / "op_precision.ini").read_text()
+    assert ini == (Path(__file__).parents[2] / "op_precision.ini").read_text() == "Gelu=high_performance\nTanh=high_performance\n"
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
     ids = random_ids(B, L, m["config"]["vocab_size"], seed=5)
     nll = session.run(None, {"input_ids": ids, "targets": targets_for(ids)})[0]
@@ -82,7 +83,7 @@ def test_with_cann_atc_gets_the_documented_command(checkpoint, tmp_path, fake_ca
         "--precision_mode=force_fp16", "--log=error", "--keep_dtype=keep_dtype.cfg",
     ]
     assert call["cwd"] == str(out)
-    assert call["keep_dtype"] == "OpType::LogSoftmax\nOpType::Unsqueeze\nOpType::GatherElements\nOpType::Squeeze\nOpType::Neg\n"
+    assert call["keep_dtype"] == "loss_head/LogSoftmax\nloss_head/GatherElements\nloss_head/Squeeze\nloss_head/Neg\n"
     assert result.om == out / "model.om" and result.om.is_file()
     assert result.manifest["atc"]["result"] == "ok" and result.manifest["om"] == "model.om"
     assert "ATC run success" in (out / "atc.log").read_text()
@@ -90,6 +91,38 @@ def test_with_cann_atc_gets_the_documented_command(checkpoint, tmp_path, fake_ca
     subprocess.run(["bash", str(out / "atc.sh")], check=True, capture_output=True)
     first, second = calls(fake_cann)
     assert second == first
+
+
+def test_every_keep_dtype_entry_names_a_node_of_the_compiled_graph(checkpoint, tmp_path, fake_cann):
+    """Each entry is a node of model.onnx, the graph ATC compiles, and the float ops from the
+    LogSoftmax on (the loss) are all kept; the fake atc refuses an entry that matches nothing."""
+    import onnx
+
+    out = tmp_path / "out"
+    build(BuildConfig(checkpoint, out, batch_size=B, seq_len=L))
+    graph = onnx.load(str(out / "model.onnx")).graph
+    nodes = {n.name: n.op_type for n in graph.node}
+    entries = (out / "keep_dtype.cfg").read_text().splitlines()
+    assert entries and all(e in nodes for e in entries)
+    assert sorted(nodes[e] for e in entries) == ["GatherElements", "LogSoftmax", "Neg", "Squeeze"]
+
+
+@pytest.mark.parametrize("entry, refused", [
+    ("OpType::LogSoftmax", True),  # the ONNX type: the parser maps it to LogSoftmaxV2
+    ("OpType::Squeeze", True),  # SqueezeV3 at opset 13
+    ("OpType::LogSoftmaxV2", False),
+    ("OpType::GatherElements", False),
+    ("loss_head/Neg", False),
+    ("loss_head/Nope", True),
+])
+def test_the_fake_atc_matches_keep_dtype_as_the_onnx_parser_maps_types(checkpoint, tmp_path, fake_cann, entry,
+                                                                        refused):
+    out = tmp_path / "out"
+    build(BuildConfig(checkpoint, out, batch_size=B, seq_len=L))
+    (out / "keep_dtype.cfg").write_text(entry + "\n")
+    done = subprocess.run(["bash", str(out / "atc.sh")], capture_output=True, text=True)
+    assert (done.returncode != 0) == refused
+    assert ("match no operator of the model: " + entry in done.stdout) == refused
 
 
 def test_a_given_soc_needs_no_npu_smi(checkpoint, tmp_path, fake_cann, monkeypatch):

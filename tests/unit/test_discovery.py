@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from npueval.cluster.discovery import Device, NpuSmiError, devices_from, parse_info, parse_mapping
+import dataclasses
+
+from npueval.cluster.discovery import (Device, NpuSmiError, devices_from, discover, discover_or_warn, parse_info,
+                                       parse_mapping, parse_version)
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 DUO = (FAKES / "npu-smi-info-310p3-duo.txt").read_text()
@@ -60,6 +63,34 @@ def test_no_running_processes_rows_extra_columns_and_other_widths():
         assert devices_from(text, DUO_MAP) == DUO_DEVICES
 
 
+def test_a_sick_chip_with_na_fields_and_any_health_string_is_read_not_fatal():
+    """The Duo capture with chip 1 at Warning and chip 3 at UNKNOWN ("not present or not started",
+    npu-smi's health doc) printing NA for its bus id, temperature and memory: no public capture of
+    a sick 310P3 was found, so this one is written from the Duo's, field by field."""
+    text = (FAKES / "npu-smi-info-310p3-duo-sick.txt").read_text()
+    devices = devices_from(text, DUO_MAP)
+    assert [(d.logic_id, d.health, d.healthy) for d in devices] == [
+        (0, "OK", True), (1, "Warning", False), (2, "OK", True), (3, "UNKNOWN", False)]
+    assert (devices[3].bus_id, devices[3].mem_used_mb, devices[3].mem_total_mb) == ("NA", None, None)
+    assert devices[:3] == [DUO_DEVICES[0], dataclasses.replace(DUO_DEVICES[1], health="Warning"), DUO_DEVICES[2]]
+    assert devices_from(text.replace("UNKNOWN", "Abnormal"), DUO_MAP)[3].health == "Abnormal"  # any string
+
+
+def test_the_driver_version_from_the_first_row():
+    assert parse_version(DUO) == "24.1.0.1" and parse_version(A2) == "23.0.2.1"
+    assert parse_version(MODELZOO) is None  # the template has no version row
+
+
+def test_a_card_named_by_digits_only():
+    """The Atlas 300I (310) of gpustack's npu-smi 20.2.0 capture names its chips `310`."""
+    text = ("| NPU     Name      | Health          | Power(W)          Temp(C)              |\n"
+            "| Chip    Device    | Bus-Id          | AICore(%)         Memory-Usage(MB)     |\n"
+            "| 215     310       | OK              | 12.8              56                   |\n"
+            "| 0       0         | 0000:DA:00.0    | 0                 2703 / 8192          |\n")
+    (device,) = devices_from(text, None)
+    assert (device.card, device.name, device.soc_version, device.logic_id) == (215, "310", "Ascend310", 0)
+
+
 def test_every_chip_is_listed_healthy_or_not():
     text = DUO.replace("| 2       310P3                 | OK              | NA           61                17057 / 17057         |",
                        "| 2       310P3                 | Alarm           | NA           61                17057 / 17057         |")
@@ -68,10 +99,11 @@ def test_every_chip_is_listed_healthy_or_not():
 
 
 @pytest.mark.parametrize("text, message, quoted", [
-    ("npu-smi: command failed\nDcmi module initialize failed. Ret is -8005\n", "no chip rows in its output, which begins",
-     "Dcmi module initialize failed"),
-    ("| 0  310P3 | OK | NA 40 0 / 0 |\n| garbage |\n", "cannot read the chip of this card row", "| 0  310P3 | OK |"),
-    ("| 0  310P3 | OK | NA 40 0 / 0 |\n| 0 0 | not-a-bus | 0 1074 / 21534 |\n", "cannot read this chip row", "not-a-bus"),
+    ("npu-smi: command failed\nsomething else entirely\n", "no chip rows in its output, which begins",
+     "something else entirely"),
+    ("| 0  310P3 | OK | NA 40 0 / 0 |\n| garbage |\n", "a card row without its chip row", "0  310P3 | OK"),
+    ("| 0  310P3 | OK | NA 40 0 / 0 |\n| 0 0 | not-a-bus | 0 1074 / 21534 |\n", "cannot read this card and chip row",
+     "not-a-bus"),
 ])
 def test_unreadable_output_quotes_what_it_could_not_read(text, message, quoted):
     with pytest.raises(NpuSmiError, match=message) as err:
@@ -106,8 +138,34 @@ def test_devices_without_npu_smi_is_an_empty_list():
 
 def test_devices_with_unreadable_npu_smi_output_exits_1_with_one_line(tmp_path):
     bad = tmp_path / "info.txt"
-    bad.write_text("Dcmi module initialize failed. Ret is -8005\n")
+    bad.write_text("Some banner the parser has never seen\n")
     env = {**os.environ, "PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", "FAKE_NPU_SMI_INFO": str(bad)}
     r = devices_cli("--json", env=env)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "Dcmi module initialize failed" in r.stderr
+    assert "Some banner the parser has never seen" in r.stderr
+
+
+DCMI = FAKES / "npu-smi-dcmi-8005.txt"
+
+
+def test_npu_smi_refused_by_dcmi_is_named_and_can_be_done_without(monkeypatch, caplog):
+    """Where DCMI is root-only, `npu-smi info` prints two lines and exits 187 (hw-native-sys/simpler
+    PR #2043, the capture byte for byte): discover says so; discover_or_warn warns and goes on."""
+    assert DCMI.read_bytes() == b"DrvMngGetConsoleLogLevel failed. (ret=4)\ndcmi module initialize failed. ret is -8005\n"
+    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_NPU_SMI_INFO", str(DCMI))
+    monkeypatch.setenv("FAKE_NPU_SMI_EXIT", "187")
+    with pytest.raises(NpuSmiError, match=r"`.*npu-smi info` failed \(exit 187\): .*dcmi module initialize failed\. "
+                                          r"ret is -8005 \(DCMI refused this user: some hosts open it to root only"):
+        discover()
+    with caplog.at_level("WARNING"):
+        assert discover_or_warn("the health filter is skipped") is None
+    (record,) = caplog.records
+    assert "exit 187" in record.getMessage() and record.getMessage().endswith("; the health filter is skipped")
+
+
+def test_devices_command_on_a_dcmi_refusal_exits_1_with_one_line():
+    env = {**os.environ, "PATH": f"{FAKES}{os.pathsep}{os.environ['PATH']}", "FAKE_NPU_SMI_INFO": str(DCMI),
+           "FAKE_NPU_SMI_EXIT": "187"}
+    r = devices_cli(env=env)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "ret is -8005" in r.stderr

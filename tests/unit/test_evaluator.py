@@ -114,3 +114,34 @@ def test_a_pipeline_call_that_returns_too_few_outputs_is_an_error_not_a_sum():
     evaluator = Evaluator(ShortBackend(batch_size=4, seq_len=16))
     with pytest.raises(ValueError):
         evaluator.evaluate(0, ids, np.ones(20, np.int16), np.full(20, 16, np.int16), np.arange(20))
+
+
+class AbortingBackend(SimulatedBackend):
+    """A backend whose nll_many would end the process on error (as ais_bench's infer_pipeline):
+    it records what the call marker holds while it runs."""
+
+    aborts_on_error = True
+
+    def __init__(self, *args, marker=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.marker, self.seen = marker, []
+
+    def nll_many(self, batches):
+        self.seen.append(self.marker.path.read_text())
+        return super().nll_many(batches)
+
+
+def test_a_call_that_ends_the_process_on_error_is_noted_while_it_runs(tmp_path):
+    import json
+
+    from npueval.actors.node_files import CallMarker
+
+    marker = CallMarker.for_actor("actor-1", tmp_path)
+    backend = AbortingBackend(4, 16, marker=marker)
+    ids = np.ones((6, 16), dtype=np.int64)
+    Evaluator(backend, device="npu:2", marker=marker).evaluate(9, ids, np.ones(6), np.full(6, 16), np.arange(6))
+    assert [json.loads(s) for s in backend.seen] == [{"block": 9, "call": "ais_bench infer_pipeline", "device": "npu:2"}]
+    assert not marker.path.exists()  # the call returned: nothing to tell
+    plain = CountingBackend(4, 16)  # a backend that raises its errors: no note
+    Evaluator(plain, marker=marker).evaluate(1, ids, np.ones(6), np.full(6, 16), np.arange(6))
+    assert not marker.path.exists() and plain.calls["nll_many"] == 1

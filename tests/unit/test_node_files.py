@@ -1,0 +1,59 @@
+"""What an actor keeps on its node's disk: a model copy ais_bench takes, and the note of a call
+that ends the process on error (actors/node_files.py)."""
+
+import hashlib
+import os
+import stat
+
+import pytest
+
+from npueval.actors.node_files import CallInProgress, CallMarker, check_model_folder, local_model_file, unsafe_chars
+from npueval.eval.errors import UserError
+
+
+def test_the_copy_is_named_after_its_bytes_whatever_the_file_was_called(tmp_path):
+    data = b"model bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    fetched = []
+    path = local_model_file("my model (final v2)!.om", sha, len(data), lambda: fetched.append(1) or data, tmp_path)
+    assert path == tmp_path / sha[:16] / "model.om" and path.read_bytes() == data
+    assert unsafe_chars(path) == ""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    again = local_model_file("other name.om", sha, len(data), lambda: fetched.append(1) or data, tmp_path)
+    assert again == path and fetched == [1]  # written once per node
+
+
+def test_bytes_that_do_not_match_their_hash_are_refused(tmp_path):
+    with pytest.raises(UserError, match="do not match its sha256"):
+        local_model_file("m.om", "0" * 64, 3, lambda: b"abc", tmp_path)
+
+
+def test_a_temp_folder_ais_bench_would_refuse_is_named_with_the_fix(tmp_path):
+    bad = tmp_path / "tmp dir (shared)"
+    assert unsafe_chars(bad) == " ()"
+    with pytest.raises(UserError, match=r"whose path holds ' \(\)'.*set TMPDIR to a folder"):
+        check_model_folder(bad / "npueval-0")
+    assert check_model_folder(tmp_path / "ok") == tmp_path / "ok"
+
+
+def test_a_folder_others_can_write_to_is_refused(tmp_path):
+    folder = tmp_path / "npueval-x"
+    folder.mkdir(mode=0o777)
+    os.chmod(folder, 0o777)
+    with pytest.raises(UserError, match="not a folder of this user that only it can write to"):
+        local_model_file("m.om", hashlib.sha256(b"x").hexdigest(), 1, lambda: b"x", folder)
+
+
+def test_the_call_marker_says_what_the_previous_process_died_in(tmp_path):
+    marker = CallMarker.for_actor("abc123", tmp_path)
+    assert marker.take() is None
+    call = CallInProgress(7, "ais_bench infer_pipeline", "npu:3")
+    marker.mark(call)  # the process dies here, inside the call
+    restarted = CallMarker.for_actor("abc123", tmp_path)
+    assert restarted.take() == call
+    assert restarted.take() is None  # taken once
+    marker.mark(call)
+    marker.clear()  # the call returned
+    assert restarted.take() is None
+    marker.path.write_text("{not json")
+    assert restarted.take() is None and not marker.path.exists()
