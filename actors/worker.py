@@ -231,14 +231,16 @@ def _loop(backend: Backend, ids: np.ndarray, warmup: int, loop: int) -> tuple[fl
     return backend.device_seconds() - device_before, time.perf_counter() - start
 
 
-def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: BackendFactory | None = None) -> list:
+def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: BackendFactory | None = None,
+                   calls_at_once: int = CALLS_AT_ONCE) -> list:
     """`count` DeviceWorker actors: {"NPU": 1} each for om and simulated, one CPU each for onnx.
 
     NPU actors ask for no CPU: the chip does the work, and 32 simulated devices must fit on a
     two-core machine. Ray restarts a dead actor up to `max_restarts` times; calls that were in
     flight fail and the driver sends their blocks again (max_task_retries=0), so it counts them.
-    A threaded actor of CALLS_AT_ONCE calls: the device runs one block while the next is unpacked
-    and the last one's result goes back (actors/device_thread.py).
+    A threaded actor of `calls_at_once` calls: the device runs one block while the next is unpacked
+    and the last one's result goes back (actors/device_thread.py); 1 makes the second call the
+    driver keeps in flight wait in Ray's queue instead.
     """
     import ray
 
@@ -247,6 +249,6 @@ def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: Bac
     else:
         options = {"num_cpus": 0, "resources": {"NPU": 1}}
     actor = ray.remote(DeviceWorker).options(max_restarts=max_restarts, max_task_retries=0,
-                                             max_concurrency=CALLS_AT_ONCE, **options)
+                                             max_concurrency=calls_at_once, **options)
     return [actor.remote(spec, f"cpu:{k}", factory) for k in range(count)]
 

@@ -53,7 +53,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import gen_wiki_zh  # noqa: E402
-from bench_scaling import start_ray, stop_ray  # noqa: E402  (it sets Ray's loopback switches before importing ray)
+from common import start_ray, stop_ray  # noqa: E402  (it sets Ray's loopback switches before importing ray)
 
 WORK = BENCH / "out" / "scale"
 ONE = "_one"  # hidden subcommand: one configuration, in its own process
@@ -209,7 +209,7 @@ def measure(data: Path, nodes: int, devices: int, args) -> dict:
                "--nodes", str(nodes), "--devices", str(devices), "--device-ms", str(args.device_ms),
                "--repeat", str(args.repeat)]
         # Ray's own processes read the setting from the environment they inherit (the child starts
-        # its Ray with bench_scaling.start_ray, not npueval's connect(), which sets it itself).
+        # its Ray with common.start_ray, not npueval's connect(), which sets it itself).
         env = {**os.environ, "RAY_free_objects_period_milliseconds": str(args.free_period_ms)}
         subprocess.run(cmd, check=True, cwd=REPO, env=env)
         raw = json.loads(out.read_text())

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from npueval.actors.worker import BACKENDS, BackendFactory, ModelFile, WorkerSpec, remote_workers
+from npueval.actors.worker import BACKENDS, CALLS_AT_ONCE, BackendFactory, ModelFile, WorkerSpec, remote_workers
 from npueval.cluster import ray_cluster
 
 from .errors import RunError, UserError, root_cause
@@ -42,11 +42,12 @@ class DeviceConfig:
     check_batches: int = 4
     allow_unhealthy: bool = False
     pipeline: bool = True  # run: a block's batches handed over together (--no-pipeline: False)
+    calls_at_once: int = CALLS_AT_ONCE  # calls an actor runs at once (a library knob for benchmarks, no flag)
 
     def __post_init__(self):
         if self.backend not in ("auto", *BACKENDS):
             raise UserError(f"--backend {self.backend!r}: choose one of auto, {', '.join(BACKENDS)}")
-        for name in ("devices", "batch_size", "check_batches"):
+        for name in ("devices", "batch_size", "check_batches", "calls_at_once"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
@@ -92,7 +93,7 @@ class Fleet:
             count = device_count(config, self.choice.backend, self.session.resources)
             spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count, self.session.resources)
             self.spec = spec
-            self.actors = remote_workers(spec, count, config.max_retries, self.factory)
+            self.actors = remote_workers(spec, count, config.max_retries, self.factory, config.calls_at_once)
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult
-from npueval.actors.worker import BackendFactory
+from npueval.actors.worker import CALLS_AT_ONCE, BackendFactory
 
 from . import results as res
 from .blocks import Block, BlockReader, WindowIndex, plan_blocks, read_index
@@ -66,6 +66,7 @@ class RunConfig:
     on_nonfinite: str = "fail"  # fail: a NaN/Inf window loss ends the run; skip: left out, counted
     block_timeout: float | None = None  # seconds a call may run before its device is taken for hung
     pipeline: bool = True  # a block's batches handed to the device together (False: --no-pipeline)
+    calls_at_once: int = CALLS_AT_ONCE  # calls a device actor runs at once (benchmarks compare 1 and 2)
     command: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -94,7 +95,8 @@ class RunConfig:
         return DeviceConfig(backend=self.backend, devices=self.devices, batch_size=self.batch_size,
                             device_ms=self.device_ms, address=self.address, max_retries=self.max_retries,
                             check_against=self.check_against, check_batches=self.check_batches,
-                            allow_unhealthy=self.allow_unhealthy, pipeline=self.pipeline)
+                            allow_unhealthy=self.allow_unhealthy, pipeline=self.pipeline,
+                            calls_at_once=self.calls_at_once)
 
 
 @dataclass(frozen=True)
