@@ -55,12 +55,12 @@ CONFIGS = {
 }
 
 
-def fake_ais_bench_env(batch_size: int, device_ms: float) -> None:
-    """What the actors of the next Ray inherit: the fake ais_bench, computing the simulated NLL and
-    holding the GIL for the device time."""
+def fake_ais_bench_env(batch_size: int, device_ms: float, chips: int) -> None:
+    """What the actors of the next Ray inherit: the fake ais_bench on a host of `chips` chips,
+    computing the simulated NLL and holding the GIL for the device time."""
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKES), os.environ.get("PYTHONPATH")]))
     os.environ.update(FAKE_AIS_BENCH_COMPUTE="simulated", FAKE_AIS_BENCH_SHAPE=f"{batch_size},512",
-                      FAKE_AIS_BENCH_DEVICE_MS=str(device_ms))
+                      FAKE_AIS_BENCH_DEVICE_MS=str(device_ms), FAKE_ACL_DEVICE_COUNT=str(chips))
 
 
 def block_waits(out: Path) -> list[float]:
@@ -121,7 +121,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     windows = max(devices) * args.blocks_per_device * args.block_windows
     data = make_data(OUT / f"scaling-data-{windows}", windows)  # the data set bench_scaling.py makes too
-    fake_ais_bench_env(args.batch_size, args.device_ms)
+    fake_ais_bench_env(args.batch_size, args.device_ms, max(devices))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gil-") as tmp:
         om = Path(tmp) / "model.om"  # the fake's simulated compute reads only its shape from FAKE_AIS_BENCH_SHAPE

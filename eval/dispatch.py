@@ -75,6 +75,7 @@ class _Slot:
     head_since: float = 0.0  # when the oldest call in flight began to run, about
     may_abort: bool = False  # an error may end its process (infer_pipeline): deaths wait for the probe
     parked: list = field(default_factory=list)  # (block, rows) of a death, until the probe says why
+    timed_out: bool = False  # killed here for a hung call: its death needs no other explanation
 
     @property
     def in_flight(self) -> int:
@@ -149,7 +150,8 @@ class Dispatcher:
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
                  block_timeout: float | None = None, hold_s: float | None = None,
                  may_abort: list[bool] | None = None):
-        self.slots = [_Slot(a, n, may_abort=bool(m)) for a, n, m in zip(actors, names, may_abort or [False] * len(actors))]
+        may_abort = may_abort or [False] * len(actors)
+        self.slots = [_Slot(a, n, may_abort=m) for a, n, m in zip(actors, names, may_abort)]
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
         self.retries = 0
@@ -285,7 +287,7 @@ class Dispatcher:
                 self.timeouts.append({"block": block.block_id, "device": slot.name})
                 # Its calls' failures come back through ray.wait, however long Ray takes to notice
                 # (seconds on a busy host): until then it gets no work and is not timed again.
-                slot.state = "killed"
+                slot.state, slot.timed_out = "killed", True
                 ray.kill(slot.actor, no_restart=False)
 
     def _probed(self, ref, k: int, retry: deque) -> None:
@@ -300,9 +302,9 @@ class Dispatcher:
             self._leave_out(k, root_cause(exc), retry)
             return
         death = described.get("previous_death") if isinstance(described, dict) else None
-        if death:
+        if death and not slot.timed_out:  # a hung call killed here leaves its note too
             raise RunError(_died_inside(slot.name, death, slot.parked)) from None
-        slot.state = "ready"
+        slot.state, slot.timed_out = "ready", False
         retry.extend(slot.parked)
         slot.parked.clear()
         log.info("%s is back (restarted by Ray)", slot.name)

@@ -3,6 +3,7 @@ left them (tests/timed_actor.py): the second round of calls is held back at the 
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -57,3 +58,43 @@ def test_the_hold_grows_with_the_devices_and_is_none_for_none():
     assert first_round_hold(0) == 0.0
     assert first_round_hold(32) == pytest.approx(32 * first_round_hold(1))
     assert 0.0 < first_round_hold(32) < 1.0  # shorter than a 32-batch block of a 310P3 (1.34 s)
+
+
+def poisoned_dispatch(tmp_path, hang: bool, block_timeout: float | None):
+    """Two stand-in devices that may end their process in a call (may_abort), block 3 poisoned."""
+    import json
+
+    import ray
+
+    from timed_actor import PoisonedDevice
+
+    actor = ray.remote(PoisonedDevice).options(num_cpus=0, max_concurrency=2, max_restarts=2, max_task_retries=0)
+    actors = [actor.remote(str(tmp_path), poison=3, hang=hang) for _ in range(2)]
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    dispatcher = Dispatcher(actors, ["dev:0", "dev:1"], max_retries=3, block_timeout=block_timeout,
+                            may_abort=[True, True])
+    done: list[int] = []
+    try:
+        dispatcher.run(((Block(b, b, b + 1), None) for b in range(8)), done.append)
+    finally:
+        calls = [json.loads(line) for line in (tmp_path / "calls").read_text().splitlines()]
+        for a in actors:
+            ray.kill(a)
+    return dispatcher, done, calls
+
+
+def test_a_device_that_dies_inside_its_call_ends_the_run_without_feeding_the_block_on(ray_local, tmp_path):
+    from npueval.eval.errors import RunError
+
+    with pytest.raises(RunError, match=r"^dev:\d died inside ais_bench infer_pipeline on block 3 \(windows 3–3\): "
+                                       r".*--resume --no-pipeline"):
+        poisoned_dispatch(tmp_path, hang=False, block_timeout=None)
+    calls = [json.loads(line) for line in (tmp_path / "calls").read_text().splitlines()]
+    assert [c["block"] for c in calls].count(3) == 1  # held back until the restarted device answered
+
+
+def test_a_hung_call_killed_here_is_not_taken_for_such_a_death(ray_local, tmp_path):
+    dispatcher, done, calls = poisoned_dispatch(tmp_path, hang=True, block_timeout=1.0)
+    assert sorted(done) == list(range(8))
+    assert [t["block"] for t in dispatcher.timeouts] == [3]
+    assert [c["block"] for c in calls].count(3) == 2  # the hung call, and the block again after the restart

@@ -142,3 +142,20 @@ def test_a_users_list_acl_would_cut_short_is_refused_before_ray_starts(model, da
     assert "ASCEND_RT_VISIBLE_DEVICES='0, 1': ACL takes ascending logic ids" in done.stderr
     assert not (tmp_path / "out").exists()
 
+
+
+def test_the_chip_check_script_on_the_fake_host(tmp_path):
+    """tests/hardware/check_chips.py, as a user runs it on a new host: here against the fakes."""
+    env = {k: v for k, v in os.environ.items() if k not in VISIBILITY and k != "RAY_ADDRESS"}
+    env.update(PATH=os.pathsep.join([str(FAKES), str(Path(sys.executable).parent), env["PATH"]]),
+               PYTHONPATH=os.pathsep.join([str(FAKES / "pyacl"), str(FAKES), env.get("PYTHONPATH", "")]),
+               TMPDIR=str(tmp_path))
+    script = Path(__file__).parents[1] / "hardware" / "check_chips.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "check")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    report = (tmp_path / "check" / "report.txt").read_text()
+    assert done.returncode == 0, report
+    assert "== npueval doctor" in report and "npueval run here: om (om ready)" in report
+    chips = [line for line in report.splitlines() if line.startswith("npu:")]
+    assert len(chips) == 4 and all(line.endswith(": ok") for line in chips)
+    assert report.rstrip().splitlines()[-1].startswith("every chip ok (4 chip(s))")
