@@ -17,7 +17,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from npueval.eval.errors import UserError
+from npueval.eval.errors import RunError, UserError, root_cause
 
 from .discovery import Device
 from .visibility import VISIBLE_ENV, check_user_list, narrowed
@@ -59,7 +59,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
     if address:
         if simulated_npus:
             raise UserError("--devices with the simulated backend needs a Ray npueval starts; drop --address")
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError…
+            raise UserError(f"--address {address}: cannot join that Ray cluster ({root_cause(exc)}); check the "
+                            "address, or drop --address (and unset RAY_ADDRESS) for a local Ray") from None
         return RaySession(address, False, dict(ray.cluster_resources()))
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -70,7 +74,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
     if devices and not simulated_npus:
         check_user_list()
         visible = visible_devices(devices, allow_unhealthy)
-    with _loopback_only(), _environ(VISIBLE_ENV, visible):
+    with _loopback_only(), _environ(VISIBLE_ENV, visible), _starting_ray():
         ray.init(
             # "local": a Ray of our own, even where one that `ray start` left running would be found.
             address="local",
@@ -84,6 +88,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS},
         )
     return RaySession("local", True, dict(ray.cluster_resources()))
+
+
+@contextmanager
+def _starting_ray():
+    """A local Ray that cannot start is one line that says why, not Ray's traceback."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - whatever ray.init raises
+        hint = "; set TMPDIR to a shorter folder (Ray puts its sockets there)" if "path length" in str(exc) else ""
+        raise RunError(f"a local Ray could not start: {root_cause(exc)}{hint}") from None
 
 
 @contextmanager

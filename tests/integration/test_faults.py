@@ -64,8 +64,8 @@ def test_a_nan_ends_the_run_naming_block_and_device(ray_npu4, inject, seed_data,
     # npu:1's 6th block: with two calls in flight per device its first four have come back by
     # then, so there are finished blocks to keep (at its 2nd, the NaN could come back first).
     inject({"device": "npu:1", "kind": "nan", "batch": 6})
-    with pytest.raises(RunError) as err:
-        run(simulated(seed_data, tmp_path / "out"))
+    with pytest.raises(RunError) as err:  # 10 ms a batch: every device gets its share of the ~38 blocks
+        run(simulated(seed_data, tmp_path / "out", device_ms=10))
     message = str(err.value)
     assert " on npu:1 of node " in message and "1 window(s) with a non-finite loss" in message and ", nan)" in message
     assert "--on-nonfinite skip" in message and "continue with --resume" in message
@@ -178,14 +178,14 @@ def test_a_device_error_reaches_the_driver_as_its_root_cause(ray_npu4, inject, s
     error: never Ray's wrapper with the actor's repr and a traceback."""
     inject({"device": "npu:2", "kind": "error", "batch": 3})
     with caplog.at_level("WARNING", logger="npueval.eval.dispatch"):
-        results = run(simulated(seed_data, tmp_path / "retried")).results
+        results = run(simulated(seed_data, tmp_path / "retried", device_ms=10)).results
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["retries"] == 1 and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     (warning,) = [r.getMessage() for r in caplog.records if "failed on npu:2" in r.getMessage()]
     assert warning.endswith(": RuntimeError: simulated device error on batch 3") and "ray::" not in warning
     inject({"device": "npu:2", "kind": "error", "batch": 3})
     with pytest.raises(RunError) as err:
-        run(simulated(seed_data, tmp_path / "final", max_retries=0))
+        run(simulated(seed_data, tmp_path / "final", max_retries=0, device_ms=10))
     message = str(err.value)
     assert "failed 1 times, last on npu:2" in message and ": RuntimeError: simulated device error on batch 3; " in message
     assert "\n" not in message and "ray::" not in message and "repr=" not in message

@@ -148,8 +148,7 @@ def test_the_chip_check_script_on_the_fake_host(tmp_path):
     """tests/hardware/check_chips.py, as a user runs it on a new host: here against the fakes."""
     env = {k: v for k, v in os.environ.items() if k not in VISIBILITY and k != "RAY_ADDRESS"}
     env.update(PATH=os.pathsep.join([str(FAKES), str(Path(sys.executable).parent), env["PATH"]]),
-               PYTHONPATH=os.pathsep.join([str(FAKES / "pyacl"), str(FAKES), env.get("PYTHONPATH", "")]),
-               TMPDIR=str(tmp_path))
+               PYTHONPATH=os.pathsep.join([str(FAKES / "pyacl"), str(FAKES), env.get("PYTHONPATH", "")]))
     script = Path(__file__).parents[1] / "hardware" / "check_chips.py"
     done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "check")], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -159,3 +158,17 @@ def test_the_chip_check_script_on_the_fake_host(tmp_path):
     chips = [line for line in report.splitlines() if line.startswith("npu:")]
     assert len(chips) == 4 and all(line.endswith(": ok") for line in chips)
     assert report.rstrip().splitlines()[-1].startswith("every chip ok (4 chip(s))")
+
+
+def test_a_ray_that_cannot_start_is_one_line(model, data, tmp_path):
+    """Ray keeps its sockets under TMPDIR; a long one breaks the 107-byte limit of a Unix socket."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in VISIBILITY and k != "RAY_ADDRESS"}
+    env.update(TMPDIR=str(deep))
+    done = subprocess.run([sys.executable, "-m", "npueval.eval", "run", "--model", str(model), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--backend", "onnx"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if "error:" in ln]
+    assert "a local Ray could not start: OSError:" in line and "set TMPDIR to a shorter folder" in line

@@ -257,8 +257,9 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
         assert left == {"run.json", "blocks", *saved(finished), "windows.parquet", "result.txt", ".results.json.tmp"}
     elif killed == 0:  # on one device block 0 is the first call: nothing was evaluated, nothing saved
         assert finished == [] and left == {"run.json", "blocks"}
-    else:  # mid-run: some blocks saved, never the one killed
-        assert finished and killed not in finished
+    else:  # mid-run: never the block killed. Results came back before it was sent, but their saving is
+        # a background thread's (nice 19), which on a loaded machine may not have written one yet.
+        assert killed not in finished and len(finished) < baseline["blocks"]
         # A kill that lands while the saver writes a block leaves that block's temporary, never the block.
         temporaries = left - {"run.json", "blocks", *saved(finished)}
         assert len(temporaries) <= 1 and temporaries <= {f"blocks/.block-{b:06d}.parquet.tmp"

@@ -115,8 +115,14 @@ def test_the_simulated_fault_hook_reads_its_file(tmp_path):
     assert np.isfinite(backend.nll(x)).all()
     second = backend.nll(x)
     assert np.isnan(second[0, 0]) and np.isfinite(second[0, 1:]).all() and np.isfinite(second[1]).all()
+    path.write_text(json.dumps([{"device": "npu:3", "kind": "error", "batch": 2}]))
+    failing = SimulatedBackend(2, 8, faults=faults_for("npu:3", environ))
+    failing.nll(x)
+    with pytest.raises(RuntimeError, match="^simulated device error on batch 2$"):
+        failing.nll(x)
+    assert np.isfinite(failing.nll(x)).all()  # one batch, not the device for good
     path.write_text(json.dumps([{"device": "npu:1", "kind": "melt"}]))
-    with pytest.raises(ValueError, match="kind 'melt' is not one of nan, inf, hang, slow"):
+    with pytest.raises(ValueError, match="kind 'melt' is not one of nan, inf, hang, error, slow"):
         faults_for("npu:1", environ)
 
 
