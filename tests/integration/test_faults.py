@@ -153,7 +153,10 @@ def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, se
             "--backend", "simulated", "--devices", "2", "--batch-size", "8", "--block-windows", "8",
             "--device-ms", "150"]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", FAULTS_ENV)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it, even where this test runs in the background (a shell leaves
+    # SIGINT ignored for background jobs, and Python then never raises KeyboardInterrupt).
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list((out / "blocks").glob("block-*.parquet"))) < after_blocks:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
