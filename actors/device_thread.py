@@ -42,7 +42,7 @@ class DeviceThread:
                 return
             try:
                 future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            except BaseException as exc:
                 future.set_exception(exc)
 
     def stop(self) -> None:

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
 
 #: What ais_bench refuses in a model's absolute path (PATH_WHITE_LIST_REGEX).
 UNSAFE_PATH_CHARS = re.compile(r"[^_A-Za-z0-9/.-]")

@@ -34,12 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.build.loss_head import targets_for
-from npueval.eval.errors import RunError, UserError, first_line
+from npueval.core.errors import RunError, UserError, first_line
+from npueval.core.model_io import targets_for
 
 from .backend import check_batch, pad_rows
 from .onnx_backend import nll_from_logits
-
 
 #: Feeds one infer_pipeline call takes at most (ais_bench PIPELINE_API_SAMPLE_COUNT_MAX).
 PIPELINE_MAX_FEEDS = 512
@@ -102,7 +101,7 @@ class OmBackend:
             raise UserError(f"--model {path}: no such file")
         try:
             session = InferSession(int(device_id), str(path))  # a Python int: ais_bench refuses numpy's
-        except Exception as exc:  # noqa: BLE001 - ais_bench raises ValueError, TypeError or aclruntime's RuntimeError
+        except Exception as exc:
             raise RunError(f"ais_bench could not load {path} on ACL device id {device_id}: "
                            f"{type(exc).__name__}: {first_line(exc)} (its own log lines are in the worker's log; "
                            "`npueval doctor` checks this host)") from None

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.eval.errors import UserError
-
-from npueval.build.loss_head import targets_for
+from npueval.core.errors import UserError
+from npueval.core.model_io import INPUT, NLL, TARGETS, targets_for
 
 from .backend import check_batch, pad_rows
 
@@ -58,10 +57,11 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own types for a file that is not a model
             raise UserError(f"--model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         inputs = {i.name: i for i in self._session.get_inputs()}
-        self.loss_head = "targets" in inputs
-        shape = inputs["input_ids"].shape
+        self.loss_head = TARGETS in inputs
+        shape = inputs[INPUT].shape
         if not all(isinstance(d, int) for d in shape):
-            raise UserError(f"--model {path}: input_ids has a dynamic shape {shape}; build it at a static batch and length")
+            raise UserError(f"--model {path}: input_ids has a dynamic shape {shape}; build it at a static batch and "
+                            "length")
         self.batch_size, self.seq_len = shape
         self._logits_name = self._session.get_outputs()[0].name
         self.providers = self._session.get_providers()
@@ -73,10 +73,10 @@ class OnnxBackend:
         padded = pad_rows(x, self.batch_size)
         start = time.perf_counter()
         if self.loss_head:
-            (out,) = self._session.run(["nll"], {"input_ids": padded, "targets": targets_for(padded)})
+            (out,) = self._session.run([NLL], {INPUT: padded, TARGETS: targets_for(padded)})
             self._device_s += time.perf_counter() - start
             return out[:rows, :-1].astype(np.float32, copy=False)
-        (logits,) = self._session.run([self._logits_name], {"input_ids": padded})
+        (logits,) = self._session.run([self._logits_name], {INPUT: padded})
         self._device_s += time.perf_counter() - start
         return nll_from_logits(logits[:rows], x)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
 
 from . import node_files
 from .backend import Backend
@@ -121,7 +121,7 @@ def assigned_npu() -> str | None:
 def check_chip_health(logic_id: str, allow_unhealthy: bool) -> None:
     """On a cluster npueval joined, nobody left the sick chips out: refuse to run on one (where
     npu-smi can tell; where it fails, say so and run)."""
-    from npueval.cluster.discovery import discover_or_warn
+    from npueval.cluster.devices import discover_or_warn
 
     for device in discover_or_warn(f"NPU logic id {logic_id}'s health is not checked") or []:
         if str(device.logic_id) == logic_id and not device.healthy:
@@ -151,7 +151,7 @@ class DeviceWorker:
         self.previous_death: CallInProgress | None = self.marker.take() if self.marker else None
         try:
             self.evaluator = self._evaluator(spec, npu, factory)
-        except Exception as exc:  # noqa: BLE001 - re-raised by the first call, see the class docstring
+        except Exception as exc:
             self._error = exc
         # Everything imported and built so far lives as long as the actor: take it out of Python's
         # cyclic GC. A full collection then looks only at what the calls allocate, and takes

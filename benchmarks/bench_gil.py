@@ -40,11 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OUT, REPO, block_host_s, make_data, start_ray, stop_ray  # noqa: E402 (Ray's switches first)
+import pyarrow.parquet as pq
+from common import OUT, REPO, block_host_s, make_data, start_ray, stop_ray
 
-import pyarrow.parquet as pq  # noqa: E402
-
-from npueval.eval.run import RunConfig, run  # noqa: E402
+from npueval.eval.driver.run import RunConfig, run
 
 FAKES = REPO / "tests" / "fakes"
 CONFIGS = {
@@ -111,7 +110,8 @@ def main() -> int:
     p.add_argument("--devices", default="1,8,32", help="N, comma-separated (default 1,8,32)")
     p.add_argument("--repeat", type=int, default=3, help="runs of each configuration per N (default 3); medians")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {', '.join(CONFIGS)}")
-    p.add_argument("--device-ms", type=float, default=42.0, help="device time per model batch (default 42, the 310P3's)")
+    p.add_argument("--device-ms", type=float, default=42.0,
+                   help="device time per model batch (default 42, the 310P3's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-windows", type=int, default=256, help="windows per block (default 256: 32 batches)")
     p.add_argument("--blocks-per-device", type=int, default=16)

@@ -84,7 +84,7 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 def measure(graphs: dict[str, Path], batch: int, vocab: int, repeat: int) -> dict:
     import onnxruntime as ort
 
-    from npueval.build.loss_head import targets_for
+    from npueval.core.model_io import targets_for
 
     ids = np.random.default_rng(1).integers(0, vocab, (batch, SEQ_LEN), dtype=np.int64)
     logits_session = ort.InferenceSession(str(graphs["logits"]), providers=["CPUExecutionProvider"])
@@ -111,13 +111,15 @@ def measure(graphs: dict[str, Path], batch: int, vocab: int, repeat: int) -> dic
 
 def table(shape: str, rows: list[dict]) -> str:
     lines = [
-        "| shape | B | logits graph s | host CE s | logits path s | loss-head graph s | bytes back (fp16 logits → nll) | removed | host CE vs 310P3 device time |",
+        "| shape | B | logits graph s | host CE s | logits path s | loss-head graph s "
+        "| bytes back (fp16 logits → nll) | removed | host CE vs 310P3 device time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {shape} | {r['batch']} | {r['logits_graph_s']:.3f} | {r['host_ce_s']:.3f} | {r['logits_path_s']:.3f} | "
-            f"{r['nll_graph_s']:.3f} | {r['logits_bytes_fp16']:,} → {r['nll_bytes']:,} | {100 * r['bytes_removed']:.3f}% | "
+            f"{r['nll_graph_s']:.3f} | {r['logits_bytes_fp16']:,} → {r['nll_bytes']:,} | "
+            f"{100 * r['bytes_removed']:.3f}% | "
             f"{1000 * r['host_ce_s']:.0f} ms vs {r['device_ms_310p3']:.1f} ms |"
         )
     return "\n".join(lines)

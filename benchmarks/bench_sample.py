@@ -68,7 +68,8 @@ def first_run() -> None:
         subprocess.run(["pip", "install", "-q", "--no-cache-dir", "."], cwd=src, env=env, check=True)
         installed = time.perf_counter() - start
         run_wall, results = npueval_run(str(tmp / "venv" / "bin" / "python"), src, env)
-    print(f"pip install . {installed:.0f} s (no pip cache); npueval run {run_wall:.0f} s (eval {results['eval_s']:.1f} s, "
+    print(f"pip install . {installed:.0f} s (no pip cache); npueval run {run_wall:.0f} s (eval {results['eval_s']:.1f} "
+          "s, "
           f"{results['windows']} windows, ppl {results['ppl']:.2f}); total {installed + run_wall:.0f} s")
 
 

@@ -70,7 +70,8 @@ def ensure_data(scale: float, vocab: Path, workers: int) -> tuple[Path, dict]:
     stamp = WORK / f"data-{scale:g}x.json"
     if stamp.is_file() and (data / "manifest.json").is_file() and json.loads(stamp.read_text())["corpus"] == info:
         return data, json.loads(stamp.read_text())
-    cmd = [sys.executable, "-m", "npueval.eval", "-q", "prepare", str(corpus), "--vocab", str(vocab), "--out", str(data),
+    cmd = [sys.executable, "-m", "npueval.eval", "-q", "prepare", str(corpus), "--vocab", str(vocab), "--out",
+           str(data),
            "--files", "all", "--force"]
     print(f"preparing {corpus} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -159,7 +160,7 @@ class StorePoller:
 def one_configuration(args) -> dict:
     import ray
 
-    from npueval.eval.run import RunConfig, run
+    from npueval.eval.driver.run import RunConfig, run
 
     rss = RssSampler()
     cluster = start_ray(args.nodes, args.devices // args.nodes)

@@ -2,7 +2,7 @@
 
 The device is the simulated backend at the 310P3's measured speed (DESIGN.md, Contracts): each
 model batch of B = 8 windows of 512 tokens sleeps `--device-ms` 42 ms. Everything else is the
-real run path, through the library API `npueval.eval.run.run(RunConfig(...))`: the Parquet
+real run path, through the library API `npueval.eval.driver.run.run(RunConfig(...))`: the Parquet
 shards are read by the driver, every block goes through Ray's object store to a `DeviceWorker`
 actor, the actor computes the simulated NLL and masks it, and every finished block is saved to
 OUT/blocks and reduced into results.json.
@@ -56,21 +56,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import N_CTX, OUT, REPO, block_host_s, make_data, start_ray, stop_ray  # noqa: E402,F401  (sets Ray's loopback switches first)
-
 import numpy as np
 import ray
+from common import N_CTX, OUT, REPO, block_host_s, make_data, start_ray, stop_ray
 
 import npueval.actors.worker as worker_module
-import npueval.eval.run as run_module
+import npueval.eval.driver.run as run_module
 from npueval.actors.evaluator import Evaluator
 from npueval.actors.simulated import SimulatedBackend
-from npueval.eval.blocks import BlockReader, plan_blocks
-from npueval.eval.dataset import read_manifest
-from npueval.eval.dispatch import Dispatcher
-from npueval.eval.run import RunConfig, run
-from npueval.eval.run_folder import RunFolder
-
+from npueval.eval.data.dataset import read_manifest
+from npueval.eval.driver.blocks import BlockReader, plan_blocks
+from npueval.eval.driver.dispatch import Dispatcher
+from npueval.eval.driver.run import RunConfig, run
+from npueval.eval.driver.run_folder import RunFolder
 
 log = logging.getLogger("bench_scaling")
 
@@ -366,7 +364,8 @@ def _pct(x: float | None) -> str:
 
 def table(rows: list[dict], batch_size: int) -> str:
     lines = ["| N | nodes | device calls | samples/s | ideal samples/s | efficiency | host overhead | eval_s |"
-             " steady-state efficiency | blocks/device | last device's first block, s | CPU busy (2 cores) | run() wall s |",
+             " steady-state efficiency | blocks/device | last device's first block, s | CPU busy (2 cores) |"
+             " run() wall s |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
@@ -383,7 +382,7 @@ def host_table(rows: list[dict], batch_size: int) -> str:
              " driver | actors | raylet+gcs | ray other | other |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
+        per_batch = lambda k, r=r: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
         bps = r["samples_per_s"] / batch_size
         lines.append(
             f"| {r['n']} | {_calls(r)} | {r['samples_per_s']:.0f} | {bps:.0f} | {per_batch('machine'):.2f} | "
@@ -397,7 +396,7 @@ def cpu_table(rows: list[dict]) -> str:
              " actor in-call host ms/batch | driver CPU ms/block (main thread) |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        per_batch = lambda k: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
+        per_batch = lambda k, r=r: 1000 * r["cpu_s"].get(k, 0.0) / r["batches"]  # noqa: E731
         lines.append(
             f"| {r['n']} | {r['nodes']} | {_calls(r)} | {per_batch('machine'):.2f} | {per_batch('driver'):.2f} | "
             f"{per_batch('actors'):.2f} | {per_batch('raylet+gcs'):.2f} | {per_batch('ray other'):.2f} | "
@@ -520,7 +519,8 @@ def main() -> int:
           f"{args.block_windows // args.batch_size * args.device_ms / 1000:.3f} s of device time; "
           f"{args.blocks_per_device} blocks per device", flush=True)
 
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "args": {k: str(v) for k, v in vars(args).items()},
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "args": {k: str(v) for k,
+                                                                                    v in vars(args).items()},
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
                           "platform": platform.platform()},
               "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -541,7 +541,8 @@ def main() -> int:
             host_rows.extend(measure(data, tmp, 1, n, args, 0.0, args.host_windows))
         single_rows, multi_rows = [], []
         for n in single:
-            single_rows.extend(measure(data, tmp, 1, n, args, args.device_ms, n * args.blocks_per_device * args.block_windows))
+            single_rows.extend(measure(data, tmp, 1, n, args, args.device_ms,
+                                       n * args.blocks_per_device * args.block_windows))
         for nodes, per in multi:
             n = nodes * per
             multi_rows.extend(measure(data, tmp, nodes, per, args, args.device_ms,

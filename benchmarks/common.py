@@ -20,8 +20,8 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTE
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from npueval.eval.dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest  # noqa: E402
-from npueval.eval.windows import Windows  # noqa: E402
+from npueval.eval.data.dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest  # noqa: E402
+from npueval.eval.data.windows import Windows  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "out"

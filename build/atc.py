@@ -22,7 +22,7 @@ import subprocess
 from collections import deque
 from pathlib import Path
 
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
 
 #: The port's operator precision modes (the repository's top-level op_precision.ini).
 OP_PRECISION_INI = "Gelu=high_performance\nTanh=high_performance\n"
@@ -63,7 +63,8 @@ def find_atc() -> tuple[list[str], str] | None:
     for candidate in SET_ENV_CANDIDATES:
         set_env = Path(candidate).expanduser()
         if set_env.is_file():
-            return ["bash", "-c", f'source {shlex.quote(str(set_env))} >/dev/null && exec atc "$@"', "atc"], str(set_env)
+            return ["bash", "-c", f'source {shlex.quote(str(set_env))} >/dev/null && exec atc "$@"',
+                    "atc"], str(set_env)
     return None
 
 
@@ -127,7 +128,8 @@ def run_atc(prefix: list[str], args: list[str], folder: Path) -> dict:
     log_path = folder / "atc.log"
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([*prefix, *args], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([*prefix, *args], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.eval.errors import CheckpointError, not_a_folder
-from npueval.eval.vocab import Vocab, load_vocab
+from npueval.core.errors import CheckpointError, not_a_folder
+from npueval.core.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def _weight_files(folder: Path) -> tuple[Path, ...]:
         if (folder / name).is_file():
             return (folder / name,)
     raise CheckpointError(
-        f"CHECKPOINT {folder}: no weights; expected {SAFETENSORS}, {SAFETENSORS_INDEX} with its shards, or {PYTORCH_BIN}"
+        f"CHECKPOINT {folder}: no weights; expected {SAFETENSORS}, {SAFETENSORS_INDEX} with its shards, "
+        f"or {PYTORCH_BIN}"
     )
 
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from npueval.core.model_io import INPUT, LOGITS
+
 log = logging.getLogger(__name__)
 
 OPSET = 13
 EXPORTER = "torch.onnx TorchScript (dynamo=False)"
-INPUT = "input_ids"
-LOGITS = "logits"
 PORT_ATTENTION = "gpt2_chinese"
 ATTENTION = "GPT2-Chinese (transformers 2.x): w = q·kᵀ / √d; w·b − 1e4·(1 − b); softmax"
 

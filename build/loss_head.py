@@ -1,4 +1,5 @@
-"""Stage 4: per-token NLL inside the graph (DESIGN.md, Loss head).
+"""Stage 4: per-token NLL inside the graph (docs/design.md, "The loss head"; the inputs and
+outputs are core/model_io.py's).
 
 The port's OM returns B×L×V float16 logits (86.5 MB per batch of 4) and computes the
 cross-entropy on the host. Here the graph takes a second input, `targets` (B, L) int64,
@@ -13,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .export import LOGITS
+from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
 
-TARGETS = "targets"
-NLL = "nll"
 #: The loss head's ops, in graph order.
 LOSS_OPS = ("LogSoftmax", "Unsqueeze", "GatherElements", "Squeeze", "Neg")
 #: The loss head's nodes whose float outputs ATC's --keep_dtype keeps in float32 under
@@ -51,11 +50,4 @@ def add_loss_head(src: Path, dst: Path) -> dict:
     graph.output.append(helper.make_tensor_value_info(NLL, TensorProto.FLOAT, [batch, seq_len]))
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
-    return {"file": dst.name, "inputs": ["input_ids", TARGETS], "output": NLL, "output_shape": [batch, seq_len]}
-
-
-def targets_for(input_ids: np.ndarray, fill: int = 0) -> np.ndarray:
-    """(B, L) int64: the next token of every position, `fill` in the last column."""
-    targets = np.full(input_ids.shape, fill, dtype=np.int64)
-    targets[:, :-1] = input_ids[:, 1:]
-    return targets
+    return {"file": dst.name, "inputs": [INPUT, TARGETS], "output": NLL, "output_shape": [batch, seq_len]}

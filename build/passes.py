@@ -118,7 +118,8 @@ def gemm_to_matmul(g: Graph) -> int:
     fired = 0
     for lin in _linears(g):
         matmul = g.add_node("MatMul", [lin.input_3d(g), g.add_constant(lin.gemm.name, lin.weight)], hint=lin.gemm.name)
-        g.add_node("Add", [matmul, g.add_constant(lin.gemm.name, lin.bias)], output=lin.after.output[0], hint=lin.gemm.name)
+        g.add_node("Add", [matmul, g.add_constant(lin.gemm.name, lin.bias)], output=lin.after.output[0],
+                   hint=lin.gemm.name)
         g.remove(lin.before, lin.gemm, lin.after)
         fired += 1
     return fired

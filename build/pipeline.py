@@ -14,12 +14,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
+from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
 
 from . import atc
 from .checkpoint import load_model, open_checkpoint
-from .export import INPUT, LOGITS, export_onnx, op_histogram
-from .loss_head import KEEP_FP32_NODES, NLL, TARGETS, add_loss_head
+from .export import export_onnx, op_histogram
+from .loss_head import KEEP_FP32_NODES, add_loss_head
 from .passes import run_passes
 from .simplify import simplify
 from .verify import DEFAULT_TOLERANCE, check_stage, random_ids
@@ -150,7 +151,7 @@ def _compile(out: Path, onnx_file: str, inputs: dict, keep_dtype: str | None, so
         return None, info
     prefix, where = found
     if soc == "auto":
-        from npueval.cluster.discovery import soc_version
+        from npueval.cluster.devices import soc_version
 
         soc = soc_version()
     args = atc.atc_args(onnx_file, "model", soc, inputs, keep_dtype)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from npueval.eval.errors import RunError
+from npueval.core.errors import RunError
+from npueval.core.model_io import INPUT
 
-from .export import INPUT, op_histogram
+from .export import op_histogram
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.eval.errors import RunError
+from npueval.core.errors import RunError
+from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, targets_for
 
-from .export import INPUT, LOGITS, reference_logits
-from .loss_head import NLL, TARGETS, targets_for
+from .export import reference_logits
 
 DEFAULT_TOLERANCE = 1e-4
 

@@ -17,9 +17,9 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from npueval.eval.errors import RunError, UserError, root_cause
+from npueval.core.errors import RunError, UserError, root_cause
 
-from .discovery import Device
+from .devices import Device
 from .visibility import VISIBLE_ENV, check_user_list, narrowed
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             raise UserError("--devices with the simulated backend needs a Ray npueval starts; drop --address")
         try:
             ray.init(address=address, log_to_driver=False)
-        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError…
+        except Exception as exc:
             raise UserError(f"--address {address}: cannot join that Ray cluster ({root_cause(exc)}); check the "
                             "address, or drop --address (and unset RAY_ADDRESS) for a local Ray") from None
         return RaySession(address, False, dict(ray.cluster_resources()))
@@ -95,7 +95,7 @@ def _starting_ray():
     """A local Ray that cannot start is one line that says why, not Ray's traceback."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - whatever ray.init raises
+    except Exception as exc:
         hint = "; set TMPDIR to a shorter folder (Ray puts its sockets there)" if "path length" in str(exc) else ""
         raise RunError(f"a local Ray could not start: {root_cause(exc)}{hint}") from None
 
@@ -149,7 +149,8 @@ def visible_devices(devices: list[Device], allow_unhealthy: bool = False) -> str
     allowed = set(narrowed(d.logic_id for d in devices))
     for d in devices:
         if d.logic_id in allowed and not (d.healthy or allow_unhealthy):
-            log.warning("leaving out NPU logic id %d (card %d chip %d): health %s", d.logic_id, d.card, d.chip, d.health)
+            log.warning("leaving out NPU logic id %d (card %d chip %d): health %s", d.logic_id, d.card, d.chip,
+                        d.health)
     chosen = [d.logic_id for d in devices if d.logic_id in allowed and (d.healthy or allow_unhealthy)]
     if not chosen:
         user = os.environ.get(VISIBLE_ENV)

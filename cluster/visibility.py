@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from npueval.eval.errors import RunError, UserError
+from npueval.core.errors import RunError, UserError
 
 VISIBLE_ENV = "ASCEND_RT_VISIBLE_DEVICES"
 NOSET_ENV = "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES"

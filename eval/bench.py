@@ -16,10 +16,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dataset import open_data_set
-from .errors import UserError
-from .fleet import DeviceConfig, Fleet, connect
-from .model_spec import ModelSpec, resolve_model
+from npueval.core.errors import UserError
+from npueval.eval.data.dataset import open_data_set
+from npueval.eval.driver.fleet import DeviceConfig, Fleet, connect
+from npueval.eval.driver.model_spec import ModelSpec, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _with_batch(devices: DeviceConfig, batch_size: int) -> DeviceConfig:
 
 def _end_to_end(config: BenchConfig, devices: DeviceConfig, model_path: Path | None, batch_size: int,
                 n_devices: int) -> float | None:
-    from .run import BATCHES_PER_BLOCK, RunConfig, run
+    from npueval.eval.driver.run import BATCHES_PER_BLOCK, RunConfig, run
 
     limit = config.limit or BATCHES_PER_BLOCK * batch_size * n_devices
     with tempfile.TemporaryDirectory(prefix="npueval-bench-") as out:

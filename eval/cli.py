@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError
+from npueval.core.errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError
 
 log = logging.getLogger("npueval")
 
@@ -44,7 +44,7 @@ def _add_prepare(sub) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import PrepareConfig, prepare
+    from npueval.eval.data.prepare import PrepareConfig, prepare
 
     config = PrepareConfig(
         corpus_dir=args.corpus_dir,
@@ -112,7 +112,7 @@ def _add_devices(sub) -> None:
 def _cmd_devices(args: argparse.Namespace) -> int:
     import json
 
-    from npueval.cluster.discovery import discover
+    from npueval.cluster.devices import discover
 
     devices = discover()
     if args.json:
@@ -224,10 +224,10 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .errors import UserError
-    from .results import summary_table
-    from .run import RunConfig, run
-    from . import sample
+    from npueval.core.errors import UserError
+    from npueval.eval.driver.results import summary_table
+    from npueval.eval.driver.run import RunConfig, run
+    from npueval.eval.sample import bundled as sample
 
     if args.resume and args.out is None:
         raise UserError("--resume needs --out, the results folder of the run to continue")
@@ -245,12 +245,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         vocab=args.vocab, check_against=args.check_against, check_batches=args.check_batches,
         allow_unhealthy=args.allow_unhealthy, block_windows=block_windows,
         on_nonfinite=args.on_nonfinite, block_timeout=args.block_timeout, pipeline=args.pipeline,
-        command=tuple(["npueval", *sys.argv[1:]]),
+        command=("npueval", *sys.argv[1:]),
     )
     with _window_progress() as progress:
         result = run(config, progress=progress)
     print(summary_table(result.results))
-    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; `npueval report {result.out} --plot run.png`)")
+    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; `npueval report {result.out} --plot "
+          "run.png`)")
     return EXIT_OK
 
 
@@ -258,9 +259,8 @@ def _bundled_sample() -> Path:
     """Say what bare `npueval run` does and how to run a real model, then prepare the sample's data."""
     import shutil
 
-    from npueval.cluster.discovery import discover_or_warn
-
-    from .sample import prepare_sample
+    from npueval.cluster.devices import discover_or_warn
+    from npueval.eval.sample.bundled import prepare_sample
 
     if discover_or_warn("taking this host for one without NPUs"):
         why = "NPUs found, but the bundled sample ships no OM (an OM is compiled per chip)"
@@ -311,9 +311,11 @@ class _window_progress:
 def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "om", "onnx", "simulated"), default="auto",
                    help="auto (default): om when the cluster has NPUs and the model an OM, else onnx")
-    p.add_argument("--devices", type=int, help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")
+    p.add_argument("--devices", type=int,
+                   help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")
     p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
-    p.add_argument("--address", help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address",
+                   help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                    help="hand the device one model batch per call (ais_bench infer) instead of a block's batches "
@@ -329,9 +331,11 @@ def _add_bench(sub) -> None:
         "samples/s of a whole `run` over --limit windows.",
     )
     _add_verbosity(p, default=argparse.SUPPRESS)
-    p.add_argument("--model", action="append", default=[], help="a build folder or model file; repeat, one per batch size")
+    p.add_argument("--model", action="append", default=[],
+                   help="a build folder or model file; repeat, one per batch size")
     _add_device_flags(p)
-    p.add_argument("--batch-sizes", default="1,4,8,16,32,64", help="the simulated backend's (default: the port's table)")
+    p.add_argument("--batch-sizes", default="1,4,8,16,32,64",
+                   help="the simulated backend's (default: the port's table)")
     p.add_argument("--seq-len", type=int, default=512, help="the simulated backend's (default 512)")
     p.add_argument("--loop", type=int, default=20, help="timed batches per device (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
@@ -347,9 +351,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from npueval.core.errors import UserError
+    from npueval.eval.driver.fleet import DeviceConfig
+
     from .bench import BenchConfig, bench, table
-    from .errors import UserError
-    from .fleet import DeviceConfig
 
     try:
         sizes = tuple(int(b) for b in args.batch_sizes.split(","))

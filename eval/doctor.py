@@ -68,14 +68,14 @@ def diagnose() -> Report:
 def _guarded(name: str, check: Callable[[dict], Check], facts: dict) -> Check:
     try:
         return check(facts)
-    except Exception as exc:  # noqa: BLE001 - a broken check is a row of its own, never a traceback
-        from .errors import root_cause
+    except Exception as exc:
+        from npueval.core.errors import root_cause
 
         return Check(name, FAIL, f"the check itself failed: {root_cause(exc)}", "report it with this output")
 
 
 def check_npu_smi(facts: dict) -> Check:
-    from npueval.cluster.discovery import NpuSmiError, read_host
+    from npueval.cluster.devices import NpuSmiError, read_host
 
     try:
         host = read_host()
@@ -95,7 +95,8 @@ def check_npu_smi(facts: dict) -> Check:
     if not host.devices:
         return Check("npu-smi", WARN, found, "check the driver's installation (npu-smi lists no chip)")
     if sick:
-        return Check("npu-smi", WARN, found, "a Ray npueval starts leaves sick chips out (--allow-unhealthy keeps them)")
+        return Check("npu-smi", WARN, found,
+                     "a Ray npueval starts leaves sick chips out (--allow-unhealthy keeps them)")
     return Check("npu-smi", OK, found)
 
 
@@ -150,8 +151,8 @@ def check_ais_bench(facts: dict) -> Check:
         importlib.import_module("aclruntime")
         interface = importlib.import_module("ais_bench.infer.interface")
         session_class = interface.InferSession
-    except Exception as exc:  # noqa: BLE001 - an ImportError, or a vendor wheel broken on import
-        from .errors import root_cause
+    except Exception as exc:
+        from npueval.core.errors import root_cause
 
         return Check("ais_bench", FAIL, f"cannot import ais_bench and aclruntime ({root_cause(exc)})",
                      "install the vendor wheels (README, \"NPU hosts\"), in this Python")
@@ -168,8 +169,8 @@ def check_acl(facts: dict) -> Check:
         acl = importlib.import_module("acl")
         count, ret = acl.rt.get_device_count()
         soc = acl.get_soc_name()
-    except Exception as exc:  # noqa: BLE001 - ImportError without CANN; pyACL's own errors otherwise
-        from .errors import root_cause
+    except Exception as exc:
+        from npueval.core.errors import root_cause
 
         return Check("pyACL", INFO if isinstance(exc, ImportError) else WARN,
                      f"`import acl` failed ({root_cause(exc)}): Ray counts NPUs by /dev/davinci* then, "
@@ -181,10 +182,10 @@ def check_acl(facts: dict) -> Check:
 
 
 def check_ray(facts: dict) -> Check:
-    from npueval.cluster.visibility import NOSET_ENV, VISIBLE_ENV, check_user_list, noset, parse_visible
-
     import ray
     from ray._private.accelerators.npu import NPUAcceleratorManager
+
+    from npueval.cluster.visibility import NOSET_ENV, VISIBLE_ENV, check_user_list, noset, parse_visible
 
     count = NPUAcceleratorManager.get_current_node_num_accelerators()
     visible = parse_visible(os.environ.get(VISIBLE_ENV))
@@ -194,7 +195,7 @@ def check_ray(facts: dict) -> Check:
     env = f"{VISIBLE_ENV}={os.environ[VISIBLE_ENV]!r}" if VISIBLE_ENV in os.environ else f"{VISIBLE_ENV} not set"
     found = (f"Ray {ray.__version__} would see {count} NPU(s) on this node; {env}; {NOSET_ENV} "
              f"{'set: each actor opens its own id among the visible chips' if noset() else 'not set'}")
-    from .errors import UserError
+    from npueval.core.errors import UserError
 
     try:
         check_user_list()
@@ -208,8 +209,7 @@ def check_ray(facts: dict) -> Check:
 
 def check_temp_folder(facts: dict) -> Check:
     from npueval.actors.node_files import check_model_folder, local_root, own_folder
-
-    from .errors import UserError
+    from npueval.core.errors import UserError
 
     root = local_root()
     try:
@@ -233,7 +233,8 @@ def check_python(facts: dict) -> Check:
 
 
 CHECKS: list[tuple[str, Callable[[dict], Check]]] = [
-    ("Python", check_python), ("npu-smi", check_npu_smi), ("CANN", check_cann), ("atc", check_atc), ("ais_bench", check_ais_bench),
+    ("Python", check_python), ("npu-smi", check_npu_smi), ("CANN", check_cann), ("atc", check_atc), ("ais_bench",
+                                                                                                     check_ais_bench),
     ("pyACL", check_acl), ("Ray", check_ray), ("temp folder", check_temp_folder),
 ]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError, not_a_folder
-from .results import fmt, summary_table
+from npueval.core.errors import UserError, not_a_folder
+from npueval.eval.driver.results import fmt, summary_table
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,19 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
     if not folder.is_dir():
         raise UserError(f"{name} {folder}: {not_a_folder(folder)}; give a results folder of `npueval run`")
     if not results_path.is_file():
-        hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its other flags)"
+        hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its "
+                "other flags)"
                 if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")
         raise UserError(f"{name} {folder}: no results.json; {hint}")
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
         table = pq.read_table(windows_path, columns=["window_id", "doc_id", "nll_sum", "n_scored"])
     except FileNotFoundError:
-        raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it again") from None
+        raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it "
+                        "again") from None
     except (ValueError, OSError) as exc:  # bad JSON or UTF-8, pyarrow.ArrowInvalid
-        raise UserError(f"{name} {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with --resume") from None
+        raise UserError(f"{name} {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with "
+                        "--resume") from None
     return RunReport(
         folder=folder,
         results=results,
@@ -159,7 +162,8 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 
 # ------------------------------------------------------------------------------------------
 def headline(r: dict) -> str:
-    return (f"mean CE {fmt(r['mean_ce'], 4)} nats · ppl {fmt(r['ppl'], 3)} · seed_ppl {fmt(r['seed_ppl'], 3)} · {r['windows']} windows · "
+    return (f"mean CE {fmt(r['mean_ce'], 4)} nats · ppl {fmt(r['ppl'], 3)} · seed_ppl {fmt(r['seed_ppl'], 3)} · "
+            f"{r['windows']} windows · "
             f"{fmt(r['tokens_per_s'], 0)} tokens/s · {r['backend']}")
 
 

@@ -30,7 +30,8 @@ def small_vocab_tokens() -> list[str]:
     tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokens += ["<S>", "<T>"]
     tokens += [chr(c) for c in range(33, 127) if not chr(c).isupper()]
-    tokens += list("σςαβγδεωàéßıı́") + ["０", "１", "①", "²", "½", "！", "，", "。", "、", "；", "：", "“", "”", "《", "》"]
+    tokens += [*list("σςαβγδεωàéßıı́"), "０", "１", "①", "²", "½", "！", "，", "。", "、", "；", "：", "“", "”", "《",
+               "》"]
     tokens += [chr(c) for c in range(0x4E00, 0x4E00 + 2500)]  # CJK, then unknown beyond
     tokens += [chr(c) for c in range(0x3400, 0x3400 + 50)] + ["\uf900", "\u8c48"]
     tokens += list(_LATIN_WORDS) + list(_PIECES) + ["😀"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from conftest import small_vocab_tokens
 from textgen import generate_wiki_corpus
-
 
 FAKES = Path(__file__).parent / "fakes"
 
@@ -19,6 +17,7 @@ def build_tiny(folder: Path, batch_size: int, seq_len: int) -> Path:
     import os
 
     from checkpoints import make_checkpoint
+
     from npueval.build.pipeline import BuildConfig, build
 
     old_path = os.environ["PATH"]
@@ -32,7 +31,7 @@ def build_tiny(folder: Path, batch_size: int, seq_len: int) -> Path:
 
 
 def prepare_data(folder: Path, vocab: Path, target_bytes: int, **kw) -> Path:
-    from npueval.eval.prepare import PrepareConfig, prepare
+    from npueval.eval.data.prepare import PrepareConfig, prepare
 
     generate_wiki_corpus(folder / "wiki", small_vocab_tokens(), target_bytes, articles_per_file=60)
     kw.setdefault("rows_per_shard", 50)  # several shards, so blocks cross shard boundaries
@@ -41,9 +40,8 @@ def prepare_data(folder: Path, vocab: Path, target_bytes: int, **kw) -> Path:
 
 
 def read_shards(data: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     table = pa.concat_tables(pq.read_table(path) for path in sorted(data.glob("shard-*.parquet")))
     return {

@@ -21,11 +21,11 @@ pytestmark = [
 def test_atc_compiles_the_loss_head_graph_and_the_chip_computes_the_loss_in_float32(tmp_path):
     ais_bench = pytest.importorskip("ais_bench.infer.interface")
     import onnxruntime as ort
-
     from checkpoints import make_checkpoint
-    from npueval.build.loss_head import targets_for
+
     from npueval.build.pipeline import BuildConfig, build
     from npueval.build.verify import random_ids
+    from npueval.core.model_io import targets_for
 
     result = build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "out", batch_size=4, seq_len=64))
     assert result.om is not None and result.om.is_file()
@@ -40,7 +40,8 @@ def test_atc_compiles_the_loss_head_graph_and_the_chip_computes_the_loss_in_floa
             session.free_resource()
         else:
             session.finalize()
-    ref = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(None, {"input_ids": ids, "targets": targets})[0]
+    ref = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(None, {"input_ids": ids,
+                                                                                "targets": targets})[0]
     assert nll.dtype == np.float32
     # fp16 matmuls, float32 loss: per-token NLL within a few hundredths of the float32 graph's.
     assert np.abs(nll[:, :-1] - ref[:, :-1]).max() < 5e-2
@@ -51,10 +52,11 @@ def test_run_puts_one_actor_on_every_healthy_chip_and_matches_onnx(tmp_path):
     per-device check against the host ONNX model."""
     pytest.importorskip("ais_bench.infer.interface")
     from checkpoints import make_checkpoint
-    from npueval.build.pipeline import BuildConfig, build
-    from npueval.cluster.discovery import discover
-    from npueval.eval.run import RunConfig, run
     from run_data import prepare_data
+
+    from npueval.build.pipeline import BuildConfig, build
+    from npueval.cluster.devices import discover
+    from npueval.eval.driver.run import RunConfig, run
 
     build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "build", batch_size=4, seq_len=64))
     data = prepare_data(tmp_path / "d", tmp_path / "ckpt" / "vocab.txt", 60_000, mode="sliding", n_ctx=64)
@@ -74,6 +76,7 @@ def test_infer_pipeline_gives_what_infer_gives_batch_by_batch(tmp_path):
     if not hasattr(interface.InferSession, "infer_pipeline"):
         pytest.skip("the pre-2024 ais_bench has no infer_pipeline")
     from checkpoints import make_checkpoint
+
     from npueval.actors.om_backend import OmBackend
     from npueval.build.pipeline import BuildConfig, build
     from npueval.build.verify import random_ids

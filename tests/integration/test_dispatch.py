@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
-
-from npueval.eval.blocks import Block
-from npueval.eval.dispatch import Dispatcher, first_round_hold
 from timed_actor import TimedDevice
+
+from npueval.eval.driver.blocks import Block
+from npueval.eval.driver.dispatch import Dispatcher, first_round_hold
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,6 @@ def poisoned_dispatch(tmp_path, hang: bool, block_timeout: float | None):
     import json
 
     import ray
-
     from timed_actor import PoisonedDevice
 
     actor = ray.remote(PoisonedDevice).options(num_cpus=0, max_concurrency=2, max_restarts=2, max_task_retries=0)
@@ -84,7 +83,7 @@ def poisoned_dispatch(tmp_path, hang: bool, block_timeout: float | None):
 
 
 def test_a_device_that_dies_inside_its_call_ends_the_run_without_feeding_the_block_on(ray_local, tmp_path):
-    from npueval.eval.errors import RunError
+    from npueval.core.errors import RunError
 
     with pytest.raises(RunError, match=r"^dev:\d died inside ais_bench infer_pipeline on block 3 \(windows 3–3\): "
                                        r".*--resume --no-pipeline"):

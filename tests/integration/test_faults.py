@@ -8,12 +8,11 @@ import os
 
 import numpy as np
 import pytest
+from run_data import read_shards, simulated_reference
 
 from npueval.actors.simulated import FAULTS_ENV
-from npueval.eval.errors import RunError
-from npueval.eval.run import RunConfig, run
-
-from run_data import read_shards, simulated_reference
+from npueval.core.errors import RunError
+from npueval.eval.driver.run import RunConfig, run
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +119,7 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_nothing_half_written(ray_npu
     fail with EFBIG, as on a full disk (CPython ignores SIGXFSZ, so it is an OSError)."""
     import resource
 
-    from npueval.eval.errors import UserError
+    from npueval.core.errors import UserError
 
     out = tmp_path / "out"
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -167,7 +166,8 @@ def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, se
     last = stderr.strip().splitlines()[-1]
     saved = len(list((out / "blocks").glob("block-*.parquet")))
     blocks = -(-json.loads((seed_data / "manifest.json").read_text())["windows"] // 8)
-    assert last == f"npueval run: error: interrupted: {saved} of {blocks} blocks are saved in {out}; continue with --resume"
+    assert last == (f"npueval run: error: interrupted: {saved} of {blocks} blocks are saved in {out}; "
+                    "continue with --resume")
     assert after_blocks <= saved and not (out / "results.json").exists()
     assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
     results = run(simulated(seed_data, out, resume=True)).results  # on 4 devices, not 2
@@ -180,7 +180,7 @@ def test_a_device_error_reaches_the_driver_as_its_root_cause(ray_npu4, inject, s
     """The actor's own exception, type and message on one line, in the warning and in the final
     error: never Ray's wrapper with the actor's repr and a traceback."""
     inject({"device": "npu:2", "kind": "error", "batch": 3})
-    with caplog.at_level("WARNING", logger="npueval.eval.dispatch"):
+    with caplog.at_level("WARNING", logger="npueval.eval.driver.dispatch"):
         results = run(simulated(seed_data, tmp_path / "retried", device_ms=10)).results
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["retries"] == 1 and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
@@ -190,5 +190,6 @@ def test_a_device_error_reaches_the_driver_as_its_root_cause(ray_npu4, inject, s
     with pytest.raises(RunError) as err:
         run(simulated(seed_data, tmp_path / "final", max_retries=0, device_ms=10))
     message = str(err.value)
-    assert "failed 1 times, last on npu:2" in message and ": RuntimeError: simulated device error on batch 3; " in message
+    assert "failed 1 times, last on npu:2" in message
+    assert ": RuntimeError: simulated device error on batch 3; " in message
     assert "\n" not in message and "ray::" not in message and "repr=" not in message

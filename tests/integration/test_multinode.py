@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from npueval.eval.run import RunConfig, run
 from run_data import FAKES, build_tiny, prepare_data, simulated_reference
+
+from npueval.eval.driver.run import RunConfig, run
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_b
     def target():
         try:
             outcome["results"] = run(config).results
-        except Exception as exc:  # noqa: BLE001 - handed to the test
+        except Exception as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=target)
@@ -143,7 +143,7 @@ def test_a_lost_node_has_its_blocks_redone_elsewhere(seed_data, tmp_path):
 
 
 def test_losing_the_only_node_with_devices_ends_the_run_with_the_blocks_saved(seed_data, tmp_path):
-    from npueval.eval.errors import RunError
+    from npueval.core.errors import RunError
 
     error = run_and_lose_a_node(seed_data, tmp_path / "out", head_npus=0, block_timeout=5, after_blocks=3)["error"]
     assert isinstance(error, RunError) and "the finished blocks are saved, continue with --resume" in str(error)

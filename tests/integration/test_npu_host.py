@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from run_data import FAKES, build_tiny, prepare_data, read_shards
 
 pytestmark = pytest.mark.slow
@@ -78,7 +77,7 @@ def devices(results: dict) -> list[str]:
 
 
 def test_every_chip_ray_finds_runs_the_om_and_gives_the_onnx_numbers(model, data, onnx_mean_ce, tmp_path):
-    done, results, sessions = npueval_run(tmp_path, model, data)
+    _done, results, sessions = npueval_run(tmp_path, model, data)
     assert results["backend"] == "om" and results["fallback"] is None and results["ais_bench_api"] == "pipeline"
     assert devices(results) == ["npu:0", "npu:1", "npu:2", "npu:3"]
     assert all(d["ais_bench_api"] == "pipeline" and d["windows"] > 0 for d in results["per_device"])

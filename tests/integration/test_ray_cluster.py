@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from npueval.cluster.discovery import Device
+from npueval.cluster.devices import Device
 from npueval.cluster.ray_cluster import connect, disconnect, require, visible_devices
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

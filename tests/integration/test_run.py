@@ -17,13 +17,12 @@ import textwrap
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_on_a_terminal
 from ledger import LedgerFactory, read_ledger, row_hash
-from npueval.eval.errors import DatasetError, RunError, UserError
-from npueval.eval.run import RunConfig, run
-
 from run_data import read_shards, simulated_reference
+
+from npueval.core.errors import DatasetError, RunError, UserError
+from npueval.eval.driver.run import RunConfig, run
 
 BLOCK = 24  # windows per block: three batches of 8, a dozen blocks
 
@@ -52,7 +51,7 @@ def block_first_rows(data, block: int) -> str:
 
 
 def test_simulated_run_equals_the_numpy_reference(baseline, seed_data):
-    nll_sum, tokens, per_window = simulated_reference(seed_data)
+    nll_sum, tokens, _per_window = simulated_reference(seed_data)
     manifest = json.loads((seed_data / "manifest.json").read_text())
     assert baseline["tokens"] == tokens == manifest["scored_tokens"]
     assert baseline["windows"] == manifest["windows"] > 10 * BLOCK
@@ -215,7 +214,7 @@ def kill_the_driver(seed_data, out, ledger, block: int | None, devices: int) -> 
     script = textwrap.dedent(f"""
         import os, signal
         from ledger import LedgerFactory
-        from npueval.eval.run import RunConfig, run
+        from npueval.eval.driver.run import RunConfig, run
         if {block is None!r}:
             real_replace = os.replace
             def replace(src, dst, *a, **kw):
@@ -288,7 +287,8 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
 def test_resume_refuses_blocks_of_another_run(ray_npu4, seed_data, tmp_path):
     out = tmp_path / "out"
     run(simulated(seed_data, out, devices=2, limit=48))
-    with pytest.raises(DatasetError, match=r"--resume: the blocks in .* are of another run \(limit: 48 there, 96 now\)"):
+    with pytest.raises(DatasetError,
+                       match=r"--resume: the blocks in .* are of another run \(limit: 48 there, 96 now\)"):
         run(simulated(seed_data, out, devices=2, limit=96, resume=True))
     again = run(simulated(seed_data, out, devices=2, limit=96, force=True)).results
     assert again["windows"] == 96
@@ -355,7 +355,7 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
 
 def test_bench_gives_the_device_fps_of_every_device_and_their_sum(ray_npu4, seed_data):
     from npueval.eval.bench import BenchConfig, bench
-    from npueval.eval.fleet import DeviceConfig
+    from npueval.eval.driver.fleet import DeviceConfig
 
     rows = bench(BenchConfig(batch_sizes=(1, 8), loop=4, warmup=1, data=seed_data, limit=64,
                              devices=DeviceConfig(backend="simulated", devices=4, device_ms=5)))
@@ -365,7 +365,7 @@ def test_bench_gives_the_device_fps_of_every_device_and_their_sum(ray_npu4, seed
         assert all(d["fps"] == pytest.approx(1000 * r.batch_size / 5) for d in r.per_device)
         assert r.device_fps_sum == pytest.approx(4 * 1000 * r.batch_size / 5)
         assert 0 < r.host_fps_sum <= r.device_fps_sum * 1.01  # the loop cannot beat the device's clock
-        assert 0 < r.end_to_end
+        assert r.end_to_end > 0
 
 
 def test_bench_cli_prints_the_table_and_writes_json(ray_npu4, tmp_path, capsys):

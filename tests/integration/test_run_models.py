@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkpoints import make_checkpoint, tiny_model
 from conftest import small_vocab_tokens
-from npueval.eval.errors import DatasetError, RunError, UserError
-from npueval.eval.fleet import DeviceConfig, choose_backend
-from npueval.eval.run import RunConfig, run
 from run_data import FAKES, build_tiny, prepare_data, read_shards
+
+from npueval.core.errors import DatasetError, RunError, UserError
+from npueval.eval.driver.fleet import DeviceConfig, choose_backend
+from npueval.eval.driver.run import RunConfig, run
 
 B, L = 4, 64
 
@@ -154,7 +154,7 @@ def test_a_token_outside_the_models_vocabulary_names_shard_and_row(ray_with_fake
 
 
 def test_auto_falls_back_to_onnx_without_npus_and_says_why(model):
-    from npueval.eval.model_spec import resolve_model
+    from npueval.eval.driver.model_spec import resolve_model
 
     spec = resolve_model(model / "build")
     config = DeviceConfig()

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npueval.eval import sample_corpus
-from npueval.eval.sample import BUILD, CHECKPOINT
-from npueval.eval.vocab import file_sha256, load_vocab
+from npueval.core.files import file_sha256
+from npueval.core.vocab import load_vocab
+from npueval.eval.sample import corpus as sample_corpus
+from npueval.eval.sample.bundled import BUILD, CHECKPOINT
 
 README = Path(__file__).parents[2] / "README.md"
 LIMIT = 12
@@ -103,7 +104,8 @@ def test_second_run_reuses_the_prepared_sample(two_runs):
     assert "(prepared now)" in first.stderr and "(cached)" in second.stderr
     a, b = (json.loads((results_folder(r.stdout, cwd) / "results.json").read_text()) for r in (first, second))
     assert results_folder(first.stdout, cwd) != results_folder(second.stdout, cwd)
-    assert (a["nll_sum"], a["tokens"], a["data_manifest_sha256"]) == (b["nll_sum"], b["tokens"], b["data_manifest_sha256"])
+    assert (a["nll_sum"], a["tokens"], a["data_manifest_sha256"]) == (b["nll_sum"], b["tokens"],
+                                                                      b["data_manifest_sha256"])
 
 
 def test_report_one_run_two_runs_and_a_plot(two_runs):
@@ -145,7 +147,8 @@ def test_committed_onnx_was_built_from_the_committed_checkpoint():
 def readme_figures() -> dict[str, float]:
     """The quality figures README.md states, from its "The bundled sample" table."""
     text = README.read_text(encoding="utf-8")
-    found = {key: float(value) for key, value in re.findall(r"^\| (held-out perplexity|unigram perplexity) \| ([0-9.]+) \|",
+    found = {key: float(value) for key,
+             value in re.findall(r"^\| (held-out perplexity|unigram perplexity) \| ([0-9.]+) \|",
                                                             text, flags=re.M)}
     assert set(found) == {"held-out perplexity", "unigram perplexity"}, found
     return found
@@ -154,14 +157,13 @@ def readme_figures() -> dict[str, float]:
 @pytest.mark.slow
 def test_quality_bar_from_the_committed_files(tmp_path):
     """Held-out perplexity at most half a unigram model's, on the windows bare `npueval run` evaluates."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import torch
     from transformers import GPT2LMHeadModel
 
-    from npueval.eval.sample import prepare_sample
-    from npueval.eval.tokenizer import BertChineseTokenizer
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from npueval.eval.data.tokenizer import BertChineseTokenizer
+    from npueval.eval.sample.bundled import prepare_sample
 
     data = prepare_sample(cache=tmp_path).data
     table = pa.concat_tables(pq.read_table(p) for p in sorted(data.glob("shard-*.parquet")))

@@ -99,7 +99,8 @@ def test_a_ray_npueval_starts_listens_on_loopback_only_and_reports_nothing():
             ip = ipaddress.ip_address(address)
             loopback = ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped
                                           and ip.ipv4_mapped.is_loopback)
-            assert loopback, f"{names[pid]} (pid {pid}) listens on {address}: " + (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")[:300]
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")[:300]
+            assert loopback, f"{names[pid]} (pid {pid}) listens on {address}: {cmdline}"
         assert info["loopback_env_after"] is None  # the guard was only for the start
         gcs = next(pid for pid, name in names.items() if name == "gcs_server")
         environ = (Path("/proc") / str(gcs) / "environ").read_bytes().split(b"\0")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("cluster", "actors", "build", "eval")
+PACKAGES = ("core", "cluster", "actors", "build", "eval")
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +59,9 @@ def test_install_exposes_only_the_npueval_namespace(source, tmp_path, editable):
             assert not (site / name).exists(), f"a top-level {name} package was installed"
         assert (site / "npueval" / "eval" / "__main__.py").is_file()
         # the bundled sample model travels as package data
-        sample = site / "npueval" / "eval" / "sample_model"
-        assert sorted(p.name for p in (sample / "checkpoint").iterdir()) == ["config.json", "model.safetensors", "vocab.txt"]
+        sample = site / "npueval" / "eval" / "sample" / "model"
+        assert sorted(p.name for p in (sample / "checkpoint").iterdir()) == ["config.json", "model.safetensors",
+                                                                             "vocab.txt"]
         assert sorted(p.name for p in (sample / "onnx").iterdir()) == ["manifest.json", "model.onnx"]
     for name in PACKAGES:
         found = py(python, f"import importlib.util as u; s = u.find_spec({name!r}); print(s.origin if s else None)",

@@ -13,7 +13,7 @@ transformers 2.5.1 and builds the tokenizer directly from vocab.txt, so:
 4. greedy longest-match WordPiece with "##" continuations; [UNK] for a word that cannot be
    covered or is longer than 100 characters.
 
-Written from that description as an independent reference for `npueval.eval.tokenizer`
+Written from that description as an independent reference for `npueval.eval.data.tokenizer`
 (which runs on the Rust `tokenizers` library) and as the port's baseline in benchmarks.
 Deliberately plain and slow.
 """

@@ -22,7 +22,8 @@ def read_texts(corpus_dir: str, files: str = "first") -> list[str]:
         folder = os.path.join(corpus_dir, sub)
         if sub.startswith(".") or not os.path.isdir(folder):
             continue
-        names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and os.path.isfile(os.path.join(folder, n)))
+        names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and os.path.isfile(os.path.join(folder,
+                                                                                                              n)))
         for name in names[:1] if files == "first" else names:
             with open(os.path.join(folder, name), encoding="utf-8") as f:
                 for line in f:

@@ -6,7 +6,7 @@ import pytest
 from npueval.actors.backend import Backend
 from npueval.actors.onnx_backend import OnnxBackend, nll_from_logits
 from npueval.actors.simulated import SimulatedBackend
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
 
 B, L = 3, 32
 
@@ -52,8 +52,8 @@ def test_host_cross_entropy_across_chunks_equals_pytorch():
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
     import onnx
-
     from checkpoints import make_checkpoint
+
     from npueval.build.checkpoint import load_model, open_checkpoint
     from npueval.build.export import export_onnx
     from npueval.build.loss_head import add_loss_head

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
 from checkpoints import make_checkpoint, tiny_model
 from conftest import small_vocab_tokens
+
 from npueval.build.checkpoint import load_model, open_checkpoint
 from npueval.build.export import reference_logits
-from npueval.eval.errors import CheckpointError, UserError
+from npueval.core.errors import CheckpointError, UserError
 
 
 def logits_of(model, seed=0):
@@ -65,7 +65,9 @@ def test_config_that_does_not_fit_its_vocab(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [({"n_layer": 3}, r"lacks transformer\.h\.2"),
-                                             ({"n_embd": 64}, r"do not match: transformer\.\S+ is \([\d, ]+\) in the weights, \([\d, ]+\) by the config")])
+                                             ({"n_embd": 64},
+                                                 r"do not match: transformer\.\S+ is \([\d, ]+\) in the weights, "
+                                                 r"\([\d, ]+\) by the config")])
 def test_config_weights_mismatch(tmp_path, change, message):
     folder = make_checkpoint(tmp_path / "c")
     config = json.loads((folder / "config.json").read_text())

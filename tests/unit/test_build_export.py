@@ -2,10 +2,11 @@
 
 import numpy as np
 import onnxruntime as ort
-
 from checkpoints import make_checkpoint
+
 from npueval.build.checkpoint import load_model, open_checkpoint
-from npueval.build.export import INPUT, LOGITS, OPSET, export_onnx, reference_logits
+from npueval.build.export import OPSET, export_onnx, reference_logits
+from npueval.core.model_io import INPUT, LOGITS
 
 
 def test_export_matches_pytorch_at_any_batch(tmp_path):

@@ -8,8 +8,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from npueval.build.graph import Graph
-from npueval.build.passes import (drop_present_outputs, gemm_to_matmul, mask_sub_to_add, run_passes,
-                                  scale_q_first, share_weights, split_qkv)
+from npueval.build.passes import (
+                                  drop_present_outputs,
+    gemm_to_matmul,
+    mask_sub_to_add,
+    run_passes,
+    scale_q_first,
+    share_weights,
+    split_qkv,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -109,7 +116,7 @@ def test_scale_q_first_found(scale_op):
     feeds = {"q": RNG.normal(size=(2, 3, 4)).astype(np.float32), "kt": RNG.normal(size=(2, 4, 3)).astype(np.float32)}
     fired, edited = apply(scale_q_first, model)
     assert fired == 1 and "Div" not in ops(edited) and ops(edited).count("Mul") == 1
-    qk = [n for n in edited.graph.node if n.op_type == "MatMul"][0]
+    qk = next(n for n in edited.graph.node if n.op_type == "MatMul")
     assert [n.op_type for n in edited.graph.node if qk.input[0] in n.output] == ["Mul"]
     np.testing.assert_allclose(run(model, feeds)[0], run(edited, feeds)[0], rtol=1e-6, atol=1e-6)
 
@@ -130,7 +137,8 @@ def test_mask_sub_to_add():
 
 
 def test_drop_present_outputs():
-    nodes = [helper.make_node("Relu", ["x"], ["logits"], name="a"), helper.make_node("Neg", ["x"], ["present.0"], name="b")]
+    nodes = [helper.make_node("Relu", ["x"], ["logits"], name="a"), helper.make_node("Neg", ["x"], ["present.0"],
+                                                                                     name="b")]
     model = model_of(nodes, [("x", [2])], [("logits", [2]), ("present.0", [2])], {})
     fired, edited = apply(drop_present_outputs, model)
     assert fired == 1 and [o.name for o in edited.graph.output] == ["logits"]
@@ -162,6 +170,7 @@ def test_share_weights_merges_repeats_and_transposes():
 
 def test_counts_on_npuevals_own_export(tmp_path):
     from checkpoints import make_checkpoint
+
     from npueval.build.checkpoint import load_model, open_checkpoint
     from npueval.build.export import export_onnx
     from npueval.build.simplify import simplify

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from checkpoints import make_checkpoint
 from conftest import small_vocab_tokens
-from npueval.build.loss_head import KEEP_FP32_NODES, targets_for
+
+from npueval.build.loss_head import KEEP_FP32_NODES
 from npueval.build.pipeline import BuildConfig, build
 from npueval.build.verify import random_ids
+from npueval.core.errors import UserError
+from npueval.core.model_io import targets_for
 from npueval.eval.cli import main
-from npueval.eval.errors import UserError
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 B, L = 2, 32
@@ -66,7 +67,8 @@ def test_without_cann_the_build_stops_after_verification_and_writes_atc_sh(check
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == m
     assert (tmp_path / "out" / "keep_dtype.cfg").read_text() == "".join(f"{node}\n" for node in KEEP_FP32_NODES)
     ini = (tmp_path / "out" / "op_precision.ini").read_text()
-    assert ini == (Path(__file__).parents[2] / "op_precision.ini").read_text() == "Gelu=high_performance\nTanh=high_performance\n"
+    assert ini == (Path(__file__).parents[2] / "op_precision.ini").read_text()
+    assert ini == "Gelu=high_performance\nTanh=high_performance\n"
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
     ids = random_ids(B, L, m["config"]["vocab_size"], seed=5)
     nll = session.run(None, {"input_ids": ids, "targets": targets_for(ids)})[0]
@@ -149,7 +151,8 @@ def test_soc_auto_without_npu_smi_is_a_clear_error(checkpoint, tmp_path, fake_ca
 
 def test_atc_failing_quotes_its_last_lines(checkpoint, tmp_path, fake_cann, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_ATC_FAIL", "1")
-    code = main(["build", str(checkpoint), "--out", str(tmp_path / "out"), "--batch-size", str(B), "--seq-len", str(L), "-q"])
+    code = main(["build", str(checkpoint), "--out", str(tmp_path / "out"), "--batch-size", str(B), "--seq-len", str(L),
+                 "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "atc failed (exit 1)" in err[0] and "E19999: Inner Error!" in err[0] and "atc.log" in err[0]

@@ -6,9 +6,9 @@ import sys
 from importlib.metadata import version
 
 import pytest
-
 from conftest import run_on_a_terminal
 from textgen import write_wiki_corpus
+
 from npueval.eval.cli import main
 
 
@@ -74,7 +74,8 @@ def test_flags_that_do_not_fit_together(capsys, tmp_path):
     assert main(["bench"]) == 2
     assert "--model is needed (one per batch size), or --backend simulated" in capsys.readouterr().err
     assert main(["run", "--resume"]) == 2
-    assert capsys.readouterr().err.strip() == "npueval run: error: --resume needs --out, the results folder of the run to continue"
+    assert capsys.readouterr().err.strip() == (
+        "npueval run: error: --resume needs --out, the results folder of the run to continue")
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.strip() == (f"npueval report: error: OUT {tmp_path / 'nowhere'}: no such folder; "
                                                "give a results folder of `npueval run`")
@@ -84,13 +85,13 @@ def test_verbosity_flags_after_the_subcommand(tmp_path, vocab_path):
     write_wiki_corpus(tmp_path / "wiki", [[["\u4e00" * 300, "\u4e01" * 300]]])
     base = ["prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--out", str(tmp_path / "o")]
     loud = run(*base, "-v")
-    assert loud.returncode == 0 and "INFO npueval.eval.prepare" in loud.stderr
+    assert loud.returncode == 0 and "INFO npueval.eval.data.prepare" in loud.stderr
     quiet = run("-q", *base)
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_interrupt_exits_130(monkeypatch, capsys, tmp_path, vocab_path):
-    import npueval.eval.prepare as prep
+    import npueval.eval.data.prepare as prep
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -113,8 +114,8 @@ def test_progress_bar_on_a_terminal_only(tmp_path, vocab_path):
 def test_no_pipeline_reaches_the_device_actors(tmp_path):
     """--no-pipeline: RunConfig → DeviceConfig → WorkerSpec → Evaluator; on by default."""
     from npueval.eval.cli import parser
-    from npueval.eval.fleet import worker_spec
-    from npueval.eval.run import RunConfig
+    from npueval.eval.driver.fleet import worker_spec
+    from npueval.eval.driver.run import RunConfig
 
     assert parser().parse_args(["run"]).pipeline is True
     assert parser().parse_args(["run", "--no-pipeline"]).pipeline is False

@@ -15,15 +15,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from npueval.eval.cli import main
 from textgen import write_wiki_corpus
+
+from npueval.eval.cli import main
 
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory, vocab_path) -> dict[str, Path]:
     """A corpus, a data set prepared from it (n_ctx 64) and a tiny checkpoint, all good."""
     from checkpoints import make_checkpoint
-    from npueval.eval.prepare import PrepareConfig, prepare
+
+    from npueval.eval.data.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("good")
     write_wiki_corpus(root / "wiki", [[["\u4e00\u4e01" * 300] * 6]])
@@ -93,7 +95,7 @@ def data_set(change):
 def no_window(tmp: Path, fx) -> None:
     """A data set of no window, as prepare wrote one of articles too short for a window before it
     refused to (the case "prepare: a corpus too short for one window"): a manifest, no shard."""
-    from npueval.eval.dataset import write_manifest
+    from npueval.eval.data.dataset import write_manifest
 
     (tmp / "data").mkdir()
     write_manifest(tmp / "data", {"n_ctx": 512, "mode": "seed", "vocab_sha256": "0" * 64, "articles_kept": 3,
@@ -203,7 +205,8 @@ CASES = {
         checkpoint(lambda c: (c / "config.json").unlink()), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
         "{tmp}/ckpt/config.json: no such file", "a GPT-2 checkpoint needs its config.json"),
     "build: a config.json that is not JSON": (
-        checkpoint(lambda c: (c / "config.json").write_text("{n_layer: 2")), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
+        checkpoint(lambda c: (c / "config.json").write_text("{n_layer: 2")), ["build", "{tmp}/ckpt", "--out",
+                                                                              "{tmp}/out"],
         "{tmp}/ckpt/config.json: not valid JSON", "restore the checkpoint's config.json"),
     "build: a corrupt model.safetensors": (
         checkpoint(lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:4096])),
@@ -249,12 +252,14 @@ CASES = {
         "--out {tmp}/a-file is a file", "name a folder"),
     "run: an --out holding blocks, without --resume or --force": (
         results_folder_with_blocks({}), SIM_RUN,
-        "--out {tmp}/out already holds 1 finished blocks of a run", "continue it with --resume, or start over with --force"),
+        "--out {tmp}/out already holds 1 finished blocks of a run",
+        "continue it with --resume, or start over with --force"),
     "run: --resume on the folder of another data set": (
         results_folder_with_blocks({"data_manifest_sha256": "0" * 64, "model": None, "seq_len": 64, "limit": None,
                                     "drop_last": False, "backend": "simulated", "batch_size": 8, "block_windows": 256}),
         [*SIM_RUN, "--resume"],
-        "--resume: the blocks in {tmp}/out are of another run (data_manifest_sha256: '{zeros}' there, '{data_sha}' now)",
+        "--resume: the blocks in {tmp}/out are of another run "
+        "(data_manifest_sha256: '{zeros}' there, '{data_sha}' now)",
         "use another --out, or --force to start over"),
     "run: --resume on the folder of another --limit": (
         results_folder_with_blocks({"model": None, "seq_len": 64, "limit": 48, "drop_last": False}, same_data=True),
@@ -302,7 +307,8 @@ CASES = {
         "drop --model, give --batch-sizes"),
     # report
     "report: an OUT that holds no results": (
-        other_files, ["report", "{tmp}/out"], "OUT {tmp}/out: no results.json", "give a results folder of `npueval run`"),
+        other_files, ["report",
+                      "{tmp}/out"], "OUT {tmp}/out: no results.json", "give a results folder of `npueval run`"),
     "report: an OTHER that does not exist": (
         a_results_folder, ["report", "{tmp}/done", "{tmp}/nowhere"], "OTHER {tmp}/nowhere: no such folder",
         "give a results folder of `npueval run`"),
@@ -316,7 +322,7 @@ CASES = {
 
 
 def data_sha(fx) -> str:
-    from npueval.eval.vocab import file_sha256
+    from npueval.core.files import file_sha256
 
     return file_sha256(fx["data"] / "manifest.json")
 

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
 from textgen import write_jsonl
-from npueval.eval.corpus import bad_line_error, iter_line_ranges, parse_text, read_lines, scan_files, select_files
-from npueval.eval.errors import CorpusError
+
+from npueval.core.errors import CorpusError
+from npueval.eval.data.corpus import bad_line_error, iter_line_ranges, parse_text, read_lines, scan_files, select_files
 
 
 def make(tmp_path, layout):
@@ -25,7 +25,8 @@ def test_first_file_of_each_sorted_subfolder(tmp_path):
     root = make(tmp_path, {"AB/wiki_01": line("x"), "AB/wiki_00": line("y"), "AA/wiki_00": line("z"),
                            "AA/.DS_Store": "junk", "AC/.hidden": "junk", "README": "top-level file"})
     assert [p.relative_to(root).as_posix() for p in select_files(root, "first")] == ["AA/wiki_00", "AB/wiki_00"]
-    assert [p.relative_to(root).as_posix() for p in select_files(root, "all")] == ["AA/wiki_00", "AB/wiki_00", "AB/wiki_01"]
+    assert [p.relative_to(root).as_posix() for p in select_files(root, "all")] == ["AA/wiki_00", "AB/wiki_00",
+                                                                                   "AB/wiki_01"]
 
 
 def lines_of(files, batch_bytes=1 << 20):
@@ -49,7 +50,8 @@ def test_blank_lines_are_not_articles_and_line_numbers_are_physical(tmp_path):
 @pytest.mark.parametrize("batch_bytes", [1, 7, 64, 1 << 20])
 def test_batches_cut_anywhere_give_the_same_lines(tmp_path, batch_bytes):
     texts = [f"text {i} " + "字" * i for i in range(40)]
-    root = make(tmp_path, {"AA/wiki_00": "".join(map(line, texts)) + "\n\n", "AB/wiki_00": line("x") + line("y").rstrip("\n")})
+    root = make(tmp_path, {"AA/wiki_00": "".join(map(line, texts)) + "\n\n",
+                           "AB/wiki_00": line("x") + line("y").rstrip("\n")})
     files = scan_files(root, select_files(root, "first"))
     got = lines_of(files, batch_bytes)
     assert [(f, n, parse_text(raw)[0]) for f, n, raw in got] == (
@@ -69,7 +71,7 @@ def test_batches_cut_anywhere_give_the_same_lines(tmp_path, batch_bytes):
 def test_bad_line_is_named_file_colon_line(tmp_path, bad, message):
     root = make(tmp_path, {"AA/wiki_00": line("a") + "\n" + bad + line("c")})
     files = scan_files(root, select_files(root, "first"))
-    (_, first, raw_a), (_, lineno, raw_bad), _ = lines_of(files)
+    (_, _first, raw_a), (_, lineno, raw_bad), _ = lines_of(files)
     text, problem = parse_text(raw_bad)
     assert text is None and problem.startswith(message)
     assert parse_text(raw_a) == ("a", None) and lineno == 3
@@ -150,7 +152,7 @@ def test_parse_text_is_json_loads(raw):
 def test_scan_counts_lines_as_reading_them_one_by_one(tmp_path, data, block_bytes):
     import hashlib
 
-    from npueval.eval.corpus import _scan
+    from npueval.eval.data.corpus import _scan
 
     path = tmp_path / "wiki_00"
     path.write_bytes(data)

@@ -11,7 +11,7 @@ from npueval.actors.device_thread import DeviceThread
 from npueval.actors.evaluator import Evaluator
 from npueval.actors.simulated import SimulatedBackend
 from npueval.actors.worker import DeviceWorker, WorkerSpec
-from npueval.eval.background import BACKGROUND_NICE, lower_this_thread
+from npueval.eval.driver.background import BACKGROUND_NICE, lower_this_thread
 
 L = 16
 

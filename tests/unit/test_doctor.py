@@ -99,7 +99,7 @@ def test_the_users_visible_list(host, visible, verdict, seen):
 def test_a_temp_folder_ais_bench_refuses_stops_an_om_run(host, tmp_path):
     bad = tmp_path / "my tmp"
     bad.mkdir()
-    code, report, rows = doctor({**host, "TMPDIR": str(bad)})
+    code, _report, rows = doctor({**host, "TMPDIR": str(bad)})
     assert code == 1 and rows["temp folder"]["verdict"] == "fail" and "set TMPDIR" in rows["temp folder"]["fix"]
 
 

@@ -140,7 +140,8 @@ def test_a_call_that_ends_the_process_on_error_is_noted_while_it_runs(tmp_path):
     backend = AbortingBackend(4, 16, marker=marker)
     ids = np.ones((6, 16), dtype=np.int64)
     Evaluator(backend, device="npu:2", marker=marker).evaluate(9, ids, np.ones(6), np.full(6, 16), np.arange(6))
-    assert [json.loads(s) for s in backend.seen] == [{"block": 9, "call": "ais_bench infer_pipeline", "device": "npu:2"}]
+    assert [json.loads(s) for s in backend.seen] == [{"block": 9, "call": "ais_bench infer_pipeline",
+                                                      "device": "npu:2"}]
     assert not marker.path.exists()  # the call returned: nothing to tell
     plain = CountingBackend(4, 16)  # a backend that raises its errors: no note
     Evaluator(plain, marker=marker).evaluate(1, ids, np.ones(6), np.full(6, 16), np.arange(6))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from npueval.eval.metrics import drop_last_rows, reduce_loss, throughput
+from npueval.eval.driver.metrics import drop_last_rows, reduce_loss, throughput
 
 
 def windows(seed=0, n=23, L=9, pieces=(0, 0, 0, 1, 1, 2)):

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from npueval.actors.node_files import CallInProgress, CallMarker, check_model_folder, local_model_file, unsafe_chars
-from npueval.eval.errors import UserError
+from npueval.core.errors import UserError
 
 
 def test_the_copy_is_named_after_its_bytes_whatever_the_file_was_called(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npueval.eval.errors import RunError, UserError
+from npueval.core.errors import RunError, UserError
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 B, L = 2, 32
@@ -41,6 +41,7 @@ def both_generations(test):
 def built(tmp_path_factory):
     """An OM built by `npueval build` with the fake atc (the .om holds the ONNX it compiled)."""
     from checkpoints import make_checkpoint
+
     from npueval.build.pipeline import BuildConfig, build
 
     folder = tmp_path_factory.mktemp("om")

@@ -5,13 +5,13 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import small_vocab_tokens
 from port import port_windows
 from textgen import WikiTextGen, hard_text, write_wiki_corpus
-from npueval.eval.dataset import schema
-from npueval.eval.errors import CorpusError, DatasetError, UserError
-from npueval.eval.prepare import PrepareConfig, prepare
+
+from npueval.core.errors import CorpusError, DatasetError, UserError
+from npueval.eval.data.dataset import schema
+from npueval.eval.data.prepare import PrepareConfig, prepare
 
 
 def read_rows(out):
@@ -52,7 +52,7 @@ def config(corpus, vocab_path, out, **kw):
 @pytest.mark.parametrize("files", ["first", "all"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_seed_mode_equals_the_port(corpus, vocab_path, tmp_path, shuffle, files, workers, monkeypatch):
-    import npueval.eval.prepare as prepare_module
+    import npueval.eval.data.prepare as prepare_module
 
     monkeypatch.setattr(prepare_module, "BATCH_BYTES", 20_000)  # many batches, in and out of order
     kw = dict(n_ctx=64, stride=96, num_pieces=7)
@@ -111,7 +111,7 @@ def test_schema_and_manifest(corpus, vocab_path, tmp_path):
         assert ids.tolist() == list(range(first, first + shard["rows"]))
         first += shard["rows"]
     assert first == m["windows"]
-    assert set(p.name for p in out.iterdir()) == {"manifest.json"} | {s["name"] for s in m["shards"]}
+    assert {p.name for p in out.iterdir()} == {"manifest.json"} | {s["name"] for s in m["shards"]}
 
 
 def test_doc_id_is_the_article_of_the_first_scored_token(tmp_path, vocab_path):
@@ -120,7 +120,7 @@ def test_doc_id_is_the_article_of_the_first_scored_token(tmp_path, vocab_path):
     prepare(config(tmp_path / "c", vocab_path, tmp_path / "o", mode="sliding", n_ctx=100, stride=50, num_pieces=1))
     rows = read_rows(tmp_path / "o")
     first_tokens = {0: "\u4e00", 2: "\u4e02"}
-    from npueval.eval.vocab import load_vocab
+    from npueval.core.vocab import load_vocab
 
     vocab = load_vocab(vocab_path).token_to_id
     for r in rows:
@@ -175,7 +175,8 @@ def test_skip_bad_lines_counts_them_and_keeps_positions(tmp_path, vocab_path):
     path = tmp_path / "c" / "AA" / "wiki_00"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text(lines[0] + "{bad\n" + '{"title": "no text"}\n' + "".join(lines[1:]))
-    m = prepare(config(tmp_path / "c", vocab_path, tmp_path / "o", skip_bad_lines=True, num_pieces=2, n_ctx=32)).manifest
+    m = prepare(config(tmp_path / "c", vocab_path, tmp_path / "o", skip_bad_lines=True, num_pieces=2,
+                       n_ctx=32)).manifest
     assert (m["articles_total"], m["bad_lines"], m["articles_kept"], m["articles_dropped"]) == (6, 2, 4, 2)
     pieces = {r["piece"] for r in read_rows(tmp_path / "o")}
     assert pieces == {0, 1}  # 6 positions → 3 per piece; each piece keeps two good articles
@@ -206,7 +207,7 @@ def test_default_strides():
 
 def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monkeypatch):
     """Inside a Ray driver (or off Linux) the workers are spawned and build their own tokenizer."""
-    import npueval.eval.batches as batches
+    import npueval.eval.data.batches as batches
 
     monkeypatch.setattr(batches, "_ray_running", lambda: True)
     spawned = prepare(config(corpus, vocab_path, tmp_path / "spawned", workers=2, n_ctx=64, stride=96)).manifest
@@ -217,7 +218,7 @@ def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monk
 def test_a_file_that_shrinks_after_the_scan_is_named_and_nothing_is_written(corpus, vocab_path, tmp_path, monkeypatch):
     import shutil
 
-    import npueval.eval.prepare as prepare_module
+    import npueval.eval.data.prepare as prepare_module
 
     root = tmp_path / "wiki"
     shutil.copytree(corpus, root)

@@ -47,7 +47,8 @@ def test_compare_covers_the_windows_both_scored_alike(tmp_path):
 def test_describe_gives_the_spread_and_the_hardest_windows(tmp_path):
     run = load_run(results_folder(tmp_path / "a", [5, 6, 7], [10.0, 50.0, 30.0], [10, 10, 10]))
     text = describe(run)
-    assert "per-window loss (nats/token) over 3 windows: min 1.000  p10 1.400  median 3.000  p90 4.600  max 5.000" in text
+    assert ("per-window loss (nats/token) over 3 windows: min 1.000  p10 1.400  median 3.000  p90 4.600  "
+            "max 5.000") in text
     assert "hardest windows: window 6 (article 1) 5.000, window 7 (article 2) 3.000, window 5 (article 0) 1.000" in text
 
 
@@ -62,7 +63,8 @@ def test_a_folder_without_results_says_how_to_finish_it(tmp_path, capsys):
 def test_plot_into_a_missing_folder_is_refused(tmp_path, capsys):
     results_folder(tmp_path / "a", [0], [1.0], [1])
     assert main(["report", str(tmp_path / "a"), "--plot", str(tmp_path / "no" / "x.png")]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"--plot {tmp_path / 'no' / 'x.png'}: the folder {tmp_path / 'no'} does not exist")
+    assert capsys.readouterr().err.strip().endswith(f"--plot {tmp_path / 'no' / 'x.png'}: the folder {tmp_path / 'no'} "
+                                                    "does not exist")
 
 
 @pytest.mark.parametrize("broken", ["results.json", "windows.parquet"])

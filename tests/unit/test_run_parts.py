@@ -13,12 +13,12 @@ import pytest
 from npueval.actors.evaluator import BlockResult, Evaluator
 from npueval.actors.simulated import SimulatedBackend
 from npueval.actors.worker import DeviceWorker, WorkerSpec, check_chip_health
-from npueval.eval.blocks import Block, BlockReader, plan_blocks, read_index
-from npueval.eval.dataset import ShardWriter
-from npueval.eval.errors import DatasetError, RunError, UserError
-from npueval.eval.results import collect
-from npueval.eval.run_folder import RunFolder
-from npueval.eval.windows import Windows
+from npueval.core.errors import DatasetError, RunError, UserError
+from npueval.eval.data.dataset import ShardWriter
+from npueval.eval.data.windows import Windows
+from npueval.eval.driver.blocks import Block, BlockReader, plan_blocks, read_index
+from npueval.eval.driver.results import collect
+from npueval.eval.driver.run_folder import RunFolder
 
 FAKES = Path(__file__).parents[1] / "fakes"
 L = 8
@@ -116,7 +116,7 @@ def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
 
 def test_resume_on_a_folder_without_blocks_starts_from_the_first_and_says_so(tmp_path, caplog):
     folder = RunFolder(tmp_path / "out")
-    with caplog.at_level("WARNING", logger="npueval.eval.run_folder"):
+    with caplog.at_level("WARNING", logger="npueval.eval.driver.run_folder"):
         assert folder.start({"model": "m"}, resume=True, force=False) == set()
     assert [r.getMessage() for r in caplog.records] == [
         f"--resume: {tmp_path / 'out'} holds no finished block; starting from the first"]
@@ -128,7 +128,7 @@ def test_the_reduction_proves_every_window_was_counted_once():
     with pytest.raises(RunError, match=r"hold 4 windows, the run needs 5 \(1 missing, 0 counted twice\)"):
         collect(blocks, np.arange(5))
     with pytest.raises(RunError, match=r"1 counted twice"):
-        collect(blocks + [block_result(2, [3], [4.0])], np.arange(5))
+        collect([*blocks, block_result(2, [3], [4.0])], np.arange(5))
 
 
 def test_windows_table_names_each_windows_device_in_window_order_whatever_the_block_order():
@@ -136,8 +136,8 @@ def test_windows_table_names_each_windows_device_in_window_order_whatever_the_bl
     came back out of order (a resumed run) are sorted by window_id, in order they are not copied."""
     import pyarrow as pa
 
-    from npueval.eval.blocks import WindowIndex
-    from npueval.eval.results import windows_table
+    from npueval.eval.driver.blocks import WindowIndex
+    from npueval.eval.driver.results import windows_table
 
     def on(block, device, node):
         return replace(block, device=device, node_id=node)

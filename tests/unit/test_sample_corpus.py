@@ -5,17 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from npueval.build.sample_model import FIRST_FREE_ID, build_vocab
-from npueval.eval import sample_corpus as sc
-from npueval.eval.prepare import PrepareConfig, prepare
-from npueval.eval.tokenizer import BertChineseTokenizer
-from npueval.eval.vocab import load_vocab
+from npueval.core.vocab import load_vocab
+from npueval.eval.data.prepare import PrepareConfig, prepare
+from npueval.eval.data.tokenizer import BertChineseTokenizer
+from npueval.eval.sample import corpus as sc
+from npueval.eval.sample.train import FIRST_FREE_ID, build_vocab
 
 
 @pytest.mark.parametrize("line, text", [
     ("迈向/v  充满/v  希望/n  的/u  新/a  世纪/n", "迈向充满希望的新世纪"),
     # a compound: "[" before its first word, "]tag" after its last
-    ("[中央/n  人民/n  广播/vn  电台/n]nt  和/c  [中国/ns  国际/n  广播/vn  电台/n]nt", "中央人民广播电台和中国国际广播电台"),
+    ("[中央/n  人民/n  广播/vn  电台/n]nt  和/c  [中国/ns  国际/n  广播/vn  电台/n]nt",
+     "中央人民广播电台和中国国际广播电台"),
     ("１/２/m  的/u", "１/２的"),  # a word holding "/" keeps it: the tag is after the last one
     ("用/v  Windows/nx  95/m  和/c  APEC/nx  ，/w", "用Windows 95和APEC，"),  # ASCII words keep a space
     ("", ""),
@@ -89,7 +90,7 @@ def test_vocab_layout_and_coverage(tmp_path):
 def test_default_results_folder_is_fresh(tmp_path, monkeypatch):
     from datetime import datetime, timezone
 
-    from npueval.eval.sample import default_out
+    from npueval.eval.sample.bundled import default_out
 
     monkeypatch.chdir(tmp_path)
     now = datetime(2026, 11, 25, 18, 57, 38, tzinfo=timezone.utc)

@@ -4,12 +4,12 @@ import random
 
 import numpy as np
 import pytest
-
 from classic_bert import ClassicBertTokenizer
 from conftest import small_vocab_tokens, write_vocab
 from textgen import WikiTextGen, hard_text
-from npueval.eval.tokenizer import BertChineseTokenizer
-from npueval.eval.vocab import load_vocab
+
+from npueval.core.vocab import load_vocab
+from npueval.eval.data.tokenizer import BertChineseTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_special_token_missing_from_vocab_maps_to_unk(tmp_path):
 
 
 def test_cached_tables_equal_freshly_built_ones(tables_cache):
-    from npueval.eval import tokenizer
+    from npueval.eval.data import tokenizer
 
     tokenizer.warm_tables()
     path = tokenizer.tables_cache_path()
@@ -95,7 +95,7 @@ def test_cached_tables_equal_freshly_built_ones(tables_cache):
 
 
 def test_a_corrupt_or_unwritable_cache_is_rebuilt(tmp_path, monkeypatch):
-    from npueval.eval import tokenizer
+    from npueval.eval.data import tokenizer
 
     monkeypatch.setenv("NPUEVAL_CACHE_DIR", str(tmp_path))
     path = tokenizer.tables_cache_path()

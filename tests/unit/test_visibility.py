@@ -5,9 +5,16 @@ real local Rays whose actors get their ids from Ray's own NPU support."""
 
 import pytest
 
-from npueval.cluster.visibility import (NOSET_ENV, VISIBLE_ENV, acl_device_id, check_user_list, narrowed, noset,
-                                        parse_visible)
-from npueval.eval.errors import RunError, UserError
+from npueval.cluster.visibility import (
+                                        NOSET_ENV,
+    VISIBLE_ENV,
+    acl_device_id,
+    check_user_list,
+    narrowed,
+    noset,
+    parse_visible,
+)
+from npueval.core.errors import RunError, UserError
 
 
 @pytest.mark.parametrize("value, ids", [

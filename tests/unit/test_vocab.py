@@ -1,13 +1,14 @@
 import pytest
-
 from conftest import small_vocab_tokens, write_vocab
-from npueval.eval.errors import VocabError
-from npueval.eval.vocab import load_vocab
+
+from npueval.core.errors import VocabError
+from npueval.core.vocab import load_vocab
 
 
 def test_ids_follow_lines_and_specials_sit_at_gpt2_chinese_ids(vocab_path):
     vocab = load_vocab(vocab_path)
-    assert (vocab.token_to_id["[PAD]"], vocab.unk_id, vocab.cls_id, vocab.sep_id, vocab.mask_id) == (0, 100, 101, 102, 103)
+    assert (vocab.token_to_id["[PAD]"], vocab.unk_id, vocab.cls_id, vocab.sep_id, vocab.mask_id) == (0, 100, 101, 102,
+                                                                                                     103)
     assert vocab.size == len(small_vocab_tokens())
     assert len(vocab.sha256) == 64
 

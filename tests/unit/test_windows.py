@@ -4,9 +4,9 @@ import random
 
 import numpy as np
 import pytest
-
 from port import seed_windows
-from npueval.eval.windows import WindowMaker
+
+from npueval.eval.data.windows import WindowMaker
 
 PAD = -7
 
@@ -45,7 +45,7 @@ def test_seed_equals_compare_loss_loop(seed, n_ctx, stride):
     for piece in range(5):
         stream = [rng.randrange(1000) for _ in range(rng.choice([0, 1, n_ctx, n_ctx + 1, rng.randint(0, 6000)]))]
         expected += [(piece, w) for w in seed_windows(stream, n_ctx, stride)]
-        windows, docs = stream_in_chunks(maker, piece, stream, rng)
+        windows, _docs = stream_in_chunks(maker, piece, stream, rng)
         got += windows
     got += rows(maker.finish())
     assert [(piece, ids) for piece, ids, *_ in got] == expected

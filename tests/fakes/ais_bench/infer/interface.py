@@ -59,9 +59,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-import numpy as np
-
 import aclruntime  # noqa: F401 - as the real interface does: ais_bench needs its C++ half
+import numpy as np
 
 OM_MODEL_MAX_SIZE = 10 * 1024**3
 PIPELINE_API_SAMPLE_COUNT_MAX = 512
@@ -122,7 +121,8 @@ class _Chip:
             _error_log(f"model file {model_path} read failed")
             raise RuntimeError(ACL_FAILURE)
         if device_id >= len(visible):
-            print(f"[ACL ERROR] EE1001: The argument is invalid.Reason: Set visible device failed, invalid device={device_id}",
+            print(f"[ACL ERROR] EE1001: The argument is invalid.Reason: Set visible device failed, invalid "
+                  f"device={device_id}",
                   flush=True)
             _error_log(f"acl open device {device_id} failed")
             raise RuntimeError("[107001][Error code unknown] ")
@@ -210,7 +210,8 @@ def _as_array(feed) -> np.ndarray:
 class OldInferSession:
     """The pre-2024 surface: no checks, no pipeline, `sumary()`, `reset_sumaryinfo()`, `finalize()`."""
 
-    def __init__(self, device_id: int, model_path: str, acl_json_path: str = None, debug: bool = False, loop: int = 1):
+    def __init__(self, device_id: int, model_path: str, acl_json_path: str | None = None, debug: bool = False,
+                 loop: int = 1):
         self.device_id, self.model_path, self.loop = device_id, model_path, loop
         self.session = _Chip(model_path, int(device_id), loop, durations=True)
         self.outputs_names = [d.name for d in self.session.outputs]
@@ -246,7 +247,8 @@ class OldInferSession:
 class NewInferSession:
     """The surface since 2024-02: checks, `infer_pipeline`, `summary()`, `free_resource()`."""
 
-    def __init__(self, device_id: int, model_path: str, acl_json_path: str = None, debug: bool = False, loop: int = 1):
+    def __init__(self, device_id: int, model_path: str, acl_json_path: str | None = None, debug: bool = False,
+                 loop: int = 1):
         _check_model_path(model_path)
         if not isinstance(device_id, int):
             raise TypeError(f"device:{device_id} is not a integer!")

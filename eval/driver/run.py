@@ -21,18 +21,18 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult
 from npueval.actors.worker import CALLS_AT_ONCE, BackendFactory
+from npueval.core.errors import Interrupted, UserError
+from npueval.core.files import file_sha256
+from npueval.eval.data.dataset import open_data_set
 
 from . import results as res
 from .blocks import Block, BlockReader, WindowIndex, plan_blocks, read_index
-from .dataset import open_data_set
 from .dispatch import Dispatcher, Prefetcher, prefetch_depth
-from .errors import Interrupted, UserError
 from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
 from .model_spec import ModelSpec, check_pair, resolve_model
 from .provenance import provenance
 from .run_folder import BackgroundSaver, RunFolder
-from .vocab import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        self.device_config  # validates the device flags
+        _ = self.device_config  # validates the device flags
         for name in ("limit", "block_windows"):
             value = getattr(self, name)
             if value is not None and value < 1:

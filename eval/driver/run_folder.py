@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
+from npueval.core.errors import DatasetError, UserError
 
 from .background import lower_this_thread
-from .errors import DatasetError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class RunFolder:
         try:
             return json.loads((self.out / RUN).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            raise DatasetError(f"--resume: {self.out / RUN} is missing or unreadable; start over with --force") from None
+            raise DatasetError(f"--resume: {self.out / RUN} is missing or unreadable; start over with "
+                               "--force") from None
 
     def save(self, result: BlockResult) -> None:
         import pyarrow as pa

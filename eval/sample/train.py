@@ -1,8 +1,8 @@
 """Train the bundled sample model: a small GPT-2 of GPT2-Chinese's architecture, on CPU, seeded.
 
-    python -m npueval.build.sample_model --out /tmp/sample [--minutes 25]
+    python -m npueval.eval.sample.train --out /tmp/sample [--minutes 25]
 
-1. The vocabulary, built from the sample's training articles (eval/sample_corpus.py) in
+1. The vocabulary, built from the sample's training articles (eval/sample/corpus.py) in
    BERT-Chinese layout: [PAD] 0, [unused1..99], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103,
    then every token the tokenizer emits on the training text (single characters, and "##"
    continuations inside runs of digits or letters), most frequent first.
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.eval import sample_corpus
-from npueval.eval.prepare import PrepareConfig, prepare
-from npueval.eval.tokenizer import BertChineseTokenizer
-from npueval.eval.vocab import file_sha256, load_vocab
+from npueval.core.files import file_sha256
+from npueval.core.vocab import load_vocab
+from npueval.eval.data.prepare import PrepareConfig, prepare
+from npueval.eval.data.tokenizer import BertChineseTokenizer
+from npueval.eval.sample import corpus as sample_corpus
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ def model_nll(model, windows: np.ndarray, batch_size: int = 8) -> float:
         for start in range(0, len(windows), batch_size):
             ids = torch.from_numpy(windows[start : start + batch_size])
             logits = model(ids).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                    reduction="sum")
             total += float(nll.double())
             count += ids[:, 1:].numel()
     return total / count
@@ -143,9 +145,8 @@ def model_nll(model, windows: np.ndarray, batch_size: int = 8) -> float:
 
 def evaluate(checkpoint: Path) -> dict:
     """The quality bar: held-out perplexity (the default run's windows) next to a unigram model's."""
-    from npueval.eval.sample import prepare_sample
-
-    from .checkpoint import load_model, open_checkpoint
+    from npueval.build.checkpoint import load_model, open_checkpoint
+    from npueval.eval.sample.bundled import prepare_sample
 
     ckpt = open_checkpoint(checkpoint)
     all_articles = sample_corpus.articles()
@@ -155,7 +156,7 @@ def evaluate(checkpoint: Path) -> dict:
     held_out = model_nll(load_model(ckpt), windows)
     unigram = unigram_nll(unigram_counts([a.text for a in sample_corpus.training(all_articles)], ckpt.vocab), windows)
     figures = {
-        "held_out_windows": int(len(windows)),
+        "held_out_windows": len(windows),
         "held_out_ppl": math.exp(held_out),
         "unigram_ppl": math.exp(unigram),
         "sha256": file_sha256(checkpoint / "model.safetensors"),
@@ -197,7 +198,8 @@ def train(config: TrainConfig) -> dict:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay,
+                                                                  "weight_decay": 0.0}], lr=config.lr
     )
 
     def lr_at(step: int) -> float:
@@ -222,7 +224,8 @@ def train(config: TrainConfig) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0 or step == config.steps - 1:
-            log.info("step %d/%d loss %.3f lr %.2e %.0f s", step, config.steps, loss.item(), lr_at(step), time.perf_counter() - started)
+            log.info("step %d/%d loss %.3f lr %.2e %.0f s", step, config.steps, loss.item(), lr_at(step),
+                     time.perf_counter() - started)
 
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if not k.endswith(".attn.bias")}
     state.pop("lm_head.weight", None)  # tied to transformer.wte.weight
@@ -240,13 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--evaluate-only", action="store_true", help="only the quality figures of the checkpoint in --out")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="only the quality figures of the checkpoint in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.evaluate_only:
         evaluate(args.out)
         return
-    train(TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads))
+    train(TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      threads=args.threads))
 
 
 if __name__ == "__main__":

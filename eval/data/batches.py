@@ -39,8 +39,9 @@ _tokenizer = None  # one per process, made by _init
 
 def _init(vocab_path: str) -> None:
     global _tokenizer
+    from npueval.core.vocab import load_vocab
+
     from .tokenizer import BertChineseTokenizer
-    from .vocab import load_vocab
 
     _tokenizer = BertChineseTokenizer(load_vocab(vocab_path))
 

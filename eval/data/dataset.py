@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .vocab import file_sha256
+from npueval.core.files import file_sha256
+
 from .windows import Windows
 
 FORMAT_VERSION = 1
@@ -141,7 +142,7 @@ def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = F
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .errors import DatasetError
+    from npueval.core.errors import DatasetError
 
     name = str(shard.get("name", ""))
     if not name or Path(name).name != name or name in (".", ".."):
@@ -169,7 +170,7 @@ def open_data_set(data_dir: Path, flag: str = "--data") -> dict:
     """The manifest of the data set `npueval prepare` made in DATA_DIR, or a one-line error
     naming the folder: missing, unfinished, without a window, or a manifest that is unreadable
     or was edited."""
-    from .errors import DatasetError, not_a_folder
+    from npueval.core.errors import DatasetError, not_a_folder
 
     if not data_dir.is_dir():
         raise DatasetError(f"{flag} {data_dir}: {not_a_folder(data_dir)}; make it with `npueval prepare`")

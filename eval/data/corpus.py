@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import CorpusError, not_a_folder
+from npueval.core.errors import CorpusError, not_a_folder
 
 FILES_CHOICES = ("first", "all")
 

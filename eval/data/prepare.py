@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from npueval.core.errors import CorpusError, DatasetError, UserError
+from npueval.core.vocab import Vocab, load_vocab
+
 from .batches import BAD, KEPT, FramedBatch, batch_framer
 from .corpus import FILES_CHOICES, CorpusFile, LineRange, bad_line_error, iter_line_ranges, scan_files, select_files
 from .dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
-from .errors import CorpusError, DatasetError, UserError
-from .vocab import Vocab, load_vocab
 from .windows import MODES, WindowMaker, Windows
 
 log = logging.getLogger(__name__)

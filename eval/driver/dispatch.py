@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 
 from npueval.actors.evaluator import BlockResult
 from npueval.actors.worker import CALLS_AT_ONCE
+from npueval.core.errors import NpuevalError, RunError, root_cause
 
 from .background import lower_this_thread
 from .blocks import Block
-from .errors import NpuevalError, RunError, root_cause
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Prefetcher:
             for block in blocks:
                 if not self._put((block, ray.put(read(block)))):
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        except BaseException as exc:
             self._put(exc)
             return
         self._put(self._END)
@@ -225,7 +225,7 @@ class Dispatcher:
             slot.returned(ref)
             try:
                 result = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - sorted out below: the user's, or the device's
+            except Exception as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, NpuevalError):
                     raise cause from None
@@ -298,7 +298,7 @@ class Dispatcher:
         slot = self.slots[k]
         try:
             described = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - any failure to answer leaves the device out
+        except Exception as exc:
             self._leave_out(k, root_cause(exc), retry)
             return
         death = described.get("previous_death") if isinstance(described, dict) else None

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 
-from npueval.eval.errors import RunError, UserError
+from npueval.core.errors import RunError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,8 @@ def discover_or_warn(consequence: str) -> list[Device] | None:
 def soc_version() -> str:
     """ATC's --soc_version for this host's chips (310P3 → Ascend310P3)."""
     if shutil.which("npu-smi") is None:
-        raise UserError("--soc auto: npu-smi is not on PATH, so the chip is unknown; pass --soc, e.g. --soc Ascend310P3")
+        raise UserError("--soc auto: npu-smi is not on PATH, so the chip is unknown; pass --soc, e.g. --soc "
+                        "Ascend310P3")
     try:
         devices = discover()
     except NpuSmiError as exc:

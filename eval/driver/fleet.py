@@ -18,8 +18,8 @@ from pathlib import Path
 
 from npueval.actors.worker import BACKENDS, CALLS_AT_ONCE, BackendFactory, ModelFile, WorkerSpec, remote_workers
 from npueval.cluster import ray_cluster
+from npueval.core.errors import RunError, UserError, root_cause
 
-from .errors import RunError, UserError, root_cause
 from .model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Fleet:
 
     def wait(self) -> None:
         """Until every device has answered; one that cannot start ends the command with its error."""
-        self.batch_size
+        _ = self.batch_size
 
     @property
     def planned_batch_size(self) -> int | None:
@@ -167,7 +167,7 @@ def _local_devices(config: DeviceConfig):
     npu-smi fails (DCMI is root-only on some hosts), Ray's own count of the chips stands."""
     if config.backend in ("onnx", "simulated") or _joins(config):
         return None
-    from npueval.cluster.discovery import discover_or_warn
+    from npueval.cluster.devices import discover_or_warn
 
     return discover_or_warn("the chips' health is not checked, and Ray's own count of the NPUs stands") or None
 
@@ -252,7 +252,7 @@ def describe(actors: list) -> list[dict]:
     for k, ref in enumerate([a.describe.remote() for a in actors]):
         try:
             described.append(ray.get(ref))
-        except Exception as exc:  # noqa: BLE001 - the user's error as it is, any other as a run failure
+        except Exception as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, (UserError, RunError)):
                 raise cause from None
@@ -268,7 +268,7 @@ def stop(actors: list) -> None:
 
     try:
         ray.get([a.close.remote() for a in actors], timeout=30)
-    except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to close
+    except Exception as exc:
         log.debug("closing the device actors: %s", exc)
     for a in actors:
         ray.kill(a)

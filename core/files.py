@@ -1,0 +1,57 @@
+"""Files as npueval writes them: whole or not at all, and named by their bytes.
+
+`atomic_write` is the one way a file appears under its name: the bytes go to a temporary beside it
+(`.NAME.tmp`), which is renamed into place, so a process killed or a disk filled on the way
+leaves the old file or none, never half of one (RELIABILITY.md, "Faults").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def temporary_for(path: Path) -> Path:
+    """The temporary a file is written to before it takes its name: `.NAME.tmp` beside it."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def atomic_path(path: Path, temporary: Path | None = None) -> Iterator[Path]:
+    """A temporary path to write `path` through: renamed to `path` when the block ends without an
+    error, removed when it raises."""
+    tmp = temporary or temporary_for(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, data: bytes | str, temporary: Path | None = None) -> Path:
+    """`data` as the file `path`, whole or not at all (text as UTF-8)."""
+    with atomic_path(path, temporary) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], None], temporary: Path | None = None) -> Path:
+    """The file `write(tmp)` makes, as `path`, whole or not at all (a Parquet writer, say)."""
+    with atomic_path(path, temporary) as tmp:
+        write(tmp)
+    return path
