@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from npueval.core.errors import UserError
+from npueval.core.files import atomic_write_with
 
 #: What ais_bench refuses in a model's absolute path (PATH_WHITE_LIST_REGEX).
 UNSAFE_PATH_CHARS = re.compile(r"[^_A-Za-z0-9/.-]")
@@ -66,13 +67,15 @@ def local_model_file(name: str, sha256: str, size: int, fetch, root: Path | None
     data = fetch()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise UserError(f"model {name}: the bytes that reached this node do not match its sha256")
-    # Several actors of one node may arrive at once: each writes its own file, the rename is atomic.
+    # Several actors of one node may arrive at once: each writes a temporary of its own.
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    os.close(fd)
+
+    def write(temporary: Path) -> None:
+        temporary.write_bytes(data)
+        temporary.chmod(0o644)
+
+    return atomic_write_with(path, write, Path(tmp))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.core.errors import UserError
+from npueval.core.errors import UserError, first_line
 from npueval.core.model_io import INPUT, NLL, TARGETS, targets_for
 
 from .backend import check_batch, pad_rows
@@ -55,7 +55,7 @@ class OnnxBackend:
         try:
             self._session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own types for a file that is not a model
-            raise UserError(f"--model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"--model {path}: onnxruntime cannot load it ({first_line(exc)})") from None
         inputs = {i.name: i for i in self._session.get_inputs()}
         self.loss_head = TARGETS in inputs
         shape = inputs[INPUT].shape

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.core.errors import CheckpointError, not_a_folder
+from npueval.core.errors import CheckpointError, first_line, not_a_folder
 from npueval.core.vocab import Vocab, load_vocab
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,9 @@ def load_state_dict(ckpt: Checkpoint) -> dict:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
-                f"{path}: refused, it needs more than tensors to load ({first}); npueval never runs code "
+                f"{path}: refused, it needs more than tensors to load "
+                f"({first_line(exc) or type(exc).__name__}); npueval never runs code "
                 "from a checkpoint. Convert it once, on a machine you trust, with "
                 "`python -c \"import torch, safetensors.torch as st; "
                 "st.save_file(torch.load('pytorch_model.bin', weights_only=False), 'model.safetensors')\"`"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.core.errors import UserError
+from npueval.core.files import atomic_write
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
 
 from . import atc
@@ -121,9 +122,7 @@ def build(config: BuildConfig) -> BuildResult:
         "stages": stages,
         "atc": atc_info,
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return BuildResult(out, manifest, om)
 
 

@@ -7,14 +7,13 @@ int16, n_valid int16, piece int32, window_id int64 (dense, storage order), doc_i
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from npueval.core.files import file_sha256
+from npueval.core.files import atomic_write, file_sha256
 
 from .windows import Windows
 
@@ -126,10 +125,7 @@ def _arrow(values: np.ndarray):
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    path = folder / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = False):
@@ -142,7 +138,7 @@ def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = F
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from npueval.core.errors import DatasetError
+    from npueval.core.errors import DatasetError, first_line
 
     name = str(shard.get("name", ""))
     if not name or Path(name).name != name or name in (".", ".."):
@@ -158,8 +154,8 @@ def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = F
     try:
         return pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"{path}: not a readable Parquet shard ({first}); prepare the data set again") from None
+        raise DatasetError(f"{path}: not a readable Parquet shard ({first_line(exc) or type(exc).__name__}); prepare "
+                           "the data set again") from None
 
 
 #: Each shard entry of a manifest, with the type `run` reads it as.

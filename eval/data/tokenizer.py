@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.core.cache import cache_root
+from npueval.core.files import atomic_write_with
 from npueval.core.vocab import SPECIAL_TOKENS, Vocab
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,17 @@ def _load_or_build_tables() -> dict[str, np.ndarray]:
     tables = _build_tables()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **tables)
-        os.replace(tmp, path)
+        # Each worker process of a first `prepare` may build them: a temporary of its own.
+        atomic_write_with(path, lambda tmp: _save_tables(tmp, tables),
+                          path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     except OSError as exc:  # a read-only home only costs the next run a second
         log.debug("could not keep code point tables in %s: %s", path, exc)
     return tables
+
+
+def _save_tables(path: Path, tables: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would add .npz to a path
+        np.savez(f, **tables)
 
 
 def _build_tables() -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from npueval.core.errors import UserError
+from npueval.core.errors import UserError, first_line
 from npueval.core.files import file_sha256
 from npueval.core.vocab import load_vocab
 
@@ -91,7 +91,7 @@ def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types
-        raise UserError(f"--model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"--model {path}: onnxruntime cannot load it ({first_line(exc)})") from None
     inputs = {i.name: i.shape for i in session.get_inputs()}
     shape = inputs.get("input_ids")
     if shape is None or len(shape) != 2 or not all(isinstance(d, int) for d in shape):

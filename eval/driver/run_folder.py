@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,6 +20,7 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
 from npueval.core.errors import DatasetError, UserError
+from npueval.core.files import atomic_write, atomic_write_with
 
 from .background import lower_this_thread
 
@@ -159,14 +159,11 @@ def _write_atomic(path: Path, content: str | Callable[[Path], None]) -> None:
     """Write a temporary file, then rename it over PATH: a reader sees the old file or the new one,
     never half of one. A failed write (a full disk, a file-size limit) leaves nothing behind and
     is a one-line error naming the file."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         if isinstance(content, str):
-            tmp.write_text(content, encoding="utf-8")
+            atomic_write(path, content)
         else:
-            content(tmp)
-        os.replace(tmp, path)
+            atomic_write_with(path, content)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"--out {path.parent}: cannot write {path.name} ({exc.strerror or exc}); free some space "
                             "(or choose another --out), then continue with --resume") from None
