@@ -64,7 +64,7 @@ import npueval.actors.worker as worker_module
 import npueval.eval.driver.run as run_module
 from npueval.actors.evaluator import Evaluator
 from npueval.actors.simulated import SimulatedBackend
-from npueval.eval.data.dataset import read_manifest
+from npueval.eval.data.manifest import DataManifest
 from npueval.eval.driver.blocks import BlockReader, plan_blocks
 from npueval.eval.driver.dispatch import Dispatcher
 from npueval.eval.driver.run import RunConfig, run
@@ -314,10 +314,10 @@ def microbench(data: Path, args) -> dict:
     """Driver: BlockReader.read + RunFolder.save of one block; actor: Evaluator.evaluate at 0 ms, per batch."""
     import pickle
 
-    manifest = read_manifest(data)
-    keep = np.ones(manifest["windows"], dtype=bool)
+    manifest = DataManifest.read(data)
+    keep = np.ones(manifest.windows, dtype=bool)
     reader = BlockReader(data, manifest, keep, None)
-    blocks = plan_blocks(min(manifest["windows"], 64 * args.block_windows), args.block_windows)
+    blocks = plan_blocks(min(manifest.windows, 64 * args.block_windows), args.block_windows)
     reader.read(blocks[0])  # the shard's first read (parquet decode) is per shard, not per block
     t = time.perf_counter()
     rows = [reader.read(b) for b in blocks]

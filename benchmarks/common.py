@@ -20,7 +20,8 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTE
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from npueval.eval.data.dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest  # noqa: E402
+from npueval.eval.data.dataset import ShardWriter  # noqa: E402
+from npueval.eval.data.manifest import FORMAT_VERSION, DataInputs, DataManifest  # noqa: E402
 from npueval.eval.data.windows import Windows  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,8 +34,8 @@ VOCAB = 21128
 
 def make_data(folder: Path, windows: int, rows_per_shard: int = 4096, num_pieces: int = 100) -> Path:
     """A prepared data set of `windows` full seed-mode windows of random ids (seeded), reused if present."""
-    manifest = read_manifest(folder) if folder.is_dir() else None
-    if manifest is not None and manifest["windows"] == windows:
+    manifest = DataManifest.read(folder) if folder.is_dir() else None
+    if manifest is not None and manifest.windows == windows:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -50,16 +51,13 @@ def make_data(folder: Path, windows: int, rows_per_shard: int = 4096, num_pieces
 
     writer.write(pieces())
     shards = writer.close()
-    inputs = {"format_version": FORMAT_VERSION, "mode": "seed", "n_ctx": N_CTX, "stride": 768,
-              "num_pieces": num_pieces, "min_length": 128, "shuffle": False, "files_mode": "first",
-              "skip_bad_lines": False, "rows_per_shard": rows_per_shard, "vocab_sha256": "synthetic", "files": []}
-    write_manifest(folder, {
-        **inputs, "dataset_key": f"bench_scaling-synthetic-{windows}", "corpus_dir": "synthetic",
-        "vocab_path": "synthetic", "vocab_size": VOCAB, "pad_id": 0, "articles_total": windows,
-        "articles_kept": windows, "articles_dropped": 0, "bad_lines": 0, "stream_tokens": windows * N_CTX,
-        "windows": writer.windows, "tokens": writer.tokens, "scored_tokens": writer.scored_tokens,
-        "shards": [s.__dict__ for s in shards],
-    })
+    inputs = DataInputs(format_version=FORMAT_VERSION, mode="seed", n_ctx=N_CTX, stride=768, num_pieces=num_pieces,
+                        min_length=128, shuffle=False, files_mode="first", skip_bad_lines=False,
+                        rows_per_shard=rows_per_shard, vocab_sha256="synthetic", files=())
+    DataManifest(inputs=inputs, dataset_key=f"bench_scaling-synthetic-{windows}", corpus_dir="synthetic",
+                 vocab_path="synthetic", vocab_size=VOCAB, pad_id=0, articles_total=windows, articles_kept=windows,
+                 articles_dropped=0, bad_lines=0, stream_tokens=windows * N_CTX, windows=writer.windows,
+                 tokens=writer.tokens, scored_tokens=writer.scored_tokens, shards=tuple(shards)).write(folder)
     return folder
 
 

@@ -8,29 +8,25 @@ reads to know how to feed the model.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.core.errors import UserError
-from npueval.core.files import atomic_write
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
 
 from . import atc
 from .checkpoint import load_model, open_checkpoint
 from .export import export_onnx, op_histogram
 from .loss_head import KEEP_FP32_NODES, add_loss_head
+from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec
 from .passes import run_passes
 from .simplify import simplify
 from .verify import DEFAULT_TOLERANCE, check_stage, random_ids
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("nll", "logits")
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class BuildConfig:
 @dataclass(frozen=True)
 class BuildResult:
     out: Path
-    manifest: dict = field(repr=False)
+    manifest: BuildManifest = field(repr=False)
     om: Path | None  # None when there was no CANN: DIR/atc.sh holds the command
 
 
@@ -102,27 +98,27 @@ def build(config: BuildConfig) -> BuildResult:
     keep_dtype = atc.write_inputs(out, KEEP_FP32_NODES if config.output == "nll" else ())
     om, atc_info = _compile(out, final, inputs, keep_dtype, config.soc)
 
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "checkpoint": str(ckpt.folder.resolve()),
-        "weights_sha256": ckpt.weights_sha256,
-        "vocab_sha256": ckpt.vocab.sha256,
-        "config": ckpt.config,
-        "batch_size": config.batch_size,
-        "seq_len": config.seq_len,
-        "output": config.output,
-        "inputs": [{"name": k, "dtype": "int64", "shape": v} for k, v in inputs.items()],
-        "outputs": [{"name": NLL if config.output == "nll" else LOGITS, "dtype": "float32", "shape": output_shape}],
-        "opset": export["opset"],
-        "exporter": export["exporter"],
-        "onnx": final,
-        "om": om.name if om else None,
-        "tolerance": config.tolerance,
-        "tolerance_loosened": config.tolerance > DEFAULT_TOLERANCE,
-        "stages": stages,
-        "atc": atc_info,
-    }
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    manifest = BuildManifest(
+        format_version=FORMAT_VERSION,
+        checkpoint=str(ckpt.folder.resolve()),
+        weights_sha256=ckpt.weights_sha256,
+        vocab_sha256=ckpt.vocab.sha256,
+        config=ckpt.config,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        output=config.output,
+        inputs=tuple(TensorSpec(k, "int64", tuple(v)) for k, v in inputs.items()),
+        outputs=(TensorSpec(NLL if config.output == "nll" else LOGITS, "float32", tuple(output_shape)),),
+        opset=export["opset"],
+        exporter=export["exporter"],
+        onnx=final,
+        om=om.name if om else None,
+        tolerance=config.tolerance,
+        tolerance_loosened=config.tolerance > DEFAULT_TOLERANCE,
+        stages=stages,
+        atc=atc_info,
+    )
+    manifest.write(out)
     return BuildResult(out, manifest, om)
 
 

@@ -68,10 +68,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"{result.out} already holds this data set: nothing to do.")
     print(
-        f"{m['windows']} windows, {m['scored_tokens']} scored tokens "
-        f"({m['mode']}, n_ctx {m['n_ctx']}, stride {m['stride']}); "
-        f"articles kept {m['articles_kept']} of {m['articles_total']}"
-        + (f", {m['bad_lines']} bad lines skipped" if m["bad_lines"] else "")
+        f"{m.windows} windows, {m.scored_tokens} scored tokens "
+        f"({m.mode}, n_ctx {m.n_ctx}, stride {m.inputs.stride}); "
+        f"articles kept {m.articles_kept} of {m.articles_total}"
+        + (f", {m.bad_lines} bad lines skipped" if m.bad_lines else "")
         + f" → {result.out}"
     )
     return EXIT_OK
@@ -181,8 +181,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
                          output=args.output, soc=args.soc, tolerance=args.tolerance)
     result = build(config)
     m = result.manifest
-    worst = max(stage["verify"]["rel_err"] for stage in m["stages"].values())
-    print(f"{m['onnx']}: {m['output']} output, batch {m['batch_size']} × {m['seq_len']}, opset {m['opset']}, "
+    worst = max(stage["verify"]["rel_err"] for stage in m.stages.values())
+    print(f"{m.onnx}: {m.output} output, batch {m.batch_size} × {m.seq_len}, opset {m.opset}, "
           f"largest relative error {worst:.2g} against PyTorch → {result.out}")
     if result.om is None:
         print(f"No CANN here: compile on an NPU host with {result.out / 'atc.sh'}")

@@ -63,3 +63,16 @@ def simulated_reference(data: Path, keep: np.ndarray | None = None) -> tuple[flo
     per_window = np.where(mask, nll, 0.0).sum(axis=1)
     keep = np.ones(len(per_window), bool) if keep is None else keep
     return float(np.sum(per_window[keep])), int(mask[keep].sum()), per_window
+
+
+def synthetic_manifest(shards, n_ctx: int):
+    """The manifest of a data set a test wrote with ShardWriter itself (no corpus, no vocabulary)."""
+    from npueval.eval.data.manifest import FORMAT_VERSION, DataInputs, DataManifest
+
+    windows = sum(s.rows for s in shards)
+    inputs = DataInputs(format_version=FORMAT_VERSION, mode="seed", n_ctx=n_ctx, stride=n_ctx, num_pieces=1,
+                        min_length=0, shuffle=False, files_mode="all", skip_bad_lines=False,
+                        rows_per_shard=max((s.rows for s in shards), default=1), vocab_sha256="synthetic", files=())
+    return DataManifest(inputs=inputs, dataset_key="synthetic", corpus_dir="synthetic", vocab_path="synthetic",
+                        vocab_size=0, pad_id=0, articles_total=0, articles_kept=0, articles_dropped=0, bad_lines=0,
+                        stream_tokens=0, windows=windows, tokens=0, scored_tokens=0, shards=tuple(shards))

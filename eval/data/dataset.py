@@ -1,24 +1,22 @@
-"""The prepared data set on disk: Parquet shards of windows and manifest.json.
+"""The prepared data set on disk: Parquet shards of windows, and its manifest (manifest.py).
 
-One row per window (DESIGN.md, Dataset): input_ids fixed_size_list<int32>[L], score_from
-int16, n_valid int16, piece int32, window_id int64 (dense, storage order), doc_id int64.
+One row per window (docs/results.md, "The data set"): input_ids fixed_size_list<int32>[L],
+score_from int16, n_valid int16, piece int32, window_id int64 (dense, storage order), doc_id int64.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from npueval.core.files import atomic_write, file_sha256
+from npueval.core.contracts import ContractError
+from npueval.core.errors import DatasetError, first_line, not_a_folder
+from npueval.core.files import file_sha256
 
+from .manifest import MANIFEST, DataManifest, ShardEntry, read_json
 from .windows import Windows
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 #: How shards are written. Token ids as BYTE_STREAM_SPLIT + zstd level 1 (Parquet 2.11, pyarrow
 #: 17): written 27% faster than pyarrow's default dictionary + snappy, 10% smaller, read as
@@ -48,21 +46,12 @@ def schema(n_ctx: int):
     )
 
 
-@dataclass(frozen=True)
-class ShardInfo:
-    name: str
-    sha256: str
-    rows: int
-    first_window_id: int
-    last_window_id: int
-
-
 class ShardWriter:
     """Numbers windows densely in the order written and cuts them into shards of `rows_per_shard`."""
 
     def __init__(self, folder: Path, n_ctx: int, rows_per_shard: int):
         self.folder, self.n_ctx, self.rows_per_shard = folder, n_ctx, rows_per_shard
-        self.shards: list[ShardInfo] = []
+        self.shards: list[ShardEntry] = []
         self.windows = self.tokens = self.scored_tokens = 0
         self._pending: list[tuple[Windows, np.ndarray]] = []  # (block, its piece per row)
         self._pending_rows = 0
@@ -76,7 +65,7 @@ class ShardWriter:
             while self._pending_rows >= self.rows_per_shard:
                 self._flush(self.rows_per_shard)
 
-    def close(self) -> list[ShardInfo]:
+    def close(self) -> list[ShardEntry]:
         if self._pending_rows:
             self._flush(self._pending_rows)
         return self.shards
@@ -109,7 +98,7 @@ class ShardWriter:
         name = f"shard-{len(self.shards):05d}.parquet"
         path = self.folder / name
         pq.write_table(table, path, **SHARD_ENCODING)
-        self.shards.append(ShardInfo(name, file_sha256(path), rows, first, first + rows - 1))
+        self.shards.append(ShardEntry(name, file_sha256(path), rows, first, first + rows - 1))
         self.windows += rows
         self.tokens += int(n_valid[:rows].sum())
         self.scored_tokens += int((n_valid[:rows] - score_from[:rows]).sum())
@@ -124,11 +113,7 @@ def _arrow(values: np.ndarray):
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = False):
+def read_shard(data_dir: Path, shard: ShardEntry, columns: list[str], verify: bool = False):
     """One shard of a data set as a pyarrow Table, named in every error.
 
     The name comes from manifest.json, so it must be a plain file name in DATA_DIR (a manifest
@@ -138,16 +123,14 @@ def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = F
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from npueval.core.errors import DatasetError, first_line
-
-    name = str(shard.get("name", ""))
+    name = shard.name
     if not name or Path(name).name != name or name in (".", ".."):
         raise DatasetError(f"{data_dir / MANIFEST}: shard name {name!r} is not a file name in the data folder; "
                            "the manifest was edited: prepare the data set again")
     path = data_dir / name
     if not path.is_file():
         raise DatasetError(f"{path}: missing, but {data_dir / MANIFEST} lists it; prepare the data set again")
-    if verify and file_sha256(path) != shard.get("sha256"):
+    if verify and file_sha256(path) != shard.sha256:
         raise DatasetError(f"{path}: its sha256 is not the one {data_dir / MANIFEST} records (the shard or the "
                            "manifest changed after `npueval prepare`: truncated, corrupted or edited); "
                            "prepare the data set again")
@@ -158,41 +141,21 @@ def read_shard(data_dir: Path, shard: dict, columns: list[str], verify: bool = F
                            "the data set again") from None
 
 
-#: Each shard entry of a manifest, with the type `run` reads it as.
-SHARD_KEYS = {"name": str, "sha256": str, "rows": int, "first_window_id": int, "last_window_id": int}
-
-
-def open_data_set(data_dir: Path, flag: str = "--data") -> dict:
+def open_data_set(data_dir: Path, flag: str = "--data") -> DataManifest:
     """The manifest of the data set `npueval prepare` made in DATA_DIR, or a one-line error
     naming the folder: missing, unfinished, without a window, or a manifest that is unreadable
-    or was edited."""
-    from npueval.core.errors import DatasetError, not_a_folder
-
+    or was edited (naming the field)."""
     if not data_dir.is_dir():
         raise DatasetError(f"{flag} {data_dir}: {not_a_folder(data_dir)}; make it with `npueval prepare`")
     if not (data_dir / MANIFEST).is_file():
         raise DatasetError(f"{flag} {data_dir}: no finished data set (manifest.json missing); run `npueval prepare`")
-    m = read_manifest(data_dir)
-    shards = m.get("shards") if isinstance(m, dict) else None
-    if not (isinstance(m, dict) and isinstance(m.get("n_ctx"), int) and isinstance(m.get("vocab_sha256"), str)
-            and isinstance(shards, list)
-            and all(isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in SHARD_KEYS.items())
-                    for s in shards)):
+    try:
+        m = DataManifest.from_json(read_json(data_dir))
+    except ContractError as exc:
         raise DatasetError(f"{data_dir / MANIFEST}: not the manifest of an `npueval prepare` data set (unreadable "
-                           "JSON, or edited: n_ctx, vocab_sha256 or shards missing); prepare the data set again")
-    if not sum(s["rows"] for s in shards):
-        raise DatasetError(f"{flag} {data_dir}: the data set holds no window (articles kept: {m.get('articles_kept')} "
-                           f"of {m.get('articles_total')}; mode {m.get('mode')}, n_ctx {m['n_ctx']}); prepare it again "
+                           f"JSON, or edited: {exc}); prepare the data set again") from None
+    if not sum(s.rows for s in m.shards):
+        raise DatasetError(f"{flag} {data_dir}: the data set holds no window (articles kept: {m.articles_kept} "
+                           f"of {m.articles_total}; mode {m.mode}, n_ctx {m.n_ctx}); prepare it again "
                            "from more text, or with a smaller --n-ctx or --min-length")
     return m
-
-
-def read_manifest(folder: Path) -> dict | None:
-    """The manifest of a finished data set, or None when `folder` holds none."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None

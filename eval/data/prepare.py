@@ -8,15 +8,13 @@ since the port shuffles each piece as a whole).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,8 @@ from npueval.core.vocab import Vocab, load_vocab
 
 from .batches import BAD, KEPT, FramedBatch, batch_framer
 from .corpus import FILES_CHOICES, CorpusFile, LineRange, bad_line_error, iter_line_ranges, scan_files, select_files
-from .dataset import FORMAT_VERSION, ShardWriter, read_manifest, write_manifest
+from .dataset import ShardWriter
+from .manifest import FORMAT_VERSION, CorpusFileEntry, DataInputs, DataManifest
 from .windows import MODES, WindowMaker, Windows
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ class PrepareConfig:
 @dataclass(frozen=True)
 class PrepareResult:
     out: Path
-    manifest: dict = field(repr=False)
+    manifest: DataManifest = field(repr=False)
     reused: bool  # True when `out` already held this data set and nothing was done
 
 
@@ -99,11 +98,11 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
     vocab = load_vocab(config.vocab)
     files = scan_files(config.corpus_dir, select_files(config.corpus_dir, config.files))
     inputs = _inputs(config, files, vocab)
-    key = _dataset_key(inputs)
+    key = inputs.key()
 
-    existing = read_manifest(config.out) if config.out.is_dir() else None
-    if existing is not None and existing.get("dataset_key") == key:
-        log.info("%s already holds this data set (%d windows); nothing to do", config.out, existing["windows"])
+    existing = DataManifest.read(config.out) if config.out.is_dir() else None
+    if existing is not None and existing.dataset_key == key:
+        log.info("%s already holds this data set (%d windows); nothing to do", config.out, existing.windows)
         return PrepareResult(config.out, existing, reused=True)
     if config.out.exists() and not config.force and not _is_empty_dir(config.out):
         what = "another data set" if existing is not None else "files that are not an npueval data set"
@@ -120,47 +119,35 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
                            "choose another --out") from None
     try:
         manifest = _build(config, files, vocab, inputs, key, partial, progress)
-        if not manifest["windows"]:  # `run` would refuse it: say so now, and leave --out as it was
+        if not manifest.windows:  # `run` would refuse it: say so now, and leave --out as it was
             raise DatasetError(
                 f"CORPUS_DIR {config.corpus_dir}: not one window could be made (articles kept: "
-                f"{manifest['articles_kept']} of {manifest['articles_total']}, mode {config.mode}, n_ctx "
+                f"{manifest.articles_kept} of {manifest.articles_total}, mode {config.mode}, n_ctx "
                 f"{config.n_ctx}); give it more text, or pass a smaller --n-ctx or --min-length")
-        write_manifest(partial, manifest)
+        manifest.write(partial)
         _publish(partial, config.out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     log.info(
         "prepared %d windows (%d scored tokens) from %d of %d articles into %s",
-        manifest["windows"],
-        manifest["scored_tokens"],
-        manifest["articles_kept"],
-        manifest["articles_total"],
+        manifest.windows,
+        manifest.scored_tokens,
+        manifest.articles_kept,
+        manifest.articles_total,
         config.out,
     )
     return PrepareResult(config.out, manifest, reused=False)
 
 
-def _inputs(config: PrepareConfig, files: list[CorpusFile], vocab: Vocab) -> dict:
+def _inputs(config: PrepareConfig, files: list[CorpusFile], vocab: Vocab) -> DataInputs:
     """Everything that decides the data set's content: equal inputs, equal shards."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "mode": config.mode,
-        "n_ctx": config.n_ctx,
-        "stride": config.stride,
-        "num_pieces": config.num_pieces,
-        "min_length": config.min_length,
-        "shuffle": config.shuffle,
-        "files_mode": config.files,
-        "skip_bad_lines": config.skip_bad_lines,
-        "rows_per_shard": config.rows_per_shard,
-        "vocab_sha256": vocab.sha256,
-        "files": [{"path": f.rel, "sha256": f.sha256, "lines": f.lines} for f in files],
-    }
-
-
-def _dataset_key(inputs: dict) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return DataInputs(
+        format_version=FORMAT_VERSION, mode=config.mode, n_ctx=config.n_ctx, stride=config.stride,
+        num_pieces=config.num_pieces, min_length=config.min_length, shuffle=config.shuffle, files_mode=config.files,
+        skip_bad_lines=config.skip_bad_lines, rows_per_shard=config.rows_per_shard, vocab_sha256=vocab.sha256,
+        files=tuple(CorpusFileEntry(f.rel, f.sha256, f.lines) for f in files),
+    )
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -182,11 +169,11 @@ def _build(
     config: PrepareConfig,
     files: list[CorpusFile],
     vocab: Vocab,
-    inputs: dict,
+    inputs: DataInputs,
     key: str,
     folder: Path,
     progress: ProgressFn | None,
-) -> dict:
+) -> DataManifest:
     total_bytes = sum(f.size for f in files)
     done = [0]
 
@@ -210,19 +197,11 @@ def _build(
         writer.write(windows)
     shards = writer.close()
 
-    return {
-        **inputs,
-        "dataset_key": key,
-        "corpus_dir": str(config.corpus_dir.resolve()),
-        "vocab_path": str(config.vocab.resolve()),
-        "vocab_size": vocab.size,
-        "pad_id": pad_id,
-        **stats,
-        "windows": writer.windows,
-        "tokens": writer.tokens,
-        "scored_tokens": writer.scored_tokens,
-        "shards": [asdict(s) for s in shards],
-    }
+    return DataManifest(
+        inputs=inputs, dataset_key=key, corpus_dir=str(config.corpus_dir.resolve()),
+        vocab_path=str(config.vocab.resolve()), vocab_size=vocab.size, pad_id=pad_id, **stats,
+        windows=writer.windows, tokens=writer.tokens, scored_tokens=writer.scored_tokens, shards=tuple(shards),
+    )
 
 
 def _pieces_of(indices: np.ndarray, n: int, num_pieces: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 
 from npueval.core.errors import DatasetError
 from npueval.eval.data.dataset import read_shard
+from npueval.eval.data.manifest import DataManifest
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ class WindowIndex:
     doc_id: np.ndarray  # int64 (W,)
 
 
-def read_index(data_dir: Path, manifest: dict) -> WindowIndex:
+def read_index(data_dir: Path, manifest: DataManifest) -> WindowIndex:
     """Reads every shard once, checking it against the manifest's sha256 before any block is sent."""
     pieces, docs = [], []
-    for shard in manifest["shards"]:
+    for shard in manifest.shards:
         table = read_shard(data_dir, shard, ["piece", "doc_id"], verify=True)
         pieces.append(table.column("piece").to_numpy())
         docs.append(table.column("doc_id").to_numpy())
@@ -51,11 +52,11 @@ def read_index(data_dir: Path, manifest: dict) -> WindowIndex:
 class BlockReader:
     """Rows of a block as numpy arrays. Blocks come in window order, so one shard is cached."""
 
-    def __init__(self, data_dir: Path, manifest: dict, keep: np.ndarray, vocab_size: int | None):
+    def __init__(self, data_dir: Path, manifest: DataManifest, keep: np.ndarray, vocab_size: int | None):
         self.data_dir, self.keep, self.vocab_size = data_dir, keep, vocab_size
-        self.shards = manifest["shards"]
-        self.n_ctx = manifest["n_ctx"]
-        self._starts = np.array([s["first_window_id"] for s in self.shards], dtype=np.int64)
+        self.shards = manifest.shards
+        self.n_ctx = manifest.n_ctx
+        self._starts = np.array([s.first_window_id for s in self.shards], dtype=np.int64)
         self._cached: tuple[int, dict] | None = None
 
     def read(self, block: Block) -> dict:
@@ -65,8 +66,8 @@ class BlockReader:
         while lo < block.stop:
             k = int(np.searchsorted(self._starts, lo, side="right")) - 1
             shard = self._shard(k)
-            first = self.shards[k]["first_window_id"]
-            hi = min(block.stop, self.shards[k]["last_window_id"] + 1)
+            first = self.shards[k].first_window_id
+            hi = min(block.stop, self.shards[k].last_window_id + 1)
             rows = slice(lo - first, hi - first)
             part = {name: column[rows] for name, column in shard.items()}
             self._check_ids(part["input_ids"], k, lo - first)
@@ -95,7 +96,7 @@ class BlockReader:
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise DatasetError(
-                f"{self.data_dir / self.shards[shard]['name']}: row {first_row + int(row)} holds token id "
+                f"{self.data_dir / self.shards[shard].name}: row {first_row + int(row)} holds token id "
                 f"{int(ids[row, col])} at position {int(col)}, outside the model's vocabulary of {self.vocab_size}: "
                 "prepare the data with the model's vocab.txt"
             )

@@ -9,14 +9,15 @@ check then needs `--vocab`, otherwise results.json says vocab_checked: false.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from npueval.build.manifest import BuildManifest
 from npueval.core.errors import UserError, first_line
 from npueval.core.files import file_sha256
 from npueval.core.vocab import load_vocab
+from npueval.eval.data.manifest import DataManifest
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +62,15 @@ def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSp
 
 
 def _from_build(folder: Path) -> ModelSpec:
-    manifest_path = folder / "manifest.json"
-    try:
-        raw = manifest_path.read_bytes()
-        m = json.loads(raw)
-        onnx = folder / m["onnx"]
-        om = folder / m["om"] if m.get("om") else None
-        batch, seq_len = int(m["batch_size"]), int(m["seq_len"])
-        vocab_size, vocab_sha = int(m["config"]["vocab_size"]), m["vocab_sha256"]
-    except FileNotFoundError:
-        raise UserError(f"--model {folder}: no manifest.json; point it at an `npueval build` folder or a model "
-                        "file") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"--model {manifest_path}: not a build manifest ({exc!r}); run `npueval build` again") from None
+    m, raw = BuildManifest.read(folder)
+    onnx = folder / m.onnx
+    om = folder / m.om if m.om else None
     for p in (onnx, om):
         if p is not None and not p.is_file():
             raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` "
                             "again")
     sha = hashlib.sha256(raw).hexdigest()
-    return ModelSpec(om, onnx, batch, seq_len, vocab_size, vocab_sha, sha, sha)
+    return ModelSpec(om, onnx, m.batch_size, m.seq_len, m.vocab_size, m.vocab_sha256, sha, sha)
 
 
 def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
@@ -101,9 +92,9 @@ def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
     return shape[0], shape[1], vocab
 
 
-def check_pair(model: ModelSpec, data_manifest: dict, data_dir: Path) -> bool:
+def check_pair(model: ModelSpec, data_manifest: DataManifest, data_dir: Path) -> bool:
     """Refuse a model/data pair whose vocab or sequence length differ; True when the vocab was checked."""
-    n_ctx = data_manifest["n_ctx"]
+    n_ctx = data_manifest.n_ctx
     if model.seq_len is not None and model.seq_len != n_ctx:
         raise UserError(
             f"--model {model.name} takes sequences of {model.seq_len} tokens but --data {data_dir} holds windows of "
@@ -113,11 +104,11 @@ def check_pair(model: ModelSpec, data_manifest: dict, data_dir: Path) -> bool:
         log.warning("the model's vocabulary is unknown (a bare model file without --vocab): not checked against the "
                     "data")
         return False
-    if model.vocab_sha256 != data_manifest["vocab_sha256"]:
+    if model.vocab_sha256 != data_manifest.vocab_sha256:
         raise UserError(
             f"--model {model.name}: the vocab of {model.vocab_source} has sha256 {model.vocab_sha256[:12]}… "
             f"but --data {data_dir} was "
-            f"tokenized with {data_manifest['vocab_sha256'][:12]}… ({data_manifest.get('vocab_path')}): "
+            f"tokenized with {data_manifest.vocab_sha256[:12]}… ({data_manifest.vocab_path}): "
             "prepare the data with the checkpoint's vocab.txt"
         )
     return True

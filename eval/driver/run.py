@@ -24,6 +24,7 @@ from npueval.actors.worker import CALLS_AT_ONCE, BackendFactory
 from npueval.core.errors import Interrupted, UserError
 from npueval.core.files import file_sha256
 from npueval.eval.data.dataset import open_data_set
+from npueval.eval.data.manifest import DataManifest
 
 from . import results as res
 from .blocks import Block, BlockReader, WindowIndex, plan_blocks, read_index
@@ -136,7 +137,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
     folder = _refuse_held_out(config, model, data)
     index = read_index(config.data, data)  # every shard checked against its sha256 before Ray starts
-    with Fleet(config.device_config, model, data["n_ctx"], factory) as fleet, ExitStack() as reading:
+    with Fleet(config.device_config, model, data.n_ctx, factory) as fleet, ExitStack() as reading:
         # The first blocks are read while the device actors start, when their batch is known.
         peeked = folder.finished() if config.resume else set()  # OUT is not touched before they answer
         plan, prefetched = _start_reading(config, index, data, model, fleet.planned_batch_size or fleet.batch_size,
@@ -172,7 +173,7 @@ def _plan(config: RunConfig, index: WindowIndex, batch_size: int, done: set[int]
     return Plan(index, total, keep, blocks, done, batch_size)
 
 
-def _start_reading(config: RunConfig, index: WindowIndex, data: dict, model: ModelSpec | None, batch_size: int,
+def _start_reading(config: RunConfig, index: WindowIndex, data: DataManifest, model: ModelSpec | None, batch_size: int,
                    done: set[int], devices: int, stack: ExitStack) -> tuple[Plan, Prefetcher]:
     """The plan, and a thread (closed with `stack`) that reads its unfinished blocks into the
     object store ahead of the devices. `run` starts it while the actors start: at 32 devices the
@@ -224,7 +225,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _refuse_held_out(config: RunConfig, model: ModelSpec | None, data: dict) -> RunFolder:
+def _refuse_held_out(config: RunConfig, model: ModelSpec | None, data: DataManifest) -> RunFolder:
     """Fail before starting Ray when OUT holds blocks and neither --resume nor --force was given,
     or, with --resume, blocks of another data set, model or plan (what is known before Ray)."""
     folder = RunFolder(config.out)
@@ -233,7 +234,7 @@ def _refuse_held_out(config: RunConfig, model: ModelSpec | None, data: dict) -> 
     return folder
 
 
-def _identity(config: RunConfig, model: ModelSpec | None, data: dict, backend: str | None = None,
+def _identity(config: RunConfig, model: ModelSpec | None, data: DataManifest, backend: str | None = None,
               batch_size: int | None = None) -> dict:
     """What the blocks in OUT are blocks of: --resume continues only the same run. Without the
     backend and batch size (the devices say them, once Ray has started) those keys are left out.
@@ -242,7 +243,7 @@ def _identity(config: RunConfig, model: ModelSpec | None, data: dict, backend: s
     identity = {
         "data_manifest_sha256": file_sha256(config.data / "manifest.json"),
         "model": model.identity if model else None,
-        "seq_len": data["n_ctx"],
+        "seq_len": data.n_ctx,
         "limit": config.limit,
         "drop_last": config.drop_last,
     }
@@ -252,8 +253,9 @@ def _identity(config: RunConfig, model: ModelSpec | None, data: dict, backend: s
     return identity
 
 
-def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: dict, vocab_checked: bool, plan: Plan,
-             collected: res.Collected, all_blocks: list[BlockResult], evaluated: Evaluated, started_at: str) -> dict:
+def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: DataManifest, vocab_checked: bool,
+             plan: Plan, collected: res.Collected, all_blocks: list[BlockResult], evaluated: Evaluated,
+             started_at: str) -> dict:
     batch_size = fleet.batch_size
     nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
     metrics = res.loss(res.finite_only(collected), plan.index, batch_size)
@@ -282,7 +284,7 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: dic
         "nll_sum": metrics.nll_sum,
         "seed_batches": metrics.seed_batches,
         "batch_size": batch_size,
-        "seq_len": data["n_ctx"],
+        "seq_len": data.n_ctx,
         "limit": config.limit,
         "drop_last": config.drop_last,
         "blocks": len(all_blocks),

@@ -30,7 +30,7 @@ def test_atc_compiles_the_loss_head_graph_and_the_chip_computes_the_loss_in_floa
     result = build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "out", batch_size=4, seq_len=64))
     assert result.om is not None and result.om.is_file()
     os.chmod(result.om, 0o644)
-    ids = random_ids(4, 64, result.manifest["config"]["vocab_size"], seed=11)
+    ids = random_ids(4, 64, result.manifest.vocab_size, seed=11)
     targets = targets_for(ids)
     session = ais_bench.InferSession(0, str(result.om))
     try:
@@ -83,7 +83,7 @@ def test_infer_pipeline_gives_what_infer_gives_batch_by_batch(tmp_path):
 
     result = build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "out", batch_size=4, seq_len=64))
     os.chmod(result.om, 0o644)
-    vocab = result.manifest["config"]["vocab_size"]
+    vocab = result.manifest.vocab_size
     batches = [random_ids(4, 64, vocab, seed=s) for s in range(5)] + [random_ids(3, 64, vocab, seed=5)]
     backend = OmBackend(result.om)
     try:

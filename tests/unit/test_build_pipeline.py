@@ -49,7 +49,7 @@ def calls(record: Path) -> list[dict]:
 
 def test_without_cann_the_build_stops_after_verification_and_writes_atc_sh(checkpoint, tmp_path, no_cann):
     result = build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L))
-    m = result.manifest
+    m = result.manifest.to_json()  # the file's keys, as users read them
     assert result.om is None and m["om"] is None and m["atc"]["result"].startswith("no CANN")
     assert "--soc_version=Ascend${chip}" in m["atc"]["argv"]  # the command atc.sh runs
     assert list(m["stages"]) == ["export", "simplify", "passes", "loss_head"]
@@ -87,7 +87,7 @@ def test_with_cann_atc_gets_the_documented_command(checkpoint, tmp_path, fake_ca
     assert call["cwd"] == str(out)
     assert call["keep_dtype"] == "loss_head/LogSoftmax\nloss_head/GatherElements\nloss_head/Squeeze\nloss_head/Neg\n"
     assert result.om == out / "model.om" and result.om.is_file()
-    assert result.manifest["atc"]["result"] == "ok" and result.manifest["om"] == "model.om"
+    assert result.manifest.atc["result"] == "ok" and result.manifest.om == "model.om"
     assert "ATC run success" in (out / "atc.log").read_text()
     # atc.sh, run on the same host, makes the same call.
     subprocess.run(["bash", str(out / "atc.sh")], check=True, capture_output=True)
@@ -159,7 +159,7 @@ def test_atc_failing_quotes_its_last_lines(checkpoint, tmp_path, fake_cann, monk
 
 
 def test_logits_output_keeps_the_ports_shape(checkpoint, tmp_path, no_cann):
-    m = build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L, output="logits")).manifest
+    m = build(BuildConfig(checkpoint, tmp_path / "out", batch_size=B, seq_len=L, output="logits")).manifest.to_json()
     vocab = len(small_vocab_tokens())
     assert m["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [B, L, vocab]}]
     assert list(m["stages"]) == ["export", "simplify", "passes"] and m["onnx"] == "model.onnx"
@@ -185,7 +185,7 @@ def test_a_full_vocabulary_model_goes_through_all_stages(tmp_path, fake_cann):
     assert len(tokens) == 21128
     ckpt = make_checkpoint(tmp_path / "ckpt", vocab_tokens=tokens, n_layer=1)
     result = build(BuildConfig(ckpt, tmp_path / "out", batch_size=B, seq_len=L))
-    m = result.manifest
+    m = result.manifest.to_json()  # the file's keys, as users read them
     assert m["config"]["vocab_size"] == 21128 and result.om.is_file() and m["atc"]["result"] == "ok"
     assert all(stage["verify"]["rel_err"] < 1e-5 for stage in m["stages"].values())
     assert m["stages"]["passes"]["counts"] == dict.fromkeys(

@@ -95,18 +95,22 @@ def data_set(change):
 def no_window(tmp: Path, fx) -> None:
     """A data set of no window, as prepare wrote one of articles too short for a window before it
     refused to (the case "prepare: a corpus too short for one window"): a manifest, no shard."""
-    from npueval.eval.data.dataset import write_manifest
+    import dataclasses
+
+    from npueval.eval.data.manifest import DataManifest
 
     (tmp / "data").mkdir()
-    write_manifest(tmp / "data", {"n_ctx": 512, "mode": "seed", "vocab_sha256": "0" * 64, "articles_kept": 3,
-                                  "articles_total": 3, "windows": 0, "shards": []})
+    full = DataManifest.read(fx["data"])
+    dataclasses.replace(full, inputs=dataclasses.replace(full.inputs, n_ctx=512, mode="seed"), articles_kept=3,
+                        articles_total=3, windows=0, tokens=0, scored_tokens=0, shards=()).write(tmp / "data")
 
 
 def build_folder_without_its_onnx(tmp: Path, fx) -> None:
+    """The bundled sample's build manifest, without the model.onnx it names."""
+    from npueval.eval.sample.bundled import BUILD
+
     (tmp / "build").mkdir()
-    (tmp / "build" / "manifest.json").write_text(json.dumps({
-        "onnx": "model.onnx", "om": None, "batch_size": 2, "seq_len": 64, "config": {"vocab_size": 50},
-        "vocab_sha256": "0" * 64}))
+    shutil.copy(BUILD / "manifest.json", tmp / "build" / "manifest.json")
 
 
 def results_folder_with_blocks(run_json: dict | None, same_data: bool = False):

@@ -58,7 +58,7 @@ def built(tmp_path_factory):
 
 def random_batches(result, n: int, seed: int):
     rng = np.random.default_rng(seed)
-    vocab = result.manifest["config"]["vocab_size"]
+    vocab = result.manifest.vocab_size
     return [rng.integers(0, vocab, (B, L)) for _ in range(n)] + [rng.integers(0, vocab, (1, L))]  # a short last
 
 
@@ -72,7 +72,7 @@ def test_om_backend_equals_the_onnx_backend(built, output, generation):
     om = OmBackend(result.om)
     assert (om.batch_size, om.seq_len, om.loss_head, om.api) == (B, L, output == "nll", GENERATIONS[generation])
     assert om.aborts_on_error == (generation == "new")
-    ids = np.random.default_rng(3).integers(0, result.manifest["config"]["vocab_size"], (B, L))
+    ids = np.random.default_rng(3).integers(0, result.manifest.vocab_size, (B, L))
     reference = OnnxBackend(result.out / "model.onnx").nll(ids)
     np.testing.assert_array_equal(om.nll(ids), reference)
     np.testing.assert_array_equal(om.nll(ids[:1]), reference[:1])
@@ -285,7 +285,7 @@ def test_fp16_on_the_chip_stays_close(built, monkeypatch):
 
     monkeypatch.setenv("FAKE_AIS_BENCH_FP16", "1")
     result = built["nll"]
-    ids = np.random.default_rng(4).integers(0, result.manifest["config"]["vocab_size"], (B, L))
+    ids = np.random.default_rng(4).integers(0, result.manifest.vocab_size, (B, L))
     got, ref = OmBackend(result.om).nll(ids), OnnxBackend(result.out / "model.onnx").nll(ids)
     assert not np.array_equal(got, ref) and np.abs(got - ref).max() < 1e-2
 
@@ -306,6 +306,6 @@ def test_a_logits_model_goes_one_batch_per_pipeline_call(built):
     assert pipeline_feeds([desc([4, 100], "float16")], budget=3 * 800) == 3
     assert output_bytes([desc([-1, 512], size=12345)]) == 12345  # a dynamic shape: the size ais_bench gives
     built_logits = OmBackend(built["logits"].om)
-    vocab = built["logits"].manifest["config"]["vocab_size"]
+    vocab = built["logits"].manifest.vocab_size
     assert built_logits.pipeline_feeds == min(om_backend.PIPELINE_MAX_FEEDS,
                                               om_backend.PIPELINE_OUTPUT_BYTES // (B * L * vocab * 4))

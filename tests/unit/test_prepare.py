@@ -65,7 +65,7 @@ def test_seed_mode_equals_the_port(corpus, vocab_path, tmp_path, shuffle, files,
     assert [(r["piece"], r["input_ids"]) for r in rows] == expected
     assert [r["window_id"] for r in rows] == list(range(len(rows)))
     assert all(r["score_from"] == 1 and r["n_valid"] == 64 for r in rows)
-    m = result.manifest
+    m = result.manifest.to_json()  # the file's keys, as users read them
     assert m["windows"] == len(expected) and m["scored_tokens"] == len(expected) * 63
     assert m["tokens"] == len(expected) * 64
 
@@ -79,7 +79,7 @@ def test_port_defaults_on_the_fixture(corpus, vocab_path, tmp_path):
 
 def test_sliding_mode_scores_every_stream_token_but_the_first(corpus, vocab_path, tmp_path):
     out = tmp_path / "data"
-    m = prepare(config(corpus, vocab_path, out, mode="sliding", n_ctx=64, stride=16, num_pieces=5)).manifest
+    m = prepare(config(corpus, vocab_path, out, mode="sliding", n_ctx=64, stride=16, num_pieces=5)).manifest.to_json()
     rows = read_rows(out)
     pieces_with_tokens = len({r["piece"] for r in rows})
     assert m["scored_tokens"] == m["stream_tokens"] - pieces_with_tokens
@@ -90,7 +90,7 @@ def test_sliding_mode_scores_every_stream_token_but_the_first(corpus, vocab_path
 
 def test_schema_and_manifest(corpus, vocab_path, tmp_path):
     out = tmp_path / "data"
-    m = prepare(config(corpus, vocab_path, out, n_ctx=64, stride=96, rows_per_shard=40)).manifest
+    m = prepare(config(corpus, vocab_path, out, n_ctx=64, stride=96, rows_per_shard=40)).manifest.to_json()
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == m
     for key in ("format_version", "mode", "n_ctx", "stride", "num_pieces", "min_length", "shuffle", "files",
@@ -146,7 +146,7 @@ def test_other_data_set_in_out_needs_force(corpus, vocab_path, tmp_path):
     prepare(config(corpus, vocab_path, out, n_ctx=64, stride=96))
     with pytest.raises(DatasetError, match=r"--out .*data: holds another data set.*--force"):
         prepare(config(corpus, vocab_path, out, n_ctx=32, stride=96))
-    m = prepare(config(corpus, vocab_path, out, n_ctx=32, stride=96, force=True)).manifest
+    m = prepare(config(corpus, vocab_path, out, n_ctx=32, stride=96, force=True)).manifest.to_json()
     assert m["n_ctx"] == 32 and json.loads((out / "manifest.json").read_text())["n_ctx"] == 32
 
 
@@ -176,7 +176,7 @@ def test_skip_bad_lines_counts_them_and_keeps_positions(tmp_path, vocab_path):
     lines = path.read_text().splitlines(keepends=True)
     path.write_text(lines[0] + "{bad\n" + '{"title": "no text"}\n' + "".join(lines[1:]))
     m = prepare(config(tmp_path / "c", vocab_path, tmp_path / "o", skip_bad_lines=True, num_pieces=2,
-                       n_ctx=32)).manifest
+                       n_ctx=32)).manifest.to_json()
     assert (m["articles_total"], m["bad_lines"], m["articles_kept"], m["articles_dropped"]) == (6, 2, 4, 2)
     pieces = {r["piece"] for r in read_rows(tmp_path / "o")}
     assert pieces == {0, 1}  # 6 positions → 3 per piece; each piece keeps two good articles
@@ -212,7 +212,7 @@ def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monk
     monkeypatch.setattr(batches, "_ray_running", lambda: True)
     spawned = prepare(config(corpus, vocab_path, tmp_path / "spawned", workers=2, n_ctx=64, stride=96)).manifest
     here = prepare(config(corpus, vocab_path, tmp_path / "here", workers=0, n_ctx=64, stride=96)).manifest
-    assert [s["sha256"] for s in spawned["shards"]] == [s["sha256"] for s in here["shards"]]
+    assert [s.sha256 for s in spawned.shards] == [s.sha256 for s in here.shards]
 
 
 def test_a_file_that_shrinks_after_the_scan_is_named_and_nothing_is_written(corpus, vocab_path, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_data import synthetic_manifest
 
 from npueval.actors.evaluator import BlockResult, Evaluator
 from npueval.actors.simulated import SimulatedBackend
@@ -34,7 +35,7 @@ def data(tmp_path):
         writer.write([Windows(piece, ids, np.full(count, L), np.ones(count, np.int64), np.arange(row, row + count))])
         row += count
     shards = writer.close()
-    manifest = {"n_ctx": L, "shards": [s.__dict__ for s in shards]}
+    manifest = synthetic_manifest(shards, L)
     return tmp_path, manifest
 
 

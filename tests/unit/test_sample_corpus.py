@@ -68,7 +68,7 @@ def test_wiki_zh_layout_goes_through_prepare(tmp_path, vocab_path):
     assert [r["id"] for r in records] == ["9", "19"]
     assert records[0]["text"] == articles[9].text
     result = prepare(PrepareConfig(corpus_dir=root, vocab=vocab_path, out=tmp_path / "data", workers=0, min_length=0))
-    assert result.manifest["articles_kept"] == 2
+    assert result.manifest.articles_kept == 2
 
 
 def test_vocab_layout_and_coverage(tmp_path):

@@ -1,0 +1,90 @@
+"""Frozen dataclasses as the JSON files that stages hand each other: the data manifest, the build
+manifest and results.json (docs/results.md).
+
+`to_json` writes a dataclass's fields in their declared order (so a file's keys keep their order);
+`from_json` reads one back, checking every field's type, and names the first field that is wrong.
+A field declared with `metadata=FLATTEN` holds a dataclass whose fields sit at its parent's level
+in the JSON (the data manifest's inputs, which its dataset_key hashes, are its first keys).
+Types understood: int, float (an int is taken), str, bool, None, `X | None`, `tuple[X, ...]`, a
+nested dataclass, and `dict` or `list` for payloads kept as they are (a checkpoint's config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+FLATTEN = {"flatten": True}
+
+
+class ContractError(ValueError):
+    """A JSON document that does not have the shape of its dataclass; the message names the field."""
+
+
+def to_json(obj) -> dict:
+    out: dict = {}
+    for f in dataclasses.fields(obj):
+        value = _dump(getattr(obj, f.name))
+        if f.metadata.get("flatten"):
+            out.update(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _dump(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_json(value)
+    if isinstance(value, (tuple, list)):
+        return [_dump(v) for v in value]
+    return value
+
+
+def from_json(cls: type[T], obj: Any, where: str = "") -> T:
+    if not isinstance(obj, dict):
+        raise ContractError(f"{where or cls.__name__}: an object expected, not {type(obj).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        path = f"{where}.{f.name}" if where else f.name
+        if f.metadata.get("flatten"):
+            values[f.name] = from_json(hints[f.name], obj, where)
+        elif f.name in obj:
+            values[f.name] = _load(hints[f.name], obj[f.name], path)
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue
+        else:
+            raise ContractError(f"{path}: missing")
+    return cls(**values)
+
+
+def _load(tp, value, path: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _load(a, value, path)
+            except ContractError as exc:
+                errors.append(str(exc))
+        raise ContractError(errors[0] if len(errors) == 1 else f"{path}: {value!r} is none of {tp}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ContractError(f"{path}: a list expected, not {type(value).__name__}")
+        return tuple(_load(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return from_json(tp, value, path)
+    if tp is Any:
+        return value
+    expected = origin or tp
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
+        raise ContractError(f"{path}: {getattr(expected, '__name__', expected)} expected, not {value!r:.60}")
+    return value
