@@ -33,6 +33,16 @@ from .node_files import CallInProgress, CallMarker
 
 
 @dataclass(frozen=True)
+class BlockRows:
+    """A block's windows as a device actor gets them (eval/driver/blocks.py reads them)."""
+
+    input_ids: np.ndarray  # (n, L) int32
+    score_from: np.ndarray  # (n,) int16
+    n_valid: np.ndarray  # (n,) int16
+    window_ids: np.ndarray  # (n,) int64
+
+
+@dataclass(frozen=True)
 class BlockResult:
     block_id: int
     node_id: str

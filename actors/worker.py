@@ -8,7 +8,6 @@ file that is group- or other-writable, or a link.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -23,7 +22,7 @@ from npueval.core.errors import UserError
 from . import node_files
 from .backend import Backend
 from .device_thread import DeviceThread
-from .evaluator import BlockResult, Evaluator
+from .evaluator import BlockResult, BlockRows, Evaluator
 from .node_files import CallInProgress, CallMarker
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,34 @@ class ModelFile:
     sha256: str
     size: int
     ref: object  # ray.ObjectRef of the file's bytes
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a device actor runs, as `describe` answers: where, the model's shape, and how it
+    calls ais_bench ("pipeline": infer_pipeline, "infer": batch by batch, for --no-pipeline or an
+    ais_bench without it; None for the other backends)."""
+
+    node: str
+    device: str
+    batch_size: int
+    seq_len: int
+    host: str
+    pid: int
+    ais_bench_api: str | None = None
+    previous_death: CallInProgress | None = None  # the call this actor's previous process died in
+
+
+@dataclass(frozen=True)
+class BenchFigures:
+    """One device's pure-inference loop (`bench`): `batches` timed batches, their device and wall time."""
+
+    node: str
+    device: str
+    batch_size: int
+    batches: int
+    device_s: float
+    wall_s: float
 
 
 @dataclass(frozen=True)
@@ -183,24 +210,20 @@ class DeviceWorker:
             raise self._error
         return self.evaluator
 
-    def describe(self) -> dict:
-        """What this actor runs. `ais_bench_api`: how the om backend calls the device ("pipeline":
-        infer_pipeline, "infer": batch by batch, for --no-pipeline or an ais_bench without it);
-        `previous_death`: the call this actor's previous process died in, if it left a note."""
+    def describe(self) -> DeviceInfo:
         import socket
 
         backend = self._ready().backend
         api = getattr(backend, "api", None)
-        return {"node": self.node_id, "device": self.device, "batch_size": backend.batch_size,
-                "seq_len": backend.seq_len, "host": socket.gethostname(), "pid": os.getpid(),
-                "ais_bench_api": None if api is None else api if self.spec.pipeline else "infer",
-                "previous_death": None if self.previous_death is None else dataclasses.asdict(self.previous_death)}
+        return DeviceInfo(node=self.node_id, device=self.device, batch_size=backend.batch_size,
+                          seq_len=backend.seq_len, host=socket.gethostname(), pid=os.getpid(),
+                          ais_bench_api=None if api is None else api if self.spec.pipeline else "infer",
+                          previous_death=self.previous_death)
 
-    def evaluate(self, block_id: int, rows: dict) -> BlockResult:
-        return self._ready().evaluate(block_id, rows["input_ids"], rows["score_from"], rows["n_valid"],
-                                      rows["window_ids"])
+    def evaluate(self, block_id: int, rows: BlockRows) -> BlockResult:
+        return self._ready().evaluate(block_id, rows.input_ids, rows.score_from, rows.n_valid, rows.window_ids)
 
-    def bench(self, loop: int, warmup: int, random_below: int | None = None) -> dict:
+    def bench(self, loop: int, warmup: int, random_below: int | None = None) -> BenchFigures:
         """Pure inference: `warmup` batches untimed, then `loop` batches of zeros, or of random ids
         below `random_below` (ais_bench --loop, --pure_data_type zero|random). One `nll` call per
         batch whatever the spec's pipeline: the figure is the synchronous device time per batch
@@ -211,8 +234,8 @@ class DeviceWorker:
         ids = (np.zeros(shape, np.int64) if random_below is None
                else np.random.default_rng(0).integers(0, random_below, shape))
         device_s, wall_s = evaluator.device_thread.run(_loop, backend, ids, warmup, loop)
-        return {"node": self.node_id, "device": self.device, "batch_size": backend.batch_size, "batches": loop,
-                "device_s": device_s, "wall_s": wall_s}
+        return BenchFigures(node=self.node_id, device=self.device, batch_size=backend.batch_size, batches=loop,
+                            device_s=device_s, wall_s=wall_s)
 
     def close(self) -> None:
         if self.evaluator is not None:

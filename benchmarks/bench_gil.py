@@ -72,11 +72,11 @@ def block_waits(out: Path) -> list[float]:
 def one_run(name: str, data: Path, om: Path, out: Path, n: int, args) -> dict:
     kw = dict(CONFIGS[name])
     backend = kw.pop("backend")
-    config = RunConfig(data=data, out=out, backend=backend, devices=n, force=True, max_retries=0,
+    config = RunConfig.from_flags(data=data, out=out, backend=backend, devices=n, force=True, max_retries=0,
                        limit=n * args.blocks_per_device * args.block_windows, block_windows=args.block_windows,
-                       **({"model": om} if backend == "om" else {"batch_size": args.batch_size,
+                                  **({"model": om} if backend == "om" else {"batch_size": args.batch_size,
                                                               "device_ms": args.device_ms}), **kw)
-    results = run(config).results
+    results = run(config).results.to_json()
     host, waits = block_host_s(out), block_waits(out)
     return {"config": name, "n": n, "eval_s": results["eval_s"], "mean_ce": results["mean_ce"],
             "efficiency": results["samples_per_s"] / results["device_fps_sum"],

@@ -171,8 +171,9 @@ def one_configuration(args) -> dict:
             out = Path(args.tmp) / f"run-{rep}"
             with StorePoller(address) as store:
                 t0 = time.perf_counter()
-                results = run(RunConfig(data=Path(args.data), out=out, backend="simulated", devices=args.devices,
-                                        batch_size=8, device_ms=args.device_ms, force=True, max_retries=0)).results
+                config = RunConfig.from_flags(data=Path(args.data), out=out, backend="simulated", devices=args.devices,
+                                              batch_size=8, device_ms=args.device_ms, force=True, max_retries=0)
+                results = run(config).results.to_json()
                 wall = time.perf_counter() - t0
             runs.append({"wall_s": wall, "eval_s": results["eval_s"], "windows": results["windows"],
                          "windows_per_s": results["windows"] / results["eval_s"], "tokens": results["tokens"],

@@ -2,7 +2,7 @@
 
 The device is the simulated backend at the 310P3's measured speed (DESIGN.md, Contracts): each
 model batch of B = 8 windows of 512 tokens sleeps `--device-ms` 42 ms. Everything else is the
-real run path, through the library API `npueval.eval.driver.run.run(RunConfig(...))`: the Parquet
+real run path, through the library API `npueval.eval.driver.run.run(RunConfig.from_flags(...))`: the Parquet
 shards are read by the driver, every block goes through Ray's object store to a `DeviceWorker`
 actor, the actor computes the simulated NLL and masks it, and every finished block is saved to
 OUT/blocks and reduced into results.json.
@@ -193,9 +193,9 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
     PROBE.reset()
     started = time.perf_counter()
     # calls_at_once 1 is the sequential actor of before (its second call waits in Ray's queue).
-    results = run(RunConfig(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
-                            device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
-                            max_retries=0, pipeline=pipeline, calls_at_once=calls_at_once)).results
+    results = run(RunConfig.from_flags(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
+                                       device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
+                                       max_retries=0, pipeline=pipeline, calls_at_once=calls_at_once)).results.to_json()
     ended = time.perf_counter()
     per = [d for d in results["per_device"] if d["batches"]]
     eval_s = results["eval_s"]
@@ -323,10 +323,9 @@ def microbench(data: Path, args) -> dict:
     rows = [reader.read(b) for b in blocks]
     read_ms = 1000 * (time.perf_counter() - t) / len(blocks)
     evaluator = Evaluator(SimulatedBackend(args.batch_size, N_CTX, 0.0))
-    evaluator.evaluate(0, **{k: rows[0][k] for k in ("input_ids", "score_from", "n_valid", "window_ids")})
+    evaluator.evaluate(0, **vars(rows[0]))
     t = time.perf_counter()
-    results = [evaluator.evaluate(b.block_id, **{k: r[k] for k in ("input_ids", "score_from", "n_valid", "window_ids")})
-               for b, r in zip(blocks, rows)]
+    results = [evaluator.evaluate(b.block_id, **vars(r)) for b, r in zip(blocks, rows)]
     eval_ms = 1000 * (time.perf_counter() - t) / len(blocks)
     t = time.perf_counter()
     for r in rows:

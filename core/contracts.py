@@ -4,7 +4,8 @@ manifest and results.json (docs/results.md).
 `to_json` writes a dataclass's fields in their declared order (so a file's keys keep their order);
 `from_json` reads one back, checking every field's type, and names the first field that is wrong.
 A field declared with `metadata=FLATTEN` holds a dataclass whose fields sit at its parent's level
-in the JSON (the data manifest's inputs, which its dataset_key hashes, are its first keys).
+in the JSON (the data manifest's inputs, which its dataset_key hashes, are its first keys); one
+declared with `metadata=key("from")` is that key in the JSON (a key that is no Python name).
 Types understood: int, float (an int is taken), str, bool, None, `X | None`, `tuple[X, ...]`, a
 nested dataclass, and `dict` or `list` for payloads kept as they are (a checkpoint's config).
 """
@@ -20,6 +21,11 @@ T = TypeVar("T")
 FLATTEN = {"flatten": True}
 
 
+def key(name: str) -> dict:
+    """The metadata of a field whose JSON key is `name`."""
+    return {"key": name}
+
+
 class ContractError(ValueError):
     """A JSON document that does not have the shape of its dataclass; the message names the field."""
 
@@ -31,7 +37,7 @@ def to_json(obj) -> dict:
         if f.metadata.get("flatten"):
             out.update(value)
         else:
-            out[f.name] = value
+            out[f.metadata.get("key", f.name)] = value
     return out
 
 
@@ -49,11 +55,12 @@ def from_json(cls: type[T], obj: Any, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        path = f"{where}.{f.name}" if where else f.name
+        name = f.metadata.get("key", f.name)
+        path = f"{where}.{name}" if where else name
         if f.metadata.get("flatten"):
             values[f.name] = from_json(hints[f.name], obj, where)
-        elif f.name in obj:
-            values[f.name] = _load(hints[f.name], obj[f.name], path)
+        elif name in obj:
+            values[f.name] = _load(hints[f.name], obj[name], path)
         elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
             continue
         else:

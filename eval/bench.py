@@ -10,12 +10,14 @@ over the devices. A static-shape model has one batch size, so one model is given
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from npueval.actors.worker import BenchFigures
 from npueval.core.errors import UserError
 from npueval.eval.data.dataset import open_data_set
 from npueval.eval.driver.fleet import DeviceConfig, Fleet, connect
@@ -55,10 +57,30 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class DeviceBench:
+    """One device's loop: what it ran (BenchFigures) and its rates."""
+
+    node: str
+    device: str
+    batch_size: int
+    batches: int
+    device_s: float
+    wall_s: float
+    fps: float | None  # 1000·B / mean execute ms
+    host_fps: float  # B·batches / wall s of the loop
+
+    @classmethod
+    def of(cls, f: BenchFigures) -> DeviceBench:
+        mean_ms = 1000 * f.device_s / f.batches
+        return cls(**dataclasses.asdict(f), fps=1000 * f.batch_size / mean_ms if mean_ms > 0 else None,
+                   host_fps=f.batch_size * f.batches / f.wall_s)
+
+
+@dataclass(frozen=True)
 class BenchRow:
     batch_size: int
     backend: str
-    per_device: list[dict]  # {node, device, batches, device_s, wall_s, fps, host_fps}
+    per_device: tuple[DeviceBench, ...]
     device_fps_sum: float  # Σ 1000·B / mean execute ms
     host_fps_sum: float  # Σ B·batches / wall s of the loop (what the host sees, copies included)
     end_to_end: float | None = None  # samples/s of `run` over the data set
@@ -84,7 +106,7 @@ def _bench_one(config: BenchConfig, model_path: Path | None, model: ModelSpec | 
                batch_size: int | None) -> BenchRow:
     import ray
 
-    devices = config.devices if batch_size is None else _with_batch(config.devices, batch_size)
+    devices = config.devices if batch_size is None else dataclasses.replace(config.devices, batch_size=batch_size)
     random_below = None
     if config.inputs == "random":
         random_below = model.vocab_size if model is not None else 21128
@@ -95,26 +117,18 @@ def _bench_one(config: BenchConfig, model_path: Path | None, model: ModelSpec | 
         fleet.wait()
         runs = ray.get([a.bench.remote(config.loop, config.warmup, random_below) for a in fleet.actors])
         backend = fleet.choice.backend
-    per_device = []
-    for r in runs:
-        mean_ms = 1000 * r["device_s"] / r["batches"]
-        per_device.append({**r, "fps": 1000 * r["batch_size"] / mean_ms if mean_ms > 0 else None,
-                           "host_fps": r["batch_size"] * r["batches"] / r["wall_s"]})
+    per_device = tuple(DeviceBench.of(f) for f in runs)
     row = BenchRow(
-        batch_size=runs[0]["batch_size"],
+        batch_size=runs[0].batch_size,
         backend=backend,
         per_device=per_device,
-        device_fps_sum=math.fsum(d["fps"] or 0.0 for d in per_device),
-        host_fps_sum=math.fsum(d["host_fps"] for d in per_device),
+        device_fps_sum=math.fsum(d.fps or 0.0 for d in per_device),
+        host_fps_sum=math.fsum(d.host_fps for d in per_device),
     )
     if config.data is None:
         return row
-    return BenchRow(**{**row.__dict__, "end_to_end": _end_to_end(config, devices, model_path, row.batch_size,
-                                                                 len(per_device))})
-
-
-def _with_batch(devices: DeviceConfig, batch_size: int) -> DeviceConfig:
-    return DeviceConfig(**{**devices.__dict__, "batch_size": batch_size})
+    return dataclasses.replace(row, end_to_end=_end_to_end(config, devices, model_path, row.batch_size,
+                                                           len(per_device)))
 
 
 def _end_to_end(config: BenchConfig, devices: DeviceConfig, model_path: Path | None, batch_size: int,
@@ -123,15 +137,15 @@ def _end_to_end(config: BenchConfig, devices: DeviceConfig, model_path: Path | N
 
     limit = config.limit or BATCHES_PER_BLOCK * batch_size * n_devices
     with tempfile.TemporaryDirectory(prefix="npueval-bench-") as out:
-        results = run(RunConfig(data=config.data, out=Path(out), model=model_path, limit=limit, vocab=config.vocab,
-                                **devices.__dict__)).results
-    return results["samples_per_s"]
+        results = run(RunConfig(data=config.data, out=Path(out), model=model_path, device=devices, limit=limit,
+                                vocab=config.vocab)).results
+    return results.speed.samples_per_s
 
 
 def table(rows: list[BenchRow]) -> str:
     lines = ["batch  devices  backend     FPS/device  device FPS sum  host FPS sum  end to end samples/s"]
     for r in rows:
-        fps = [d["fps"] for d in r.per_device if d["fps"]]
+        fps = [d.fps for d in r.per_device if d.fps]
         per = f"{sum(fps) / len(fps):.1f}" if fps else "n/a"
         e2e = f"{r.end_to_end:.1f}" if r.end_to_end else "-"
         lines.append(f"{r.batch_size:>5}  {len(r.per_device):>7}  {r.backend:<10} {per:>11}  "

@@ -225,6 +225,7 @@ def _add_run(sub) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from npueval.core.errors import UserError
+    from npueval.eval.driver.fleet import DeviceConfig
     from npueval.eval.driver.results import summary_table
     from npueval.eval.driver.run import RunConfig, run
     from npueval.eval.sample import bundled as sample
@@ -238,14 +239,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif data is None:
         raise UserError("--data is required with --model or --backend simulated: a folder made by `npueval prepare`")
     out = args.out or sample.default_out("sample" if args.data is None else Path(data).name)
+    device = DeviceConfig(backend=backend, devices=args.devices, batch_size=args.batch_size, device_ms=args.device_ms,
+                          address=args.address, max_retries=args.max_retries, check_against=args.check_against,
+                          check_batches=args.check_batches, allow_unhealthy=args.allow_unhealthy,
+                          pipeline=args.pipeline)
     config = RunConfig(
-        data=data, out=out, model=model, backend=backend, devices=args.devices,
-        batch_size=args.batch_size, device_ms=args.device_ms, limit=args.limit, drop_last=args.drop_last,
-        resume=args.resume, force=args.force, address=args.address, max_retries=args.max_retries,
-        vocab=args.vocab, check_against=args.check_against, check_batches=args.check_batches,
-        allow_unhealthy=args.allow_unhealthy, block_windows=block_windows,
-        on_nonfinite=args.on_nonfinite, block_timeout=args.block_timeout, pipeline=args.pipeline,
-        command=("npueval", *sys.argv[1:]),
+        data=data, out=out, model=model, device=device, limit=args.limit, drop_last=args.drop_last,
+        resume=args.resume, force=args.force, vocab=args.vocab, block_windows=block_windows,
+        on_nonfinite=args.on_nonfinite, block_timeout=args.block_timeout, command=("npueval", *sys.argv[1:]),
     )
     with _window_progress() as progress:
         result = run(config, progress=progress)

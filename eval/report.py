@@ -9,7 +9,6 @@ the distribution of per-window loss, with the headline numbers in the title.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,13 @@ import numpy as np
 
 from npueval.core.errors import UserError, not_a_folder
 from npueval.eval.driver.results import fmt, summary_table
+from npueval.eval.driver.results_file import RESULTS, Results
 
 
 @dataclass(frozen=True)
 class RunReport:
     folder: Path
-    results: dict = field(repr=False)
+    results: Results = field(repr=False)
     window_ids: np.ndarray = field(repr=False)
     nll_sum: np.ndarray = field(repr=False)
     n_scored: np.ndarray = field(repr=False)
@@ -45,7 +45,7 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
     import pyarrow.parquet as pq
 
     folder = Path(folder)
-    results_path, windows_path = folder / "results.json", folder / "windows.parquet"
+    results_path, windows_path = folder / RESULTS, folder / "windows.parquet"
     if not folder.is_dir():
         raise UserError(f"{name} {folder}: {not_a_folder(folder)}; give a results folder of `npueval run`")
     if not results_path.is_file():
@@ -54,12 +54,12 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
                 if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")
         raise UserError(f"{name} {folder}: no results.json; {hint}")
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results = Results.read(results_path)
         table = pq.read_table(windows_path, columns=["window_id", "doc_id", "nll_sum", "n_scored"])
     except FileNotFoundError:
         raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it "
                         "again") from None
-    except (ValueError, OSError) as exc:  # bad JSON or UTF-8, pyarrow.ArrowInvalid
+    except (ValueError, OSError) as exc:  # bad JSON or UTF-8, a field of the wrong type, pyarrow.ArrowInvalid
         raise UserError(f"{name} {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with "
                         "--resume") from None
     return RunReport(
@@ -78,9 +78,9 @@ def describe(run: RunReport) -> str:
     loss = run.window_loss
     lines = [
         f"{run.folder}",
-        f"  model    {r.get('model')}",
-        f"  data     {r.get('data')}",
-        f"  run      {r.get('started_at')} → {r.get('ended_at')}, wall {fmt(r.get('wall_s'), 1)} s",
+        f"  model    {r.model}",
+        f"  data     {r.data}",
+        f"  run      {r.started_at} → {r.ended_at}, wall {fmt(r.wall_s, 1)} s",
         "",
         summary_table(r),
     ]
@@ -116,7 +116,7 @@ _COMPARED = (
 
 def compare(a: RunReport, b: RunReport) -> str:
     """A and B side by side, and their per-window losses over the windows both evaluated."""
-    ra, rb = a.results, b.results
+    ra, rb = a.results.to_json(), b.results.to_json()  # the table is by results.json's keys
     width = max(len(a.label), len(b.label), 12)
     lines = [f"  {'':<22} {'A':>{width}} {'B':>{width}}   B − A      B / A",
              f"  {'':<22} {a.label:>{width}} {b.label:>{width}}"]
@@ -161,10 +161,9 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------
-def headline(r: dict) -> str:
-    return (f"mean CE {fmt(r['mean_ce'], 4)} nats · ppl {fmt(r['ppl'], 3)} · seed_ppl {fmt(r['seed_ppl'], 3)} · "
-            f"{r['windows']} windows · "
-            f"{fmt(r['tokens_per_s'], 0)} tokens/s · {r['backend']}")
+def headline(r: Results) -> str:
+    return (f"mean CE {fmt(r.mean_ce, 4)} nats · ppl {fmt(r.ppl, 3)} · seed_ppl {fmt(r.seed_ppl, 3)} · "
+            f"{r.windows} windows · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
 
 
 #: The picture formats --plot writes, chosen by the file's suffix.
@@ -193,21 +192,21 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
         raise UserError("--plot needs matplotlib: pip install 'npueval[plot]' (or pip install matplotlib)") from None
 
     fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
-    width = (0.8 if any(len(r.results["per_device"]) > 1 for r in runs) else 0.4) / len(runs)
+    width = (0.8 if any(len(r.results.per_device) > 1 for r in runs) else 0.4) / len(runs)
     losses = [run.window_loss for run in runs]
     finite = np.concatenate([x[np.isfinite(x)] for x in losses]) if losses else np.zeros(0)
     edges = np.histogram_bin_edges(finite, bins=40) if finite.size else 10
     for k, run in enumerate(runs):
-        devices = [d for d in run.results["per_device"] if d["windows"]]
+        devices = [d for d in run.results.per_device if d.windows]
         x = np.arange(len(devices)) + (k - (len(runs) - 1) / 2) * width
-        fps = [d["fps"] or 0.0 for d in devices]
+        fps = [d.fps or 0.0 for d in devices]
         label = f"{'AB'[k]} {run.label}" if len(runs) > 1 else None
         bars.bar_label(bars.bar(x, fps, width=width, label=label), fmt="%.1f", fontsize=8)
         if k == 0:
-            bars.set_xticks(np.arange(len(devices)), [f"{d['device']}\n{d['node'][:8]}" for d in devices],
+            bars.set_xticks(np.arange(len(devices)), [f"{d.device}\n{d.node[:8]}" for d in devices],
                             fontsize=8)
         hist.hist(losses[k], bins=edges, alpha=0.6 if len(runs) > 1 else 0.9, label=label)
-        mean_ce = run.results["mean_ce"]
+        mean_ce = run.results.mean_ce
         if mean_ce is not None and math.isfinite(mean_ce):
             hist.axvline(mean_ce, color=f"C{k}" if len(runs) > 1 else "black", linestyle="--", linewidth=1)
     bars.set_title("throughput per device")

@@ -35,8 +35,12 @@ class PoisonedDevice:
         self.previous = json.loads(self.note.read_text()) if self.note.exists() else None
         self.note.unlink(missing_ok=True)
 
-    def describe(self) -> dict:
-        return {"previous_death": self.previous}
+    def describe(self):
+        from npueval.actors.node_files import CallInProgress
+        from npueval.actors.worker import DeviceInfo
+
+        death = None if self.previous is None else CallInProgress(**self.previous)
+        return DeviceInfo(node="n", device="x", batch_size=1, seq_len=2, host="h", pid=0, previous_death=death)
 
     def evaluate(self, block_id: int, rows) -> int:
         import json

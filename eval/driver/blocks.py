@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npueval.actors.evaluator import BlockRows
 from npueval.core.errors import DatasetError
 from npueval.eval.data.dataset import read_shard
 from npueval.eval.data.manifest import DataManifest
@@ -59,8 +60,8 @@ class BlockReader:
         self._starts = np.array([s.first_window_id for s in self.shards], dtype=np.int64)
         self._cached: tuple[int, dict] | None = None
 
-    def read(self, block: Block) -> dict:
-        """input_ids (n, L) int32, score_from, n_valid, window_ids of the block's kept windows."""
+    def read(self, block: Block) -> BlockRows:
+        """The block's kept windows."""
         parts = []
         lo = block.first
         while lo < block.stop:
@@ -75,7 +76,7 @@ class BlockReader:
             lo = hi
         data = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         kept = self.keep[data["window_ids"]]
-        return {name: column[kept] for name, column in data.items()}
+        return BlockRows(**{name: column[kept] for name, column in data.items()})
 
     def _shard(self, k: int) -> dict:
         if self._cached is None or self._cached[0] != k:

@@ -39,11 +39,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from npueval.actors.evaluator import BlockResult
+from npueval.actors.node_files import CallInProgress
 from npueval.actors.worker import CALLS_AT_ONCE
 from npueval.core.errors import NpuevalError, RunError, root_cause
 
 from .background import lower_this_thread
 from .blocks import Block
+from .results_file import Timeout
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ class Dispatcher:
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
         self.retries = 0
-        self.timeouts: list[dict] = []  # {"block", "device"}: calls ended by block_timeout
+        self.timeouts: list[Timeout] = []  # calls ended by block_timeout
 
     def run(self, blocks: Iterable[tuple[Block, object]], on_result: Callable[[BlockResult], None]) -> None:
         """Send `blocks` ((block, its rows in the object store), e.g. a Prefetcher) to the devices."""
@@ -284,7 +286,7 @@ class Dispatcher:
                 log.warning("block %d (windows %d–%d) on %s: no answer after %g s (--block-timeout); "
                             "restarting the device and sending its blocks elsewhere",
                             block.block_id, block.first, block.stop - 1, slot.name, self.block_timeout)
-                self.timeouts.append({"block": block.block_id, "device": slot.name})
+                self.timeouts.append(Timeout(block.block_id, slot.name))
                 # Its calls' failures come back through ray.wait, however long Ray takes to notice
                 # (seconds on a busy host): until then it gets no work and is not timed again.
                 slot.state, slot.timed_out = "killed", True
@@ -301,8 +303,8 @@ class Dispatcher:
         except Exception as exc:
             self._leave_out(k, root_cause(exc), retry)
             return
-        death = described.get("previous_death") if isinstance(described, dict) else None
-        if death and not slot.timed_out:  # a hung call killed here leaves its note too
+        death = getattr(described, "previous_death", None)
+        if death is not None and not slot.timed_out:  # a hung call killed here leaves its note too
             raise RunError(_died_inside(slot.name, death, slot.parked)) from None
         slot.state, slot.timed_out = "ready", False
         retry.extend(slot.parked)
@@ -317,11 +319,11 @@ class Dispatcher:
         log.warning("%s is left out of the run: %s", slot.name, why)
 
 
-def _died_inside(device: str, death: dict, parked: list) -> str:
+def _died_inside(device: str, death: CallInProgress, parked: list) -> str:
     """The one line that ends a run whose device died inside ais_bench's infer_pipeline."""
-    block = next((b for b, _ in parked if b.block_id == death["block"]), None)
+    block = next((b for b, _ in parked if b.block_id == death.block), None)
     windows = f" (windows {block.first}–{block.stop - 1})" if block is not None else ""
-    return (f"{device} died inside {death['call']} on block {death['block']}{windows}: an error there ends the "
+    return (f"{device} died inside {death.call} on block {death.block}{windows}: an error there ends the "
             "process instead of raising, so its message is only in that node's Ray worker log; continue with "
             "--resume --no-pipeline, which runs the device batch by batch and reports the error; the finished "
             "blocks are saved")

@@ -16,11 +16,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from npueval.actors.worker import BACKENDS, CALLS_AT_ONCE, BackendFactory, ModelFile, WorkerSpec, remote_workers
+from npueval.actors.worker import (
+                                   BACKENDS,
+    CALLS_AT_ONCE,
+    BackendFactory,
+    DeviceInfo,
+    ModelFile,
+    WorkerSpec,
+    remote_workers,
+)
 from npueval.cluster import ray_cluster
 from npueval.core.errors import RunError, UserError, root_cause
 
 from .model_spec import ModelSpec
+from .results_file import Fallback
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ class DeviceConfig:
     calls_at_once: int = CALLS_AT_ONCE  # calls an actor runs at once (a library knob for benchmarks, no flag)
 
     def __post_init__(self):
+        if self.check_against is not None:
+            object.__setattr__(self, "check_against", Path(self.check_against))
         if self.backend not in ("auto", *BACKENDS):
             raise UserError(f"--backend {self.backend!r}: choose one of auto, {', '.join(BACKENDS)}")
         for name in ("devices", "batch_size", "check_batches", "calls_at_once"):
@@ -65,7 +76,7 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class BackendChoice:
     backend: str
-    fallback: dict | None  # {from, to, reason} when auto did not get the OM
+    fallback: Fallback | None  # when auto did not get the OM
 
 
 def connect(config: DeviceConfig) -> ray_cluster.RaySession:
@@ -104,7 +115,7 @@ class Fleet:
         ray_cluster.disconnect(self.session)
 
     @functools.cached_property
-    def described(self) -> list[dict]:
+    def described(self) -> list[DeviceInfo]:
         """What each actor runs: asked on first use, so that the caller can work while they start."""
         return describe(self.actors)
 
@@ -125,21 +136,21 @@ class Fleet:
 
     @property
     def names(self) -> list[str]:
-        return [f"{d['device']} on node {d['node'][:8]}" for d in self.described]
+        return [f"{d.device} on node {d.node[:8]}" for d in self.described]
 
     @property
     def may_abort(self) -> list[bool]:
         """Per device: whether an error may end its process instead of raising (infer_pipeline)."""
-        return [d.get("ais_bench_api") == "pipeline" for d in self.described]
+        return [d.ais_bench_api == "pipeline" for d in self.described]
 
     @property
     def ais_bench_api(self) -> str | None:
         """How the om devices call ais_bench ("pipeline" or "infer"; "mixed" if they differ), or None."""
-        apis = {d.get("ais_bench_api") for d in self.described} - {None}
+        apis = {d.ais_bench_api for d in self.described} - {None}
         return None if not apis else apis.pop() if len(apis) == 1 else "mixed"
 
     def _batch_size(self) -> int:
-        shapes = {(d["batch_size"], d["seq_len"]) for d in self.described}
+        shapes = {(d.batch_size, d.seq_len) for d in self.described}
         if len(shapes) != 1:
             raise RunError(f"the devices report different model shapes {sorted(shapes)}: "
                            "is the same model on every node?")
@@ -195,7 +206,7 @@ def choose_backend(config: DeviceConfig, model: ModelSpec | None, resources: dic
                             "or point --model at the build folder to run its ONNX on CPU")
         reason = "the Ray cluster has no NPU"
         log.warning("backend auto: running the ONNX model %s on CPU instead of the OM: %s", model.onnx, reason)
-        return BackendChoice("onnx", {"from": "om", "to": "onnx", "reason": reason})
+        return BackendChoice("onnx", Fallback("om", "onnx", reason))
     reason = "the model has no OM" + ("" if npus else " and the Ray cluster has no NPU")
     log.info("backend auto: onnx (%s)", reason)
     return BackendChoice("onnx", None)
@@ -244,7 +255,7 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
                       allow_unhealthy=config.allow_unhealthy, pipeline=config.pipeline)
 
 
-def describe(actors: list) -> list[dict]:
+def describe(actors: list) -> list[DeviceInfo]:
     """Each actor's device and the shapes its model takes; a device that cannot start ends the run."""
     import ray
 

@@ -7,6 +7,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .results_file import Provenance
+
 
 def package_version(name: str) -> str | None:
     try:
@@ -16,7 +18,7 @@ def package_version(name: str) -> str | None:
 
 
 def cann_version() -> str | None:
-    """The CANN toolkit's version from its install info (ascend.md §3), None without CANN."""
+    """The CANN toolkit's version from its install info (docs/npu-hosts.md), None without CANN."""
     home = os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")
     if not home:
         return None
@@ -27,14 +29,7 @@ def cann_version() -> str | None:
     return None
 
 
-def provenance(command: list[str], hosts: list[str]) -> dict:
-    return {
-        "npueval": package_version("npueval"),
-        "command": command,
-        "python": platform.python_version(),
-        "ray": package_version("ray"),
-        "onnxruntime": package_version("onnxruntime"),
-        "ais_bench": package_version("ais_bench"),
-        "cann": cann_version(),
-        "hosts": sorted(set(hosts)),
-    }
+def provenance(command: tuple[str, ...], hosts: list[str]) -> Provenance:
+    return Provenance(npueval=package_version("npueval"), command=tuple(command), python=platform.python_version(),
+                      ray=package_version("ray"), onnxruntime=package_version("onnxruntime"),
+                      ais_bench=package_version("ais_bench"), cann=cann_version(), hosts=tuple(sorted(set(hosts))))

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
+from npueval.actors.worker import DeviceInfo
 from npueval.core.errors import RunError
 
 from .blocks import WindowIndex
 from .metrics import LossMetrics, is_increasing, reduce_loss, throughput
+from .results_file import Check, DeviceRow, NonfiniteWindow, Results, Speed
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,9 @@ def check_finite(block: BlockResult) -> None:
         )
 
 
-def nonfinite(collected: Collected) -> list[dict]:
+def nonfinite(collected: Collected) -> list[NonfiniteWindow]:
     """The windows whose loss is NaN or Inf, each with the device that returned it."""
-    return [{"window_id": int(collected.window_ids[i]), "node": collected.node(i), "device": collected.device(i)}
+    return [NonfiniteWindow(int(collected.window_ids[i]), collected.node(i), collected.device(i))
             for i in np.flatnonzero(~np.isfinite(collected.nll))]
 
 
@@ -90,13 +92,13 @@ def loss(collected: Collected, index: WindowIndex, batch_size: int) -> LossMetri
                        batch_size)
 
 
-def per_device(blocks: list[BlockResult], batch_size: int, devices: list[dict] = ()) -> list[dict]:
+def per_device(blocks: list[BlockResult], batch_size: int, devices: list[DeviceInfo] = ()) -> list[DeviceRow]:
     """One row per device: every device of `devices` (the run's actors, idle ones included) and
     every device a block was evaluated on (earlier, resumed blocks included)."""
     grouped: dict[tuple[str, str], list[BlockResult]] = defaultdict(list)
-    api = {(d["node"], d["device"]): d.get("ais_bench_api") for d in devices}
+    api = {(d.node, d.device): d.ais_bench_api for d in devices}
     for d in devices:
-        grouped.setdefault((d["node"], d["device"]), [])
+        grouped.setdefault((d.node, d.device), [])
     for b in blocks:
         grouped[(b.node_id, b.device)].append(b)
     rows = []
@@ -104,17 +106,15 @@ def per_device(blocks: list[BlockResult], batch_size: int, devices: list[dict] =
         batches = sum(b.batches for b in mine)
         device_s = math.fsum(b.device_s for b in mine)
         check = CheckStats.merge([b.check for b in mine])
-        rows.append({
-            "node": node, "device": device, "windows": sum(b.windows for b in mine), "batches": batches,
-            "device_s": device_s, "fps": batch_size * batches / device_s if device_s > 0 else None,
-            "ais_bench_api": api.get((node, device)),
-            "check": None if check is None else {"batches": check.batches, "tokens": check.tokens,
-                                                 "max_abs_err": check.max_abs, "max_rel_err": check.max_rel},
-        })
+        rows.append(DeviceRow(
+            node=node, device=device, windows=sum(b.windows for b in mine), batches=batches, device_s=device_s,
+            fps=batch_size * batches / device_s if device_s > 0 else None, ais_bench_api=api.get((node, device)),
+            check=None if check is None else Check(check.batches, check.tokens, check.max_abs, check.max_rel),
+        ))
     return rows
 
 
-def speed(fresh: list[BlockResult], eval_s: float, batch_size: int) -> dict:
+def speed(fresh: list[BlockResult], eval_s: float, batch_size: int) -> Speed:
     """Rates over this command's blocks (a resumed run's earlier blocks have no eval_s here)."""
     devices = per_device(fresh, batch_size)
     t = throughput(
@@ -122,11 +122,11 @@ def speed(fresh: list[BlockResult], eval_s: float, batch_size: int) -> dict:
         scored_tokens=sum(b.scored_tokens for b in fresh),
         eval_s=eval_s,
         batch_size=batch_size,
-        device_mean_ms=[1000 * d["device_s"] / d["batches"] for d in devices if d["batches"]],
-        device_seconds=[d["device_s"] for d in devices if d["batches"]],
+        device_mean_ms=[1000 * d.device_s / d.batches for d in devices if d.batches],
+        device_seconds=[d.device_s for d in devices if d.batches],
     )
-    return {"eval_s": eval_s, "samples_per_s": finite(t.samples_per_s), "tokens_per_s": finite(t.tokens_per_s),
-            "device_fps_sum": finite(t.device_fps), "host_overhead": finite(t.host_overhead)}
+    return Speed(eval_s=eval_s, samples_per_s=finite(t.samples_per_s), tokens_per_s=finite(t.tokens_per_s),
+                 device_fps_sum=finite(t.device_fps), host_overhead=finite(t.host_overhead))
 
 
 def windows_table(collected: Collected, index: WindowIndex):
@@ -154,44 +154,42 @@ def windows_table(collected: Collected, index: WindowIndex):
     })
 
 
-def result_txt(results: dict) -> str:
+def result_txt(results: Results) -> str:
     """The port's number where the port prints it, for drop-in comparison."""
-    return (f"seed_ppl {fmt(results['seed_ppl'])}\nppl {fmt(results['ppl'])}\nmean_ce {fmt(results['mean_ce'])}\n"
-            f"tokens {results['tokens']}\nwindows {results['windows']}\n")
+    return (f"seed_ppl {fmt(results.seed_ppl)}\nppl {fmt(results.ppl)}\nmean_ce {fmt(results.mean_ce)}\n"
+            f"tokens {results.tokens}\nwindows {results.windows}\n")
 
 
-def summary_table(results: dict) -> str:
+def summary_table(results: Results) -> str:
+    r, speed = results, results.speed
     lines = [
-        f"npueval run: {results['windows']} windows, {results['tokens']} scored tokens, "
-        f"backend {results['backend']}, {sum(1 for d in results['per_device'] if d['windows'])} devices",
+        f"npueval run: {r.windows} windows, {r.tokens} scored tokens, backend {r.backend}, {r.devices_used} devices",
         "",
-        f"  mean cross-entropy   {fmt(results['mean_ce'])} nats/token",
-        f"  perplexity           {fmt(results['ppl'])}",
-        f"  seed_ppl (the port)  {fmt(results['seed_ppl'])}",
-        f"  throughput           {fmt(results['samples_per_s'], 1)} samples/s, {fmt(results['tokens_per_s'], 0)} "
-        f"tokens/s over {results['eval_s']:.1f} s",
-        f"  device FPS (sum)     {fmt(results['device_fps_sum'], 1)}",
-        f"  host overhead        "
-        f"{fmt(None if results['host_overhead'] is None else 100 * results['host_overhead'], 1)}% "
+        f"  mean cross-entropy   {fmt(r.mean_ce)} nats/token",
+        f"  perplexity           {fmt(r.ppl)}",
+        f"  seed_ppl (the port)  {fmt(r.seed_ppl)}",
+        f"  throughput           {fmt(speed.samples_per_s, 1)} samples/s, {fmt(speed.tokens_per_s, 0)} "
+        f"tokens/s over {speed.eval_s:.1f} s",
+        f"  device FPS (sum)     {fmt(speed.device_fps_sum, 1)}",
+        f"  host overhead        {fmt(None if speed.host_overhead is None else 100 * speed.host_overhead, 1)}% "
         "of device time",
     ]
-    if results["windows_dropped"]:
-        lines.append(f"  dropped (--drop-last) {results['windows_dropped']} windows")
-    if results["retries"]:
-        lines.append(f"  retries              {results['retries']}")
-    if results.get("timeouts"):
-        lines.append(f"  timeouts             {len(results['timeouts'])} (--block-timeout): "
-                     + ", ".join(sorted({t['device'] for t in results['timeouts']})))
-    if results.get("windows_nonfinite"):
-        lines.append(f"  non-finite, skipped  {results['windows_nonfinite']} windows (--on-nonfinite skip)")
-    if results["fallback"]:
-        f = results["fallback"]
-        lines.append(f"  fallback             {f['from']} → {f['to']}: {f['reason']}")
+    if r.windows_dropped:
+        lines.append(f"  dropped (--drop-last) {r.windows_dropped} windows")
+    if r.retries:
+        lines.append(f"  retries              {r.retries}")
+    if r.timeouts:
+        lines.append(f"  timeouts             {len(r.timeouts)} (--block-timeout): "
+                     + ", ".join(sorted({t.device for t in r.timeouts})))
+    if r.windows_nonfinite:
+        lines.append(f"  non-finite, skipped  {r.windows_nonfinite} windows (--on-nonfinite skip)")
+    if r.fallback:
+        lines.append(f"  fallback             {r.fallback.from_} → {r.fallback.to}: {r.fallback.reason}")
     lines += ["", "  node          device    windows  batches  device s      FPS  check max rel err"]
-    for d in results["per_device"]:
-        check = "" if d["check"] is None else f"{d['check']['max_rel_err']:.2e}"
-        lines.append(f"  {d['node'][:12]:<12}  {d['device']:<8} {d['windows']:>8} {d['batches']:>8} "
-                     f"{d['device_s']:>9.2f} {fmt(d['fps'], 1):>8}  {check}")
+    for d in r.per_device:
+        check = "" if d.check is None else f"{d.check.max_rel_err:.2e}"
+        lines.append(f"  {d.node[:12]:<12}  {d.device:<8} {d.windows:>8} {d.batches:>8} "
+                     f"{d.device_s:>9.2f} {fmt(d.fps, 1):>8}  {check}")
     return "\n".join(lines)
 
 

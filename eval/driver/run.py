@@ -9,6 +9,7 @@ reduce every block, read back in block order, into results.json, windows.parquet
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult
-from npueval.actors.worker import CALLS_AT_ONCE, BackendFactory
+from npueval.actors.worker import BackendFactory
 from npueval.core.errors import Interrupted, UserError
 from npueval.core.files import file_sha256
 from npueval.eval.data.dataset import open_data_set
@@ -33,6 +34,7 @@ from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
 from .model_spec import ModelSpec, check_pair, resolve_model
 from .provenance import provenance
+from .results_file import Results, Timeout
 from .run_folder import BackgroundSaver, RunFolder
 
 log = logging.getLogger(__name__)
@@ -49,40 +51,30 @@ class RunConfig:
     data: Path
     out: Path
     model: Path | None = None
-    backend: str = "auto"  # auto | om | onnx | simulated
-    devices: int | None = None
-    batch_size: int | None = None  # the simulated backend's batch (the others: the model's)
-    device_ms: float = 0.0
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # which devices run what (shared with bench)
     limit: int | None = None
     drop_last: bool = False
     resume: bool = False
     force: bool = False
-    address: str | None = None
-    max_retries: int = 3
     vocab: Path | None = None
-    check_against: Path | None = None
-    check_batches: int = 4
-    allow_unhealthy: bool = False
     block_windows: int | None = None  # default: BATCHES_PER_BLOCK model batches
     on_nonfinite: str = "fail"  # fail: a NaN/Inf window loss ends the run; skip: left out, counted
     block_timeout: float | None = None  # seconds a call may run before its device is taken for hung
-    pipeline: bool = True  # a block's batches handed to the device together (False: --no-pipeline)
-    calls_at_once: int = CALLS_AT_ONCE  # calls a device actor runs at once (benchmarks compare 1 and 2)
     command: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
-        for name in ("data", "out", "model", "vocab", "check_against"):
+        for name in ("data", "out", "model", "vocab"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        _ = self.device_config  # validates the device flags
         for name in ("limit", "block_windows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-        if self.model is None and self.backend in ("om", "onnx"):
-            raise UserError(f"--backend {self.backend} needs --model (a build folder, a .onnx or an .om)")
-        if self.model is None and self.backend == "auto":
+        backend = self.device.backend
+        if self.model is None and backend in ("om", "onnx"):
+            raise UserError(f"--backend {backend} needs --model (a build folder, a .onnx or an .om)")
+        if self.model is None and backend == "auto":
             raise UserError("--model is needed (a build folder, a .onnx or an .om), or --backend simulated")
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: pick one")
@@ -91,19 +83,19 @@ class RunConfig:
         if self.block_timeout is not None and not self.block_timeout > 0:
             raise UserError(f"--block-timeout {self.block_timeout}: must be a positive number of seconds")
 
-    @property
-    def device_config(self) -> DeviceConfig:
-        return DeviceConfig(backend=self.backend, devices=self.devices, batch_size=self.batch_size,
-                            device_ms=self.device_ms, address=self.address, max_retries=self.max_retries,
-                            check_against=self.check_against, check_batches=self.check_batches,
-                            allow_unhealthy=self.allow_unhealthy, pipeline=self.pipeline,
-                            calls_at_once=self.calls_at_once)
+    @classmethod
+    def from_flags(cls, **flags) -> RunConfig:
+        """A config from flat keyword arguments, as the command line has them: those that are
+        DeviceConfig's (backend, devices, device_ms, …) go to `device`."""
+        names = {f.name for f in dataclasses.fields(DeviceConfig)}
+        device = DeviceConfig(**{k: flags.pop(k) for k in list(flags) if k in names})
+        return cls(device=device, **flags)
 
 
 @dataclass(frozen=True)
 class RunResult:
     out: Path
-    results: dict = field(repr=False)
+    results: Results = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -123,7 +115,7 @@ class Evaluated:
     fresh: list[BlockResult]  # the blocks this command evaluated, in the order they finished (totals only)
     eval_s: float
     retries: int
-    timeouts: list[dict]  # calls --block-timeout ended: {"block", "device"}
+    timeouts: list[Timeout]  # calls --block-timeout ended
 
 
 def run(config: RunConfig, *, factory: BackendFactory | None = None,
@@ -137,7 +129,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
     folder = _refuse_held_out(config, model, data)
     index = read_index(config.data, data)  # every shard checked against its sha256 before Ray starts
-    with Fleet(config.device_config, model, data.n_ctx, factory) as fleet, ExitStack() as reading:
+    with Fleet(config.device, model, data.n_ctx, factory) as fleet, ExitStack() as reading:
         # The first blocks are read while the device actors start, when their batch is known.
         peeked = folder.finished() if config.resume else set()  # OUT is not touched before they answer
         plan, prefetched = _start_reading(config, index, data, model, fleet.planned_batch_size or fleet.batch_size,
@@ -158,7 +150,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
     all_blocks = [b.totals_only() for b in all_blocks]  # their windows are in `collected` now
     results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated, started_at)
-    results["wall_s"] = time.perf_counter() - clock
+    results = dataclasses.replace(results, wall_s=time.perf_counter() - clock)
     folder.write_outputs(results, res.windows_table(collected, plan.index), res.result_txt(results))
     return RunResult(config.out, results)
 
@@ -187,12 +179,12 @@ def _start_reading(config: RunConfig, index: WindowIndex, data: DataManifest, mo
 def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetcher, folder: RunFolder,
               progress: Callable[[int, int, int], None] | None) -> Evaluated:
     """Send the unfinished blocks to the devices, saving each as it comes back."""
-    batch_by_batch = [n for n, d in zip(fleet.names, fleet.described) if d.get("ais_bench_api") == "infer"]
-    if config.pipeline and batch_by_batch:
+    batch_by_batch = [n for n, d in zip(fleet.names, fleet.described) if d.ais_bench_api == "infer"]
+    if config.device.pipeline and batch_by_batch:
         log.warning("%s: this ais_bench has no infer_pipeline (the pre-2024 package the vendor's wheel links still "
                     "serve): one infer call per model batch; the newer ais_bench runs a block's batches back to back "
                     "(README, \"NPU hosts\")", ", ".join(batch_by_batch))
-    dispatcher = Dispatcher(fleet.actors, fleet.names, config.max_retries, block_timeout=config.block_timeout,
+    dispatcher = Dispatcher(fleet.actors, fleet.names, config.device.max_retries, block_timeout=config.block_timeout,
                             may_abort=fleet.may_abort)
     fresh: list[BlockResult] = []
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
@@ -255,44 +247,42 @@ def _identity(config: RunConfig, model: ModelSpec | None, data: DataManifest, ba
 
 def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: DataManifest, vocab_checked: bool,
              plan: Plan, collected: res.Collected, all_blocks: list[BlockResult], evaluated: Evaluated,
-             started_at: str) -> dict:
+             started_at: str) -> Results:
     batch_size = fleet.batch_size
     nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
     metrics = res.loss(res.finite_only(collected), plan.index, batch_size)
-    return {
-        "mean_ce": res.finite(metrics.mean_ce),
-        "ppl": res.finite(metrics.perplexity),
-        "seed_ppl": res.finite(metrics.seed_ppl),
-        "tokens": metrics.scored_tokens,
-        "windows": metrics.windows,
-        "windows_dropped": int(plan.total - plan.keep[: plan.total].sum()),
-        "backend": fleet.choice.backend,
-        "fallback": fleet.choice.fallback,
-        "pipeline": config.pipeline,
-        "ais_bench_api": fleet.ais_bench_api,
-        "retries": evaluated.retries,
-        "timeouts": evaluated.timeouts,
-        "windows_nonfinite": len(nonfinite),
-        "nonfinite": nonfinite[:NONFINITE_LISTED],
-        "wall_s": None,  # the caller's clock
-        **res.speed(evaluated.fresh, evaluated.eval_s, batch_size),
-        "per_device": res.per_device(all_blocks, batch_size, fleet.described),
-        "model_manifest_sha256": model.manifest_sha256 if model else None,
-        "data_manifest_sha256": file_sha256(config.data / "manifest.json"),
-        "started_at": started_at,
-        "ended_at": _now(),
-        "nll_sum": metrics.nll_sum,
-        "seed_batches": metrics.seed_batches,
-        "batch_size": batch_size,
-        "seq_len": data.n_ctx,
-        "limit": config.limit,
-        "drop_last": config.drop_last,
-        "blocks": len(all_blocks),
-        "blocks_resumed": len(all_blocks) - len(evaluated.fresh),
-        "vocab_checked": vocab_checked,
-        "model": model.name if model else None,
-        "data": str(config.data),
-        "provenance": provenance(list(config.command), [d["host"] for d in fleet.described]),
-    }
-
-
+    return Results(
+                   mean_ce=res.finite(metrics.mean_ce),
+        ppl=res.finite(metrics.perplexity),
+        seed_ppl=res.finite(metrics.seed_ppl),
+        tokens=metrics.scored_tokens,
+        windows=metrics.windows,
+        windows_dropped=int(plan.total - plan.keep[: plan.total].sum()),
+        backend=fleet.choice.backend,
+        fallback=fleet.choice.fallback,
+        pipeline=config.device.pipeline,
+        ais_bench_api=fleet.ais_bench_api,
+        retries=evaluated.retries,
+        timeouts=tuple(evaluated.timeouts),
+        windows_nonfinite=len(nonfinite),
+        nonfinite=tuple(nonfinite[:NONFINITE_LISTED]),
+        wall_s=None,  # the caller's clock
+        speed=res.speed(evaluated.fresh, evaluated.eval_s, batch_size),
+        per_device=tuple(res.per_device(all_blocks, batch_size, fleet.described)),
+        model_manifest_sha256=model.manifest_sha256 if model else None,
+        data_manifest_sha256=file_sha256(config.data / "manifest.json"),
+        started_at=started_at,
+        ended_at=_now(),
+        nll_sum=metrics.nll_sum,
+        seed_batches=metrics.seed_batches,
+        batch_size=batch_size,
+        seq_len=data.n_ctx,
+        limit=config.limit,
+        drop_last=config.drop_last,
+        blocks=len(all_blocks),
+        blocks_resumed=len(all_blocks) - len(evaluated.fresh),
+        vocab_checked=vocab_checked,
+        model=model.name if model else None,
+        data=str(config.data),
+        provenance=provenance(config.command, [d.host for d in fleet.described]),
+    )

@@ -23,6 +23,7 @@ from npueval.core.errors import DatasetError, UserError
 from npueval.core.files import atomic_write, atomic_write_with
 
 from .background import lower_this_thread
+from .results_file import RESULTS, Results
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,13 @@ class RunFolder:
             device_wait_s=meta.get("device_wait_s", 0.0),  # blocks saved by an earlier npueval have none
         )
 
-    def write_outputs(self, results: dict, windows, result_txt: str) -> None:
+    def write_outputs(self, results: Results, windows, result_txt: str) -> None:
         import pyarrow.parquet as pq
 
         # Row groups of 64 Ki windows: the writer buffers one encoded row group, not the whole file.
         _write_atomic(self.out / "windows.parquet", lambda tmp: pq.write_table(windows, tmp, row_group_size=1 << 16))
         _write_atomic(self.out / "result.txt", result_txt)
-        _write_atomic(self.out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        _write_atomic(self.out / RESULTS, results.dumps())
 
 
 class BackgroundSaver:

@@ -61,8 +61,8 @@ def test_run_puts_one_actor_on_every_healthy_chip_and_matches_onnx(tmp_path):
     build(BuildConfig(make_checkpoint(tmp_path / "ckpt"), tmp_path / "build", batch_size=4, seq_len=64))
     data = prepare_data(tmp_path / "d", tmp_path / "ckpt" / "vocab.txt", 60_000, mode="sliding", n_ctx=64)
     healthy = [d for d in discover() if d.healthy]
-    results = run(RunConfig(data=data, out=tmp_path / "out", model=tmp_path / "build",
-                            check_against=tmp_path / "build" / "model.onnx")).results
+    results = run(RunConfig.from_flags(data=data, out=tmp_path / "out", model=tmp_path / "build",
+                                       check_against=tmp_path / "build" / "model.onnx")).results.to_json()
     assert results["backend"] == "om" and results["fallback"] is None
     assert sorted(d["device"] for d in results["per_device"]) == sorted(f"npu:{d.logic_id}" for d in healthy)
     for d in results["per_device"]:

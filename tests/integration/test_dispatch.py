@@ -95,5 +95,5 @@ def test_a_device_that_dies_inside_its_call_ends_the_run_without_feeding_the_blo
 def test_a_hung_call_killed_here_is_not_taken_for_such_a_death(ray_local, tmp_path):
     dispatcher, done, calls = poisoned_dispatch(tmp_path, hang=True, block_timeout=1.0)
     assert sorted(done) == list(range(8))
-    assert [t["block"] for t in dispatcher.timeouts] == [3]
+    assert [t.block for t in dispatcher.timeouts] == [3]
     assert [c["block"] for c in calls].count(3) == 2  # the hung call, and the block again after the restart

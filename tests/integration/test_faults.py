@@ -50,7 +50,7 @@ def simulated(data, out, **kw) -> RunConfig:
     kw.setdefault("block_windows", 8)  # one batch per block: many blocks
     kw.setdefault("devices", 4)
     kw.setdefault("batch_size", 8)
-    return RunConfig(data=data, out=out, backend="simulated", **kw)
+    return RunConfig.from_flags(data=data, out=out, backend="simulated", **kw)
 
 
 def scored_per_window(data) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_a_nan_ends_the_run_naming_block_and_device(ray_npu4, inject, seed_data,
 
 def test_skip_leaves_the_bad_windows_out_and_counts_them(ray_npu4, inject, seed_data, tmp_path):
     inject({"device": "npu:1", "kind": "nan", "batch": 2}, {"device": "npu:2", "kind": "inf", "batch": 1})
-    results = run(simulated(seed_data, tmp_path / "out", on_nonfinite="skip")).results
+    results = run(simulated(seed_data, tmp_path / "out", on_nonfinite="skip")).results.to_json()
     assert results["windows_nonfinite"] == 2
     assert sorted(w["device"] for w in results["nonfinite"]) == ["npu:1", "npu:2"]
     bad = [w["window_id"] for w in results["nonfinite"]]
@@ -88,7 +88,7 @@ def test_skip_leaves_the_bad_windows_out_and_counts_them(ray_npu4, inject, seed_
 
 def test_a_hung_device_is_restarted_and_its_block_done_elsewhere(ray_npu4, inject, seed_data, tmp_path):
     inject({"device": "npu:3", "kind": "hang", "batch": 2})
-    results = run(simulated(seed_data, tmp_path / "out", block_timeout=2.0)).results
+    results = run(simulated(seed_data, tmp_path / "out", block_timeout=2.0)).results.to_json()
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12) and results["tokens"] == tokens
     (timeout,) = results["timeouts"]
@@ -103,7 +103,7 @@ def test_a_slow_device_takes_proportionally_fewer_blocks(ray_npu4, inject, seed_
     # sets the pace, and blocks of 2 windows (124), so that the two blocks the slow device still holds
     # when the others run dry weigh little (at 20 ms and 31 blocks a CI run once gave it half a fast share)
     config = simulated(seed_data, tmp_path / "out", device_ms=60, batch_size=2, block_windows=2)
-    results = run(config).results
+    results = run(config).results.to_json()
     share = {d["device"]: d["windows"] / results["windows"] for d in results["per_device"]}
     fast = [share[f"npu:{i}"] for i in (1, 2, 3)]
     # 5× slower: a fifth of a fast device's share in the long run (1/16 against 5/16), a little more
@@ -170,7 +170,7 @@ def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, se
                     "continue with --resume")
     assert after_blocks <= saved and not (out / "results.json").exists()
     assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
-    results = run(simulated(seed_data, out, resume=True)).results  # on 4 devices, not 2
+    results = run(simulated(seed_data, out, resume=True)).results.to_json()  # on 4 devices, not 2
     assert results["blocks_resumed"] == saved and results["blocks"] > saved
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12) and results["tokens"] == tokens
@@ -181,7 +181,7 @@ def test_a_device_error_reaches_the_driver_as_its_root_cause(ray_npu4, inject, s
     error: never Ray's wrapper with the actor's repr and a traceback."""
     inject({"device": "npu:2", "kind": "error", "batch": 3})
     with caplog.at_level("WARNING", logger="npueval.eval.driver.dispatch"):
-        results = run(simulated(seed_data, tmp_path / "retried", device_ms=10)).results
+        results = run(simulated(seed_data, tmp_path / "retried", device_ms=10)).results.to_json()
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["retries"] == 1 and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     (warning,) = [r.getMessage() for r in caplog.records if "failed on npu:2" in r.getMessage()]

@@ -50,8 +50,8 @@ def cluster():
 
 
 def test_four_devices_on_two_nodes_give_the_reference_numbers(cluster, seed_data, tmp_path):
-    results = run(RunConfig(data=seed_data, out=tmp_path / "out", backend="simulated", batch_size=8,
-                            block_windows=24, address=cluster.address)).results
+    results = run(RunConfig.from_flags(data=seed_data, out=tmp_path / "out", backend="simulated", batch_size=8,
+                                       block_windows=24, address=cluster.address)).results.to_json()
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["tokens"] == tokens and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     nodes = {d["node"] for d in results["per_device"]}
@@ -66,8 +66,8 @@ def test_the_om_reaches_every_node_through_the_object_store(cluster, tmp_path):
     om = model / "build" / "model.om"
     om.chmod(0o664)
     data = prepare_data(tmp_path / "d", model / "ckpt" / "vocab.txt", 30_000, mode="sliding", n_ctx=64)
-    results = run(RunConfig(data=data, out=tmp_path / "out", model=model / "build", block_windows=16,
-                            address=cluster.address)).results
+    results = run(RunConfig.from_flags(data=data, out=tmp_path / "out", model=model / "build", block_windows=16,
+                                       address=cluster.address)).results.to_json()
     assert results["backend"] == "om" and len({d["node"] for d in results["per_device"]}) == 2
     copies = list((Path(tempfile.gettempdir()) / f"npueval-{os.getuid()}").glob("*/model.om"))
     assert copies and all(stat.S_IMODE(c.stat().st_mode) == 0o644 for c in copies)
@@ -109,13 +109,13 @@ def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_b
         "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1, resources={"NPU": 2}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    config = RunConfig(data=data, out=out, backend="simulated", batch_size=8, block_windows=8, device_ms=150,
-                       address=cluster.address, block_timeout=block_timeout)
+    config = RunConfig.from_flags(data=data, out=out, backend="simulated", batch_size=8, block_windows=8, device_ms=150,
+                                  address=cluster.address, block_timeout=block_timeout)
     outcome: dict = {}
 
     def target():
         try:
-            outcome["results"] = run(config).results
+            outcome["results"] = run(config).results.to_json()
         except Exception as exc:
             outcome["error"] = exc
 

@@ -38,12 +38,12 @@ def ray_npu4():
 
 def simulated(data, out, **kw) -> RunConfig:
     kw.setdefault("block_windows", BLOCK)
-    return RunConfig(data=data, out=out, backend="simulated", batch_size=8, **kw)
+    return RunConfig.from_flags(data=data, out=out, backend="simulated", batch_size=8, **kw)
 
 
 @pytest.fixture(scope="module")
 def baseline(ray_npu4, seed_data, tmp_path_factory):
-    return run(simulated(seed_data, tmp_path_factory.mktemp("baseline") / "out", devices=4)).results
+    return run(simulated(seed_data, tmp_path_factory.mktemp("baseline") / "out", devices=4)).results.to_json()
 
 
 def block_first_rows(data, block: int) -> str:
@@ -65,7 +65,7 @@ def test_simulated_run_equals_the_numpy_reference(baseline, seed_data):
 
 def test_results_folder_holds_every_window_once(baseline, seed_data, tmp_path):
     out = tmp_path / "out"
-    results = run(simulated(seed_data, out, devices=2)).results
+    results = run(simulated(seed_data, out, devices=2)).results.to_json()
     _, _, per_window = simulated_reference(seed_data)
     windows = pq.read_table(out / "windows.parquet").to_pydict()
     assert windows["window_id"] == list(range(len(per_window)))
@@ -90,7 +90,7 @@ def test_an_actor_unpacks_its_next_block_while_the_device_runs_one(ray_npu4, see
     import pyarrow.parquet as pq
 
     out = tmp_path / "out"
-    results = run(simulated(seed_data, out, devices=2, device_ms=20)).results
+    results = run(simulated(seed_data, out, devices=2, device_ms=20)).results.to_json()
     waits = [json.loads(pq.read_schema(p).metadata[b"npueval"])["device_wait_s"]
              for p in sorted((out / "blocks").glob("block-*.parquet"))]
     assert len(waits) == results["blocks"] > 4
@@ -136,7 +136,7 @@ def test_seed_ppl_and_drop_last_follow_the_port(ray_npu4, seed_data, tmp_path):
                     continue
                 kept[batch] = True
                 batch_means.append(per_window[batch].sum() / scored[batch].sum())
-        results = run(simulated(seed_data, tmp_path / str(drop_last), devices=3, drop_last=drop_last)).results
+        results = run(simulated(seed_data, tmp_path / str(drop_last), devices=3, drop_last=drop_last)).results.to_json()
         assert results["seed_ppl"] == pytest.approx(np.exp(np.mean(batch_means)), rel=1e-12)
         assert results["windows"] == kept.sum()
         assert results["windows_dropped"] == (len(per_window) - kept.sum() if drop_last else 0)
@@ -145,7 +145,7 @@ def test_seed_ppl_and_drop_last_follow_the_port(ray_npu4, seed_data, tmp_path):
 
 
 def test_limit_evaluates_the_first_windows(ray_npu4, seed_data, tmp_path):
-    results = run(simulated(seed_data, tmp_path / "out", devices=2, limit=50)).results
+    results = run(simulated(seed_data, tmp_path / "out", devices=2, limit=50)).results.to_json()
     keep = np.arange(len(read_shards(seed_data)["piece"])) < 50
     nll_sum, tokens, _ = simulated_reference(seed_data, keep)
     assert results["windows"] == 50 and results["tokens"] == tokens
@@ -156,7 +156,7 @@ def test_an_actor_killed_mid_block_changes_no_number(baseline, seed_data, tmp_pa
     ledger = tmp_path / "ledger"
     killed_block = 5
     factory = LedgerFactory(str(ledger), kill_self_at=block_first_rows(seed_data, killed_block))
-    results = run(simulated(seed_data, tmp_path / "out", devices=4), factory=factory).results
+    results = run(simulated(seed_data, tmp_path / "out", devices=4), factory=factory).results.to_json()
     assert results["retries"] > 0
     assert (results["mean_ce"], results["seed_ppl"], results["tokens"]) == (
         baseline["mean_ce"], baseline["seed_ppl"], baseline["tokens"])
@@ -174,7 +174,7 @@ def test_an_actor_killed_every_fourth_block_changes_no_number(baseline, seed_dat
     ledger = tmp_path / "ledger"
     factory = LedgerFactory(str(ledger), kill_self_at=tuple(block_first_rows(seed_data, b) for b in killed))
     results = run(simulated(seed_data, tmp_path / "out", devices=4, max_retries=len(killed) + 1),
-                  factory=factory).results
+                  factory=factory).results.to_json()
     assert len(killed) >= 2 and results["retries"] >= len(killed)  # each kill fails its calls in flight
     assert (results["nll_sum"], results["seed_ppl"], results["tokens"]) == (
         baseline["nll_sum"], baseline["seed_ppl"], baseline["tokens"])
@@ -223,7 +223,8 @@ def kill_the_driver(seed_data, out, ledger, block: int | None, devices: int) -> 
                 return real_replace(src, dst, *a, **kw)
             os.replace = replace
         factory = LedgerFactory({str(ledger)!r}, {kill})
-        run(RunConfig(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8, devices={devices},
+        run(RunConfig.from_flags(data={str(seed_data)!r}, out={str(out)!r}, backend="simulated", batch_size=8,
+                                 devices={devices},
                       block_windows={BLOCK}, address={ray.get_runtime_context().gcs_address!r}), factory=factory)
     """)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
@@ -268,7 +269,8 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
         with pytest.raises(DatasetError, match="--resume"):
             run(simulated(seed_data, out, devices=2), factory=LedgerFactory(str(second_ledger)))
     # Resumed on three devices: blocks are ranges of window_id, whatever device runs them.
-    resumed = run(simulated(seed_data, out, devices=3, resume=True), factory=LedgerFactory(str(second_ledger))).results
+    resumed = run(simulated(seed_data, out, devices=3, resume=True),
+                  factory=LedgerFactory(str(second_ledger))).results.to_json()
     assert (resumed["mean_ce"], resumed["seed_ppl"], resumed["tokens"], resumed["windows"]) == (
         baseline["mean_ce"], baseline["seed_ppl"], baseline["tokens"], baseline["windows"])
     assert resumed["blocks_resumed"] == len(finished)
@@ -290,7 +292,7 @@ def test_resume_refuses_blocks_of_another_run(ray_npu4, seed_data, tmp_path):
     with pytest.raises(DatasetError,
                        match=r"--resume: the blocks in .* are of another run \(limit: 48 there, 96 now\)"):
         run(simulated(seed_data, out, devices=2, limit=96, resume=True))
-    again = run(simulated(seed_data, out, devices=2, limit=96, force=True)).results
+    again = run(simulated(seed_data, out, devices=2, limit=96, force=True)).results.to_json()
     assert again["windows"] == 96
 
 
@@ -324,7 +326,7 @@ def test_no_pipeline_gives_the_same_numbers_and_says_so(baseline, seed_data, tmp
     assert results["pipeline"] is False and baseline["pipeline"] is True
     keys = ("mean_ce", "nll_sum", "seed_ppl", "ppl", "tokens", "windows")
     assert [results[k] for k in keys] == [baseline[k] for k in keys]
-    resumed = run(simulated(seed_data, out, devices=4, resume=True)).results  # with the pipeline this time
+    resumed = run(simulated(seed_data, out, devices=4, resume=True)).results.to_json()  # with the pipeline this time
     assert resumed["pipeline"] is True and resumed["blocks_resumed"] == resumed["blocks"]
     assert [resumed[k] for k in keys] == [baseline[k] for k in keys]
 
@@ -361,8 +363,8 @@ def test_bench_gives_the_device_fps_of_every_device_and_their_sum(ray_npu4, seed
                              devices=DeviceConfig(backend="simulated", devices=4, device_ms=5)))
     assert [r.batch_size for r in rows] == [1, 8]
     for r in rows:
-        assert len(r.per_device) == 4 and all(d["batches"] == 4 for d in r.per_device)
-        assert all(d["fps"] == pytest.approx(1000 * r.batch_size / 5) for d in r.per_device)
+        assert len(r.per_device) == 4 and all(d.batches == 4 for d in r.per_device)
+        assert all(d.fps == pytest.approx(1000 * r.batch_size / 5) for d in r.per_device)
         assert r.device_fps_sum == pytest.approx(4 * 1000 * r.batch_size / 5)
         assert 0 < r.host_fps_sum <= r.device_fps_sum * 1.01  # the loop cannot beat the device's clock
         assert r.end_to_end > 0
@@ -404,7 +406,7 @@ def test_three_runs_back_to_back_leave_nothing_behind(ray_npu4, seed_data, tmp_p
     from ray._private.internal_api import memory_summary
 
     outs = [tmp_path / f"out{i}" for i in range(3)]
-    results = [run(simulated(seed_data, out, devices=4, limit=120)).results for out in outs]
+    results = [run(simulated(seed_data, out, devices=4, limit=120)).results.to_json() for out in outs]
     assert len({r["nll_sum"] for r in results}) == 1
     assert not [a for a in state.actors().values() if a["State"] != "DEAD"]
     deadline = time.monotonic() + 20

@@ -84,8 +84,8 @@ def torch_reference(data: Path):
 
 
 def test_onnx_on_two_cpu_workers_equals_pytorch(ray_with_fake_chips, model, sliding_data, tmp_path):
-    results = run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", backend="onnx",
-                            devices=2, block_windows=40)).results
+    results = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=model / "build", backend="onnx",
+                                       devices=2, block_windows=40)).results.to_json()
     sums, scored, pieces = torch_reference(sliding_data)
     assert results["backend"] == "onnx" and results["tokens"] == scored.sum()
     assert results["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-5)
@@ -100,8 +100,8 @@ def test_onnx_on_two_cpu_workers_equals_pytorch(ray_with_fake_chips, model, slid
 
 def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sliding_data, tmp_path):
     """auto picks the OM where the cluster has NPUs; --check-against measures the fp16 drift."""
-    results = run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
-                            check_against=model / "build" / "model.onnx", check_batches=3)).results
+    results = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
+                                       check_against=model / "build" / "model.onnx", check_batches=3)).results.to_json()
     sums, scored, _ = torch_reference(sliding_data)
     assert results["backend"] == "om" and results["fallback"] is None
     assert results["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-3)  # fp16 outputs
@@ -116,9 +116,10 @@ def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sli
 def test_a_bare_model_file_reads_its_shapes_and_says_whether_the_vocab_was_checked(
         ray_with_fake_chips, model, sliding_data, tmp_path):
     onnx = model / "build" / "model.onnx"
-    unchecked = run(RunConfig(data=sliding_data, out=tmp_path / "a", model=onnx, devices=1, limit=20)).results
-    checked = run(RunConfig(data=sliding_data, out=tmp_path / "b", model=onnx, devices=1, limit=20,
-                            vocab=model / "ckpt" / "vocab.txt")).results
+    unchecked = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "a", model=onnx, devices=1,
+                                         limit=20)).results.to_json()
+    checked = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "b", model=onnx, devices=1, limit=20,
+                                       vocab=model / "ckpt" / "vocab.txt")).results.to_json()
     assert unchecked["vocab_checked"] is False and checked["vocab_checked"] is True
     assert unchecked["mean_ce"] == checked["mean_ce"] and unchecked["model_manifest_sha256"] is None
 
@@ -127,13 +128,14 @@ def test_a_pair_that_does_not_fit_is_refused_before_any_device_work(model, slidi
     other_vocab = tmp_path / "vocab.txt"
     other_vocab.write_text(vocab_path.read_text() + "extra\n")
     with pytest.raises(UserError, match=r"the vocab of its build manifest has sha256 .* but --data .* was tokenized"):
-        run(RunConfig(data=prepare_data(tmp_path / "v", other_vocab, 20_000, mode="sliding", n_ctx=L),
-                      out=tmp_path / "o1", model=model / "build"))
+        run(RunConfig.from_flags(data=prepare_data(tmp_path / "v", other_vocab, 20_000, mode="sliding", n_ctx=L),
+                                 out=tmp_path / "o1", model=model / "build"))
     with pytest.raises(UserError, match=r"takes sequences of 64 tokens but --data .* holds windows of 32"):
-        run(RunConfig(data=prepare_data(tmp_path / "n", model / "ckpt" / "vocab.txt", 20_000, mode="sliding",
+        run(RunConfig.from_flags(data=prepare_data(tmp_path / "n", model / "ckpt" / "vocab.txt", 20_000, mode="sliding",
                                         n_ctx=32), out=tmp_path / "o2", model=model / "build"))
     with pytest.raises(UserError, match=r"the vocab of --vocab .*vocab.txt has sha256 .* but --data .* was tokenized"):
-        run(RunConfig(data=sliding_data, out=tmp_path / "o3", model=model / "build" / "model.onnx", vocab=other_vocab))
+        run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "o3", model=model / "build" / "model.onnx",
+                                 vocab=other_vocab))
 
 
 def test_a_token_outside_the_models_vocabulary_names_shard_and_row(ray_with_fake_chips, model, sliding_data, tmp_path):
@@ -147,21 +149,22 @@ def test_a_token_outside_the_models_vocabulary_names_shard_and_row(ray_with_fake
     row = int(np.argmax((ids >= 300).any(axis=1)))
     with pytest.raises(DatasetError, match=rf"shard-00000\.parquet: row {row} holds token id \d+ at position \d+, "
                                            r"outside the model's vocabulary of 300"):
-        run(RunConfig(data=sliding_data, out=tmp_path / "out", model=tmp_path / "build" / "model.onnx", devices=1))
+        run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=tmp_path / "build" / "model.onnx",
+                                 devices=1))
     with pytest.raises(UserError, match=r"--vocab .* has \d+ tokens but --model .* predicts 300"):
-        run(RunConfig(data=sliding_data, out=tmp_path / "out", model=tmp_path / "build" / "model.onnx",
-                      vocab=model / "ckpt" / "vocab.txt"))
+        run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=tmp_path / "build" / "model.onnx",
+                                 vocab=model / "ckpt" / "vocab.txt"))
 
 
 def test_auto_falls_back_to_onnx_without_npus_and_says_why(model):
     from npueval.eval.driver.model_spec import resolve_model
+    from npueval.eval.driver.results_file import Fallback
 
     spec = resolve_model(model / "build")
     config = DeviceConfig()
     assert choose_backend(config, spec, {"NPU": 2}).backend == "om"
     choice = choose_backend(config, spec, {"CPU": 2})
-    assert choice.backend == "onnx" and choice.fallback == {"from": "om", "to": "onnx",
-                                                            "reason": "the Ray cluster has no NPU"}
+    assert choice.backend == "onnx" and choice.fallback == Fallback("om", "onnx", "the Ray cluster has no NPU")
     with pytest.raises(UserError, match="is an OM and the Ray cluster has no NPU"):
         choose_backend(config, resolve_model(model / "build" / "model.om"), {"CPU": 2})
 
@@ -171,8 +174,8 @@ def test_bench_on_the_fake_chips_reads_ais_bench_times(ray_with_fake_chips, mode
 
     (row,) = bench(BenchConfig(models=(model / "build",), loop=3, inputs="random"))
     assert row.backend == "om" and row.batch_size == B and len(row.per_device) == 2
-    assert all(d["fps"] > 0 and d["device_s"] > 0 for d in row.per_device)
-    assert row.device_fps_sum == pytest.approx(sum(d["fps"] for d in row.per_device))
+    assert all(d.fps > 0 and d.device_s > 0 for d in row.per_device)
+    assert row.device_fps_sum == pytest.approx(sum(d.fps for d in row.per_device))
 
 
 def block_with_a_rare_id(data: Path, block_windows: int) -> tuple[int, int]:
@@ -196,34 +199,36 @@ def test_a_device_that_dies_inside_infer_pipeline_ends_the_run_naming_the_block(
     knobs(FAKE_AIS_BENCH_FAIL_ON_ID=str(token))
     try:
         with pytest.raises(RunError) as err:
-            run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40))
+            run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40))
         message = str(err.value)
         assert f"died inside ais_bench infer_pipeline on block {block} (windows {block * 40}–" in message
         assert "--resume --no-pipeline" in message and "\n" not in message
         with pytest.raises(RunError) as err:
-            run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
-                          resume=True, pipeline=False, max_retries=1))
+            run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
+                                     resume=True, pipeline=False, max_retries=1))
         assert f"block {block} (windows {block * 40}–" in str(err.value)
         assert "failed 2 times" in str(err.value) and "RuntimeError: [-1][ACL: general failure]" in str(err.value)
     finally:
         knobs()
-    done = run(RunConfig(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
-                         resume=True)).results
+    done = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
+                                    resume=True)).results.to_json()
     assert done["blocks_resumed"] > 0 and done["windows"] == len(read_shards(sliding_data)["window_id"])
 
 
 def test_the_pre_2024_ais_bench_on_the_fake_chips(ray_with_fake_chips, knobs, model, sliding_data, tmp_path):
     knobs(FAKE_AIS_BENCH_OLD="1", FAKE_AIS_BENCH_FP16="")
     try:
-        old = run(RunConfig(data=sliding_data, out=tmp_path / "old", model=model / "build", block_windows=40)).results
+        old = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "old", model=model / "build",
+                                       block_windows=40)).results.to_json()
     finally:
         knobs()
     knobs(FAKE_AIS_BENCH_FP16="")
     try:
-        new = run(RunConfig(data=sliding_data, out=tmp_path / "new", model=model / "build", block_windows=40)).results
+        new = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "new", model=model / "build",
+                                       block_windows=40)).results.to_json()
     finally:
         knobs()
-    onnx = run(RunConfig(data=sliding_data, out=tmp_path / "onnx", model=model / "build", backend="onnx",
-                         devices=2, block_windows=40)).results
+    onnx = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "onnx", model=model / "build", backend="onnx",
+                                    devices=2, block_windows=40)).results.to_json()
     assert (old["ais_bench_api"], new["ais_bench_api"], onnx["ais_bench_api"]) == ("infer", "pipeline", None)
     assert old["mean_ce"] == new["mean_ce"] == onnx["mean_ce"]

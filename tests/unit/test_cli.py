@@ -122,6 +122,6 @@ def test_no_pipeline_reaches_the_device_actors(tmp_path):
     assert parser().parse_args(["bench"]).pipeline is True  # bench's --data run
     assert parser().parse_args(["bench", "--no-pipeline"]).pipeline is False
     for pipeline in (True, False):
-        config = RunConfig(data=tmp_path, out=tmp_path / "out", backend="simulated", pipeline=pipeline)
-        spec = worker_spec(config.device_config, "simulated", None, 16, 1, {"CPU": 2})
-        assert config.device_config.pipeline is spec.pipeline is pipeline
+        config = RunConfig.from_flags(data=tmp_path, out=tmp_path / "out", backend="simulated", pipeline=pipeline)
+        spec = worker_spec(config.device, "simulated", None, 16, 1, {"CPU": 2})
+        assert config.device.pipeline is spec.pipeline is pipeline

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from npueval.actors.device_thread import DeviceThread
-from npueval.actors.evaluator import Evaluator
+from npueval.actors.evaluator import BlockRows, Evaluator
 from npueval.actors.simulated import SimulatedBackend
 from npueval.actors.worker import DeviceWorker, WorkerSpec
 from npueval.eval.driver.background import BACKGROUND_NICE, lower_this_thread
@@ -16,10 +16,10 @@ from npueval.eval.driver.background import BACKGROUND_NICE, lower_this_thread
 L = 16
 
 
-def rows_of(block: int, n: int = 8) -> dict:
+def rows_of(block: int, n: int = 8) -> BlockRows:
     ids = np.random.default_rng(block).integers(0, 21128, (n, L))
-    return {"input_ids": ids, "score_from": np.ones(n, np.int16), "n_valid": np.full(n, L, np.int16),
-            "window_ids": np.arange(block * n, (block + 1) * n)}
+    return BlockRows(input_ids=ids, score_from=np.ones(n, np.int16), n_valid=np.full(n, L, np.int16),
+                     window_ids=np.arange(block * n, (block + 1) * n))
 
 
 def test_jobs_run_in_order_on_one_thread_and_errors_reach_the_caller():
@@ -54,7 +54,7 @@ def test_two_blocks_at_once_give_the_bits_and_device_time_of_one_at_a_time():
     results = {}
 
     def evaluate(block):
-        results[block] = evaluator.evaluate(block, **rows_of(block))
+        results[block] = evaluator.evaluate(block, **vars(rows_of(block)))
 
     calls = [threading.Thread(target=evaluate, args=(k,)) for k in (0, 1)]
     for t in calls:
@@ -63,7 +63,8 @@ def test_two_blocks_at_once_give_the_bits_and_device_time_of_one_at_a_time():
         t.join()
     alone = Evaluator(SimulatedBackend(4, L))
     for block in (0, 1):
-        assert results[block].window_nll.tobytes() == alone.evaluate(block, **rows_of(block)).window_nll.tobytes()
+        expected = alone.evaluate(block, **vars(rows_of(block)))
+        assert results[block].window_nll.tobytes() == expected.window_nll.tobytes()
         assert results[block].device_s == pytest.approx(2 * 0.030)  # 2 batches of 30 ms, not the other's too
     waits = sorted(r.device_wait_s for r in results.values())
     assert waits[0] < 0.03 and waits[1] > 0.03  # one ran first, the other waited for its 60 ms
@@ -76,7 +77,8 @@ def test_the_check_covers_exactly_the_first_batches_with_two_calls_at_once():
     evaluator = Evaluator(device.run(SimulatedBackend, 4, L), reference=SimulatedBackend(4, L), check_batches=3,
                           device_thread=device)
     out = []
-    calls = [threading.Thread(target=lambda k=k: out.append(evaluator.evaluate(k, **rows_of(k)))) for k in range(3)]
+    calls = [threading.Thread(target=lambda k=k: out.append(evaluator.evaluate(k, **vars(rows_of(k)))))
+             for k in range(3)]
     for t in calls:
         t.start()
     for t in calls:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from run_data import synthetic_manifest
 
-from npueval.actors.evaluator import BlockResult, Evaluator
+from npueval.actors.evaluator import BlockResult, BlockRows, Evaluator
 from npueval.actors.simulated import SimulatedBackend
 from npueval.actors.worker import DeviceWorker, WorkerSpec, check_chip_health
 from npueval.core.errors import DatasetError, RunError, UserError
@@ -50,9 +50,9 @@ def test_a_block_read_across_shards_keeps_only_the_scored_windows(data):
     keep[[4, 5, 12]] = False
     reader = BlockReader(folder, manifest, keep, vocab_size=1000)
     rows = reader.read(Block(0, 3, 14))  # shards 0, 1 and 2
-    assert rows["window_ids"].tolist() == [3, 6, 7, 8, 9, 10, 11, 13]
-    assert (rows["input_ids"][:, 0] == rows["window_ids"] * 10).all()
-    assert rows["input_ids"].shape == (8, L) and rows["n_valid"].tolist() == [L] * 8
+    assert rows.window_ids.tolist() == [3, 6, 7, 8, 9, 10, 11, 13]
+    assert (rows.input_ids[:, 0] == rows.window_ids * 10).all()
+    assert rows.input_ids.shape == (8, L) and rows.n_valid.tolist() == [L] * 8
     index = read_index(folder, manifest)
     assert index.piece.tolist() == [0] * 9 + [1] * 7 + [2] * 7 and index.doc_id.tolist() == list(range(23))
 
@@ -171,15 +171,15 @@ def test_totals_only_keeps_every_total_and_drops_the_windows():
 
 def test_the_device_actor_as_a_plain_class():
     worker = DeviceWorker(WorkerSpec(backend="simulated", batch_size=4, seq_len=L, device_ms=1), "cpu:0")
-    assert worker.describe()["batch_size"] == 4 and worker.device == "cpu:0" and worker.node_id == "local"
+    assert worker.describe().batch_size == 4 and worker.device == "cpu:0" and worker.node_id == "local"
     ids = np.arange(5 * L).reshape(5, L) % 50
-    rows = {"input_ids": ids, "score_from": np.ones(5, np.int16), "n_valid": np.full(5, L, np.int16),
-            "window_ids": np.arange(5)}
+    rows = BlockRows(input_ids=ids, score_from=np.ones(5, np.int16), n_valid=np.full(5, L, np.int16),
+                     window_ids=np.arange(5))
     result = worker.evaluate(3, rows)
-    expected = Evaluator(SimulatedBackend(4, L)).evaluate(3, ids, rows["score_from"], rows["n_valid"], np.arange(5))
+    expected = Evaluator(SimulatedBackend(4, L)).evaluate(3, ids, rows.score_from, rows.n_valid, np.arange(5))
     assert result.window_nll.tolist() == expected.window_nll.tolist() and result.batches == 2
     bench = worker.bench(loop=3, warmup=1)
-    assert bench["batches"] == 3 and bench["device_s"] == pytest.approx(0.003)
+    assert bench.batches == 3 and bench.device_s == pytest.approx(0.003)
     assert worker.evaluator.pipeline is True
     per_batch = DeviceWorker(WorkerSpec(backend="simulated", batch_size=4, seq_len=L, pipeline=False), "cpu:1")
     assert per_batch.evaluator.pipeline is False

@@ -1,0 +1,89 @@
+"""Frozen dataclasses to and from JSON (core/contracts.py), and the three files that use them."""
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from npueval.core.contracts import FLATTEN, ContractError, from_json, key, to_json
+
+
+@dataclass(frozen=True)
+class Inner:
+    a: int
+    b: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outer:
+    version: int = 1
+    head: Inner = field(metadata=FLATTEN)
+    from_: str = field(metadata=key("from"))
+    rate: float | None
+    items: tuple[Inner, ...]
+    payload: dict
+    flag: bool = False
+
+
+def outer() -> Outer:
+    return Outer(head=Inner(1, "x"), from_="om", rate=2.5, items=(Inner(2, "y"),), payload={"k": [1]}, flag=True)
+
+
+def test_fields_in_their_order_flattened_and_renamed():
+    assert list(to_json(outer())) == ["version", "a", "b", "from", "rate", "items", "payload", "flag"]
+    assert to_json(outer())["items"] == [{"a": 2, "b": "y"}]
+    assert from_json(Outer, json.loads(json.dumps(to_json(outer())))) == outer()
+
+
+def test_an_int_is_a_float_and_a_missing_default_is_taken():
+    obj = to_json(outer())
+    obj["rate"] = 3
+    del obj["version"], obj["flag"]
+    back = from_json(Outer, obj)
+    assert back.rate == 3.0 and isinstance(back.rate, float) and back.version == 1 and back.flag is False
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: o.pop("b"), "^b: missing$"),
+    (lambda o: o.update(a="1"), r"^a: int expected, not '1'$"),
+    (lambda o: o.update(a=True), "^a: int expected, not True$"),
+    (lambda o: o.update(rate="fast"), "^rate: float expected"),
+    (lambda o: o.update(items=[{"a": 1}]), r"^items\[0\]\.b: missing$"),
+    (lambda o: o.update(items={}), "^items: a list expected"),
+    (lambda o: o.pop("from"), "^from: missing$"),
+])
+def test_the_first_wrong_field_is_named(change, message):
+    obj = to_json(outer())
+    change(obj)
+    with pytest.raises(ContractError, match=message):
+        from_json(Outer, obj)
+
+
+def test_not_an_object():
+    with pytest.raises(ContractError, match="Outer: an object expected, not list"):
+        from_json(Outer, [])
+
+
+def test_results_json_reads_back_and_an_older_file_reads_with_the_defaults(tmp_path):
+    from test_report import results_folder
+
+    from npueval.eval.driver.results_file import Results
+
+    folder = results_folder(tmp_path / "r", [0, 1], [2.0, 3.0], [2, 2])
+    results = Results.read(folder / "results.json")
+    assert Results.from_json(json.loads(results.dumps())) == results
+    older = results.to_json()
+    for k in ("format_version", "pipeline", "ais_bench_api", "timeouts", "windows_nonfinite", "nonfinite"):
+        del older[k]  # keys added after the first results.json
+    assert Results.from_json(older).timeouts == () and Results.from_json(older).ais_bench_api is None
+    assert list(results.to_json())[:4] == ["format_version", "mean_ce", "ppl", "seed_ppl"]
+
+
+def test_the_bundled_builds_manifest_reads_back(tmp_path):
+    from npueval.build.manifest import BuildManifest
+    from npueval.eval.sample.bundled import BUILD
+
+    manifest, raw = BuildManifest.read(BUILD)
+    assert manifest.to_json() == json.loads(raw) and manifest.vocab_size > 1000 and manifest.output == "nll"
+    manifest.write(tmp_path)
+    assert (tmp_path / "manifest.json").read_bytes() == raw
