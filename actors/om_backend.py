@@ -117,6 +117,13 @@ class OmBackend:
         self._device_s = 0.0
         self._closed = False
 
+    @classmethod
+    def open(cls, spec, model_path: Path, npu: str | None) -> OmBackend:
+        """In a device actor: the chip Ray assigned, by the ACL device id this process sees it as."""
+        from npueval.cluster.visibility import acl_device_id
+
+        return cls(model_path, device_id=0 if npu is None else acl_device_id(npu))
+
     @property
     def aborts_on_error(self) -> bool:
         """Whether an error in `nll_many` ends the process instead of raising (infer_pipeline)."""

@@ -67,6 +67,10 @@ class OnnxBackend:
         self.providers = self._session.get_providers()
         self._device_s = 0.0
 
+    @classmethod
+    def open(cls, spec, model_path: Path, npu: str | None) -> OnnxBackend:
+        return cls(model_path, threads=spec.threads)
+
     def nll(self, input_ids: np.ndarray) -> np.ndarray:
         x = check_batch(input_ids, self.batch_size, self.seq_len)
         rows = x.shape[0]

@@ -79,6 +79,14 @@ def faults_for(device: str, environ=os.environ) -> tuple[Fault, ...]:
     return tuple(faults)
 
 
+def _first_life_faults(npu: str | None) -> tuple[Fault, ...]:
+    import ray
+
+    if npu is None or ray.get_runtime_context().was_current_actor_reconstructed:
+        return ()
+    return faults_for(f"npu:{npu}")
+
+
 class SimulatedBackend:
     def __init__(self, batch_size: int, seq_len: int, device_ms: float = 0.0, faults: tuple[Fault, ...] = ()):
         if device_ms < 0:
@@ -87,6 +95,11 @@ class SimulatedBackend:
         self.device_ms = device_ms * max((f.factor for f in faults if f.kind == "slow"), default=1.0)
         self.faults = {f.batch: f for f in faults if f.kind != "slow"}
         self._device_s, self._batches = 0.0, 0
+
+    @classmethod
+    def open(cls, spec, model_path: None, npu: str | None) -> SimulatedBackend:
+        """In a device actor: its device's faults from the test hook, in the actor's first life only."""
+        return cls(spec.batch_size, spec.seq_len, spec.device_ms, _first_life_faults(npu))
 
     def nll(self, input_ids: np.ndarray) -> np.ndarray:
         x = check_batch(input_ids, self.batch_size, self.seq_len)

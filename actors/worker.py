@@ -20,14 +20,13 @@ import numpy as np
 from npueval.core.errors import UserError
 
 from . import node_files
-from .backend import Backend
+from .backend import Backend, BackendKind, backend_kind
 from .device_thread import DeviceThread
 from .evaluator import BlockResult, BlockRows, Evaluator
 from .node_files import CallInProgress, CallMarker
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("om", "onnx", "simulated")
 #: Calls a device actor runs at once: one on the device, the next one's host work beside it
 #: (actors/device_thread.py). The driver keeps as many in flight per actor.
 CALLS_AT_ONCE = 2
@@ -73,7 +72,7 @@ class BenchFigures:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    backend: str  # om | onnx | simulated
+    backend: str  # a name in the backend table (actors/backend.py)
     model: ModelFile | None = None  # None for the simulated backend
     batch_size: int = 8  # simulated only: the others read it from the model
     seq_len: int = 512  # simulated only
@@ -85,10 +84,12 @@ class WorkerSpec:
     pipeline: bool = True  # a block's batches in one nll_many call; False: one nll call per batch
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise UserError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if self.backend != "simulated" and self.model is None:
+        if self.kind.model_file is not None and self.model is None:
             raise UserError(f"--backend {self.backend} needs --model")
+
+    @property
+    def kind(self) -> BackendKind:
+        return backend_kind(self.backend)
 
 
 #: A test or an embedding application may build the backend itself (a ledger in tests).
@@ -107,32 +108,8 @@ def local_model_file(model: ModelFile, safe: bool = False) -> Path:
 
 
 def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
-    if spec.backend == "simulated":
-        from .simulated import SimulatedBackend
-
-        return SimulatedBackend(spec.batch_size, spec.seq_len, spec.device_ms, _first_life_faults())
-    if spec.backend == "onnx":
-        from .onnx_backend import OnnxBackend
-
-        return OnnxBackend(model_path, threads=spec.threads)
-    from npueval.cluster.visibility import acl_device_id
-
-    from .om_backend import OmBackend
-
-    npu = assigned_npu()
-    return OmBackend(model_path, device_id=0 if npu is None else acl_device_id(npu))
-
-
-def _first_life_faults() -> tuple:
-    """The simulated test hook's faults for this actor's device, in its first life only."""
-    import ray
-
-    from .simulated import faults_for
-
-    npu = assigned_npu()
-    if npu is None or ray.get_runtime_context().was_current_actor_reconstructed:
-        return ()
-    return faults_for(f"npu:{npu}")
+    """The spec's backend, opened on the device Ray assigned this actor."""
+    return spec.kind.open(spec, model_path, assigned_npu())
 
 
 def assigned_npu() -> str | None:
@@ -188,9 +165,9 @@ class DeviceWorker:
         gc.freeze()
 
     def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:
-        if spec.backend == "om" and npu is not None:
+        if spec.kind.on_chip and npu is not None:
             check_chip_health(npu, spec.allow_unhealthy)
-        model_path = local_model_file(spec.model, safe=spec.backend == "om") if spec.model is not None else None
+        model_path = local_model_file(spec.model, safe=spec.kind.on_chip) if spec.model is not None else None
         device_thread = DeviceThread()
         try:
             backend = device_thread.run(factory or make_backend, spec, model_path)
@@ -256,7 +233,8 @@ def _loop(backend: Backend, ids: np.ndarray, warmup: int, loop: int) -> tuple[fl
 
 def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: BackendFactory | None = None,
                    calls_at_once: int = CALLS_AT_ONCE) -> list:
-    """`count` DeviceWorker actors: {"NPU": 1} each for om and simulated, one CPU each for onnx.
+    """`count` DeviceWorker actors, each holding one of its backend's resource: {"NPU": 1} (om,
+    simulated) or one CPU (onnx).
 
     NPU actors ask for no CPU: the chip does the work, and 32 simulated devices must fit on a
     two-core machine. Ray restarts a dead actor up to `max_restarts` times; calls that were in
@@ -267,7 +245,7 @@ def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: Bac
     """
     import ray
 
-    if spec.backend == "onnx":
+    if spec.kind.resource == "CPU":
         options = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
     else:
         options = {"num_cpus": 0, "resources": {"NPU": 1}}

@@ -41,9 +41,9 @@ class BenchConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(Path(m) for m in self.models))
-        if self.devices.backend == "simulated" and self.models:
-            raise UserError("--backend simulated runs no model: drop --model, give --batch-sizes")
-        if self.devices.backend != "simulated" and not self.models:
+        if not self.devices.runs_model and self.models:
+            raise UserError(f"--backend {self.devices.backend} runs no model: drop --model, give --batch-sizes")
+        if self.devices.runs_model and not self.models:
             raise UserError("--model is needed (one per batch size), or --backend simulated")
         for name in ("loop", "seq_len"):
             if getattr(self, name) < 1:
@@ -93,7 +93,7 @@ def bench(config: BenchConfig) -> list[BenchRow]:
         open_data_set(Path(config.data))
     session = connect(config.devices)  # once: each Fleet below joins it
     try:
-        if config.devices.backend == "simulated":
+        if not config.devices.runs_model:
             return [_bench_one(config, None, None, b) for b in config.batch_sizes]
         return [_bench_one(config, path, model, None) for path, model in zip(config.models, models)]
     finally:

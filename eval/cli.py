@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from npueval.actors.backend import BACKENDS
 from npueval.core.errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError
 
 log = logging.getLogger("npueval")
@@ -310,7 +311,7 @@ class _window_progress:
 
 
 def _add_device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "om", "onnx", "simulated"), default="auto",
+    p.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                    help="auto (default): om when the cluster has NPUs and the model an OM, else onnx")
     p.add_argument("--devices", type=int,
                    help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")

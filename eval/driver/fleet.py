@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from npueval.actors.backend import BACKENDS, BackendKind
 from npueval.actors.worker import (
-                                   BACKENDS,
     CALLS_AT_ONCE,
     BackendFactory,
     DeviceInfo,
@@ -41,7 +41,7 @@ DEFAULT_SIMULATED_DEVICES = 4
 class DeviceConfig:
     """The flags that say which devices run what (shared by run and bench)."""
 
-    backend: str = "auto"  # auto | om | onnx | simulated
+    backend: str = "auto"  # auto, or a name in the backend table (actors/backend.py)
     devices: int | None = None
     batch_size: int | None = None  # the simulated backend's batch (the others: the model's)
     device_ms: float = 0.0
@@ -58,6 +58,7 @@ class DeviceConfig:
             object.__setattr__(self, "check_against", Path(self.check_against))
         if self.backend not in ("auto", *BACKENDS):
             raise UserError(f"--backend {self.backend!r}: choose one of auto, {', '.join(BACKENDS)}")
+        stands_in = self.kind is not None and self.kind.stands_in
         for name in ("devices", "batch_size", "check_batches", "calls_at_once"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -66,11 +67,21 @@ class DeviceConfig:
             raise UserError(f"--max-retries {self.max_retries}: must be 0 or more")
         if self.device_ms < 0:
             raise UserError(f"--device-ms {self.device_ms}: must be 0 or more")
-        if self.device_ms and self.backend != "simulated":
+        if self.device_ms and not stands_in:
             raise UserError("--device-ms is the simulated backend's device time: add --backend simulated")
         if self.check_against is not None and not Path(self.check_against).is_file():
             raise UserError(f"--check-against {self.check_against}: no such file; give the ONNX model to compare "
                             "with, e.g. BUILD/model.onnx")  # checked before Ray starts
+
+    @property
+    def kind(self) -> BackendKind | None:
+        """The backend table's row of --backend (None for auto: chosen once Ray is up)."""
+        return None if self.backend == "auto" else BACKENDS[self.backend]
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether the backend runs a model file (auto may: it picks one that does)."""
+        return self.kind is None or self.kind.model_file is not None
 
 
 @dataclass(frozen=True)
@@ -167,16 +178,16 @@ def _joins(config: DeviceConfig) -> bool:
 
 
 def _simulated_npus(config: DeviceConfig) -> int | None:
-    """The "NPU" custom resource of a Ray npueval starts for the simulated backend."""
-    if config.backend != "simulated" or _joins(config):
+    """The made-up "NPU" resource of a Ray npueval starts for a backend that stands in for NPUs."""
+    if config.kind is None or not config.kind.stands_in or _joins(config):
         return None
     return config.devices or DEFAULT_SIMULATED_DEVICES
 
 
 def _local_devices(config: DeviceConfig):
-    """This host's chips, whose healthy ones a Ray npueval starts makes visible (om only). Where
-    npu-smi fails (DCMI is root-only on some hosts), Ray's own count of the chips stands."""
-    if config.backend in ("onnx", "simulated") or _joins(config):
+    """This host's chips, whose healthy ones a Ray npueval starts makes visible (auto, or a backend
+    on a chip). Where npu-smi fails (DCMI is root-only on some hosts), Ray's own count stands."""
+    if (config.kind is not None and not config.kind.on_chip) or _joins(config):
         return None
     from npueval.cluster.devices import discover_or_warn
 
@@ -214,7 +225,7 @@ def choose_backend(config: DeviceConfig, model: ModelSpec | None, resources: dic
 
 def device_count(config: DeviceConfig, backend: str, resources: dict) -> int:
     """--devices N, else every NPU of the cluster (om, simulated) or one CPU worker per node (onnx)."""
-    if backend == "onnx":
+    if BACKENDS[backend].resource == "CPU":
         import ray
 
         count = config.devices or max(1, sum(1 for n in ray.nodes() if n["Alive"]))
@@ -237,7 +248,8 @@ def _ship(path: Path) -> ModelFile:
 
 def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int | None, count: int,
                 resources: dict) -> WorkerSpec:
-    if backend == "simulated":
+    kind = BACKENDS[backend]
+    if kind.model_file is None:
         batch = config.batch_size or (model.batch_size if model and model.batch_size else 8)
         shipped = None
     else:
@@ -245,12 +257,12 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
             raise UserError(f"--batch-size {config.batch_size}: the model is compiled for batch {model.batch_size}; "
                             "rebuild it with `npueval build --batch-size`")
         batch = model.batch_size or 0
-        shipped = _ship(model.om if backend == "om" else model.onnx)
+        shipped = _ship(model.file(kind.model_file))
     reference = _ship(config.check_against) if config.check_against else None
     # onnx workers spread over the nodes: each gets its share of the cores, not all of them.
     threads = max(1, int(resources.get("CPU", 1)) // count)
     return WorkerSpec(backend=backend, model=shipped, batch_size=batch, seq_len=seq_len or 512,
-                      device_ms=config.device_ms, threads=threads if backend == "onnx" else 1,
+                      device_ms=config.device_ms, threads=threads if kind.resource == "CPU" else 1,
                       reference=reference, check_batches=config.check_batches if reference else 0,
                       allow_unhealthy=config.allow_unhealthy, pipeline=config.pipeline)
 

@@ -38,6 +38,10 @@ class ModelSpec:
     def name(self) -> str:
         return str(self.om or self.onnx)
 
+    def file(self, kind: str) -> Path | None:
+        """The model file a backend runs: its table row's `model_file`, "om" or "onnx"."""
+        return {"om": self.om, "onnx": self.onnx}[kind]
+
 
 def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSpec:
     path = Path(model)

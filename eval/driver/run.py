@@ -71,10 +71,9 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-        backend = self.device.backend
-        if self.model is None and backend in ("om", "onnx"):
-            raise UserError(f"--backend {backend} needs --model (a build folder, a .onnx or an .om)")
-        if self.model is None and backend == "auto":
+        if self.model is None and self.device.kind is not None and self.device.runs_model:
+            raise UserError(f"--backend {self.device.backend} needs --model (a build folder, a .onnx or an .om)")
+        if self.model is None and self.device.kind is None:
             raise UserError("--model is needed (a build folder, a .onnx or an .om), or --backend simulated")
         if self.resume and self.force:
             raise UserError("--resume and --force contradict each other: pick one")

@@ -190,3 +190,30 @@ def test_faults_land_in_their_batch_through_nll_many(monkeypatch):
     assert len(hangs.nll_many([x, x])) == 2  # batches 1–2
     with pytest.raises(Hung):
         hangs.nll_many([x, x])  # the list holding batch 3
+
+
+def test_the_backend_table_names_each_backend_class_and_what_it_needs():
+    from npueval.actors.backend import BACKENDS, backend_kind
+    from npueval.actors.om_backend import OmBackend
+
+    assert {name: kind.load() for name, kind in BACKENDS.items()} == {
+        "om": OmBackend, "onnx": OnnxBackend, "simulated": SimulatedBackend}
+    assert [(k.name, k.model_file, k.resource, k.on_chip, k.stands_in) for k in BACKENDS.values()] == [
+        ("om", "om", "NPU", True, False), ("onnx", "onnx", "CPU", False, False),
+        ("simulated", None, "NPU", False, True)]
+    with pytest.raises(UserError, match=r"--backend 'tpu': choose one of om, onnx, simulated"):
+        backend_kind("tpu")
+
+
+def test_a_backend_opens_from_its_worker_spec(graphs):
+    from npueval.actors.worker import ModelFile, WorkerSpec, make_backend
+
+    simulated = make_backend(WorkerSpec("simulated", batch_size=3, seq_len=16, device_ms=5), None)
+    assert (type(simulated), simulated.batch_size, simulated.seq_len, simulated.device_ms) == (
+        SimulatedBackend, 3, 16, 5)
+    path = graphs[1] / "nll.onnx"
+    spec = WorkerSpec("onnx", model=ModelFile(path.name, "", 0, None), threads=2)
+    onnx = make_backend(spec, path)
+    assert isinstance(onnx, OnnxBackend) and onnx.loss_head and (onnx.batch_size, onnx.seq_len) == (B, L)
+    with pytest.raises(UserError, match="--backend onnx needs --model"):
+        WorkerSpec("onnx")
