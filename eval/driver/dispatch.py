@@ -37,6 +37,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 
 from npueval.actors.evaluator import BlockResult
 from npueval.actors.node_files import CallInProgress
@@ -68,11 +69,18 @@ def prefetch_depth(devices: int) -> int:
     return 2 * PER_ACTOR * devices
 
 
+class SlotState(Enum):
+    READY = "ready"  # takes work
+    KILLED = "killed"  # killed here for a hung call: its calls are failing, it gets no work
+    PROBING = "probing"  # dead: asked to describe itself, it answers once Ray has restarted it
+    DEAD = "dead"  # left out of the run
+
+
 @dataclass
 class _Slot:
     actor: object
     name: str  # "npu:3 on node 4f1c…", for messages
-    state: str = "ready"  # ready | killed (for a hung call; its calls are failing) | probing | dead
+    state: SlotState = SlotState.READY
     calls: deque = field(default_factory=deque)  # refs in flight, oldest first (an actor runs them in order)
     head_since: float = 0.0  # when the oldest call in flight began to run, about
     may_abort: bool = False  # an error may end its process (infer_pipeline): deaths wait for the probe
@@ -149,6 +157,8 @@ class Prefetcher:
 
 
 class Dispatcher:
+    """One run's sending: `run` once, then `retries` and `timeouts` say what it took."""
+
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
                  block_timeout: float | None = None, hold_s: float | None = None,
                  may_abort: list[bool] | None = None):
@@ -158,141 +168,164 @@ class Dispatcher:
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
         self.retries = 0
         self.timeouts: list[Timeout] = []  # calls ended by block_timeout
+        self._retry: deque[tuple[Block, object]] = deque()  # failed blocks go out again before fresh ones
+        self._in_flight: dict[object, tuple[Block, object, int]] = {}  # call → (block, rows, slot)
+        self._probes: dict[object, tuple[int, float]] = {}  # a dead actor's describe() → (slot, sent at)
+        self._failures: Counter[int] = Counter()
+        self._fresh: Iterator[tuple[Block, object]] = iter(())
+        self._exhausted = False
+        self._held_until = 0.0  # the second round's calls wait till then, or a result
 
     def run(self, blocks: Iterable[tuple[Block, object]], on_result: Callable[[BlockResult], None]) -> None:
-        """Send `blocks` ((block, its rows in the object store), e.g. a Prefetcher) to the devices."""
-        self._loop(iter(blocks), on_result)
-
-    def _loop(self, fresh: Iterator[tuple[Block, object]], on_result: Callable[[BlockResult], None]) -> None:
+        """Send `blocks` ((block, its rows in the object store), e.g. a Prefetcher) to the devices;
+        each result goes to `on_result` as it comes back."""
         import ray
 
-        retry: deque[tuple[Block, object]] = deque()  # failed blocks go out again before fresh ones
-        in_flight: dict[object, tuple[Block, object, int]] = {}
-        probes: dict[object, tuple[int, float]] = {}  # a dead actor's describe() → (slot, sent at)
-        failures: Counter[int] = Counter()
-        exhausted = False
-        held_until = time.monotonic() + self.hold_s  # the second round's calls wait till then, or a result
-
-        def probe(k: int) -> None:
-            """Ask a dead or killed actor to describe itself: it answers once Ray has restarted it."""
-            self.slots[k].state = "probing"
-            probes[self.slots[k].actor.describe.remote()] = (k, time.monotonic())
-
-        def next_block():
-            nonlocal exhausted
-            if retry:
-                return retry.popleft()
-            if not exhausted:
-                item = next(fresh, None)
-                exhausted = item is None
-                return item
-            return None
-
+        self._fresh = iter(blocks)
+        self._held_until = time.monotonic() + self.hold_s
         while True:
-            # Round by round, so that every device gets a block before any gets a second.
-            depths = self.per_actor if time.monotonic() >= held_until else 1
-            for depth in range(1, depths + 1):
-                for k, slot in enumerate(self.slots):
-                    if slot.state == "ready" and slot.in_flight < depth:
-                        item = next_block()
-                        if item is None:
-                            break
-                        block, rows = item
-                        ref = slot.actor.evaluate.remote(block.block_id, rows)
-                        in_flight[ref] = (block, rows, k)
-                        slot.sent(ref)
-            work_left = bool(retry) or not exhausted or any(slot.parked for slot in self.slots)
-            if not in_flight and (not probes or not work_left):  # a device still restarting is not waited for
-                if work_left:
-                    raise RunError(f"every device failed; {len(retry)} or more blocks were left unevaluated; "
-                                   "the finished blocks are saved, continue with --resume")
+            holding = self._send()
+            if self._finished():
                 return
-            timeout = self._wait_s(probes)
-            if depths < self.per_actor:  # wake up when the hold ends
-                held = max(0.0, held_until - time.monotonic())
-                timeout = held if timeout is None else min(timeout, held)
-            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=timeout)
+            ready, _ = ray.wait(list(self._in_flight) + list(self._probes), num_returns=1,
+                                timeout=self._wait_s(holding))
             if not ready:
-                if self.block_timeout is not None:
-                    self._end_hung_calls(in_flight)
-                self._give_up_probes(probes, retry)
+                self._on_timeout()
                 continue
-            held_until = 0.0  # a device is back for more: the first round has been taken up
+            self._held_until = 0.0  # a device is back for more: the first round has been taken up
             (ref,) = ready
-            if ref in probes:
-                self._probed(ref, probes.pop(ref)[0], retry)
+            if ref in self._probes:
+                self._on_probe(ref, self._probes.pop(ref)[0])
                 continue
-            block, rows, k = in_flight.pop(ref)
-            slot = self.slots[k]
-            slot.returned(ref)
+            block, rows, k = self._in_flight.pop(ref)
+            self.slots[k].returned(ref)
             try:
                 result = ray.get(ref)
             except Exception as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, NpuevalError):
-                    raise cause from None
-                failures[block.block_id] += 1
-                self.retries += 1
-                died, why = _actor_died(exc), _failure(exc, slot)
-                log.warning("block %d (windows %d–%d) failed on %s: %s", block.block_id, block.first,
-                            block.stop - 1, slot.name, why)
-                if failures[block.block_id] > self.max_retries:
-                    raise RunError(
-                        f"block {block.block_id} (windows {block.first}–{block.stop - 1}) failed "
-                        f"{failures[block.block_id]} times, last on {slot.name}: {why}; "
-                        "the finished blocks are saved, continue with --resume"
-                    ) from None
-                if died and slot.may_abort and slot.state != "dead":
-                    slot.parked.append((block, rows))
-                else:
-                    retry.append((block, rows))
-                if died and slot.state in ("ready", "killed"):
-                    probe(k)
+                self._on_failure(block, rows, k, exc)
                 continue
-            if slot.state == "killed" and not slot.calls:  # it answered as it was being killed:
-                probe(k)                                    # wait for Ray's restart like any death
-            on_result(result)
+            self._on_result(k, result, on_result)
+
+    def _send(self) -> bool:
+        """Fill the ready devices' calls, round by round so that every device gets a block before
+        any gets a second; True while the first round's hold keeps the second one back."""
+        holding = time.monotonic() < self._held_until
+        for depth in range(1, (1 if holding else self.per_actor) + 1):
+            for k, slot in enumerate(self.slots):
+                if slot.state is SlotState.READY and slot.in_flight < depth:
+                    item = self._next_block()
+                    if item is None:
+                        return holding
+                    block, rows = item
+                    ref = slot.actor.evaluate.remote(block.block_id, rows)
+                    self._in_flight[ref] = (block, rows, k)
+                    slot.sent(ref)
+        return holding
+
+    def _next_block(self) -> tuple[Block, object] | None:
+        if self._retry:
+            return self._retry.popleft()
+        if not self._exhausted:
+            item = next(self._fresh, None)
+            self._exhausted = item is None
+            return item
+        return None
+
+    def _finished(self) -> bool:
+        """Whether nothing is left to wait for; a RunError if blocks are left and no device is."""
+        work_left = bool(self._retry) or not self._exhausted or any(slot.parked for slot in self.slots)
+        if self._in_flight or (self._probes and work_left):  # a device still restarting is not waited for
+            return False
+        if work_left:
+            raise RunError(f"every device failed; {len(self._retry)} or more blocks were left unevaluated; "
+                           "the finished blocks are saved, continue with --resume")
+        return True
+
+    def _on_result(self, k: int, result: BlockResult, on_result: Callable[[BlockResult], None]) -> None:
+        slot = self.slots[k]
+        if slot.state is SlotState.KILLED and not slot.calls:  # it answered as it was being killed:
+            self._probe(k)  # wait for Ray's restart like any death
+        on_result(result)
+
+    def _on_failure(self, block: Block, rows, k: int, exc: Exception) -> None:
+        """A call failed: the user's error ends the run; any other sends its block again (after
+        the probe, for a device that may have died inside infer_pipeline) and counts a retry."""
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, NpuevalError):
+            raise cause from None
+        slot = self.slots[k]
+        self._failures[block.block_id] += 1
+        self.retries += 1
+        died, why = _actor_died(exc), _failure(exc, slot)
+        log.warning("block %d (windows %d–%d) failed on %s: %s", block.block_id, block.first,
+                    block.stop - 1, slot.name, why)
+        if self._failures[block.block_id] > self.max_retries:
+            raise RunError(
+                f"block {block.block_id} (windows {block.first}–{block.stop - 1}) failed "
+                f"{self._failures[block.block_id]} times, last on {slot.name}: {why}; "
+                "the finished blocks are saved, continue with --resume"
+            ) from None
+        if died and slot.may_abort and slot.state is not SlotState.DEAD:
+            slot.parked.append((block, rows))
+        else:
+            self._retry.append((block, rows))
+        if died and slot.state in (SlotState.READY, SlotState.KILLED):
+            self._probe(k)
+
+    def _on_timeout(self) -> None:
+        """ray.wait came back empty: a call may have run past block_timeout, a probe past its own."""
+        if self.block_timeout is not None:
+            self._end_hung_calls()
+        self._give_up_probes()
+
+    def _probe(self, k: int) -> None:
+        """Ask a dead or killed actor to describe itself: it answers once Ray has restarted it."""
+        self.slots[k].state = SlotState.PROBING
+        self._probes[self.slots[k].actor.describe.remote()] = (k, time.monotonic())
 
     @property
     def probe_timeout(self) -> float:
         return self.block_timeout or PROBE_TIMEOUT_S
 
-    def _wait_s(self, probes: dict) -> float | None:
-        """How long ray.wait may block: until a call in flight would pass block_timeout, or a
-        restarting device its probe_timeout."""
-        deadlines = [started + self.probe_timeout for _, started in probes.values()]
+    def _wait_s(self, holding: bool) -> float | None:
+        """How long ray.wait may block: until a call in flight would pass block_timeout, a
+        restarting device its probe_timeout, or the first round's hold its end."""
+        deadlines = [started + self.probe_timeout for _, started in self._probes.values()]
         if self.block_timeout is not None:
-            deadlines += [s.head_since + self.block_timeout for s in self.slots if s.calls and s.state == "ready"]
+            deadlines += [s.head_since + self.block_timeout for s in self.slots
+                          if s.calls and s.state is SlotState.READY]
+        if holding:
+            deadlines.append(self._held_until)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
-    def _give_up_probes(self, probes: dict, retry: deque) -> None:
+    def _give_up_probes(self) -> None:
         """A restarted actor that has not answered within probe_timeout (Ray cannot place it: its
         node is gone and no other has room) is left out of the run."""
         now = time.monotonic()
-        for ref, (k, started) in list(probes.items()):
+        for ref, (k, started) in list(self._probes.items()):
             if now - started > self.probe_timeout:
-                del probes[ref]
-                self._leave_out(k, f"it did not come back within {self.probe_timeout:g} s", retry)
+                del self._probes[ref]
+                self._leave_out(k, f"it did not come back within {self.probe_timeout:g} s")
 
-    def _end_hung_calls(self, in_flight: dict) -> None:
+    def _end_hung_calls(self) -> None:
         """Kill every actor whose oldest call has run past block_timeout: Ray restarts it, its
         calls fail, and their blocks are sent again like any failed block."""
         import ray
 
         now = time.monotonic()
         for slot in self.slots:
-            if slot.calls and slot.state == "ready" and now - slot.head_since > self.block_timeout:
-                block = in_flight[slot.calls[0]][0]
+            if slot.calls and slot.state is SlotState.READY and now - slot.head_since > self.block_timeout:
+                block = self._in_flight[slot.calls[0]][0]
                 log.warning("block %d (windows %d–%d) on %s: no answer after %g s (--block-timeout); "
                             "restarting the device and sending its blocks elsewhere",
                             block.block_id, block.first, block.stop - 1, slot.name, self.block_timeout)
                 self.timeouts.append(Timeout(block.block_id, slot.name))
                 # Its calls' failures come back through ray.wait, however long Ray takes to notice
                 # (seconds on a busy host): until then it gets no work and is not timed again.
-                slot.state, slot.timed_out = "killed", True
+                slot.state, slot.timed_out = SlotState.KILLED, True
                 ray.kill(slot.actor, no_restart=False)
 
-    def _probed(self, ref, k: int, retry: deque) -> None:
+    def _on_probe(self, ref, k: int) -> None:
         """A restarted actor answered (it is back, unless its previous process died inside a call
         that ends the process on error: then the run ends), or failed to (it is left out)."""
         import ray
@@ -301,20 +334,20 @@ class Dispatcher:
         try:
             described = ray.get(ref)
         except Exception as exc:
-            self._leave_out(k, root_cause(exc), retry)
+            self._leave_out(k, root_cause(exc))
             return
         death = getattr(described, "previous_death", None)
         if death is not None and not slot.timed_out:  # a hung call killed here leaves its note too
             raise RunError(_died_inside(slot.name, death, slot.parked)) from None
-        slot.state, slot.timed_out = "ready", False
-        retry.extend(slot.parked)
+        slot.state, slot.timed_out = SlotState.READY, False
+        self._retry.extend(slot.parked)
         slot.parked.clear()
         log.info("%s is back (restarted by Ray)", slot.name)
 
-    def _leave_out(self, k: int, why: str, retry: deque) -> None:
+    def _leave_out(self, k: int, why: str) -> None:
         slot = self.slots[k]
-        slot.state = "dead"
-        retry.extend(slot.parked)
+        slot.state = SlotState.DEAD
+        self._retry.extend(slot.parked)
         slot.parked.clear()
         log.warning("%s is left out of the run: %s", slot.name, why)
 
