@@ -120,7 +120,7 @@ def main() -> int:
     configs = args.configs.split(",")
     OUT.mkdir(parents=True, exist_ok=True)
     windows = max(devices) * args.blocks_per_device * args.block_windows
-    data = make_data(OUT / f"scaling-data-{windows}", windows)  # the data set bench_scaling.py makes too
+    data = make_data(OUT / f"scaling-data-{windows}", windows)  # the data set bench_run.py devices makes too
     fake_ais_bench_env(args.batch_size, args.device_ms, max(devices))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gil-") as tmp:

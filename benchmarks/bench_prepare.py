@@ -1,7 +1,7 @@
 """Benchmark `npueval prepare` against a plain re-implementation of the port's data scripts.
 
 "The port" is the ModelZoo GPT2 port's get_data_json.py + pre_data.py + compare_loss.py
-windowing (shared/reference/port-protocol.md, steps 1-8), written here the straightforward
+windowing (docs/design.md, "The port's protocol", steps 1-8), written here the straightforward
 way: the whole corpus read into one list, 100 pieces cut by position, short articles dropped,
 one article at a time through the pure-Python classic BERT tokenizer
 (tests/reference/classic_bert.py), [MASK] ids [CLS] per article, windows of 512 every 768.
@@ -42,8 +42,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "reference"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import classic_bert  # noqa: E402
+import gen_wiki_zh  # noqa: E402
 import port  # noqa: E402
 import textgen  # noqa: E402
 
@@ -225,7 +227,7 @@ def environment() -> dict:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vocab", type=Path, default=REPO.parent / "shared" / "data" / "bert-chinese-vocab.txt")
+    p.add_argument("--vocab", type=Path, help="GPT2-Chinese's vocab.txt (default: one of its shape and size, made up)")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out",
                    help="corpora, outputs and logs (default benchmarks/out, git-ignored)")
     p.add_argument("--size-mb", type=int, default=20, help="size of the 1x corpus (default 20; 4x is four times)")
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return port_worker_main(argv[1:])
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    vocab = args.vocab.resolve()
+    vocab = (args.vocab or gen_wiki_zh.default_vocab()).resolve()
     rows, raw = [], {"env": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "sizes": {}}
     for label, factor in (("1x", 1), ("4x", 4)):
         corpus = ensure_corpus(args.work, vocab, args.size_mb * factor, args.seed)

@@ -1,5 +1,6 @@
-"""What the benchmarks share: a quiet Ray on 127.0.0.1, one Ray per configuration, and a
-synthetic prepared data set.
+"""What the benchmarks share: a quiet Ray on 127.0.0.1, one Ray per configuration, a synthetic
+prepared data set, what a run's blocks say, and the host's CPU and memory as /proc and Ray
+report them.
 
 Importing this module sets Ray's switches for a loopback-only Ray that sends no usage reports
 (they must be set before `import ray`), so import it before Ray.
@@ -10,7 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -54,7 +60,7 @@ def make_data(folder: Path, windows: int, rows_per_shard: int = 4096, num_pieces
     inputs = DataInputs(format_version=FORMAT_VERSION, mode="seed", n_ctx=N_CTX, stride=768, num_pieces=num_pieces,
                         min_length=128, shuffle=False, files_mode="first", skip_bad_lines=False,
                         rows_per_shard=rows_per_shard, vocab_sha256="synthetic", files=())
-    DataManifest(inputs=inputs, dataset_key=f"bench_scaling-synthetic-{windows}", corpus_dir="synthetic",
+    DataManifest(inputs=inputs, dataset_key=f"synthetic-{windows}", corpus_dir="synthetic",
                  vocab_path="synthetic", vocab_size=VOCAB, pad_id=0, articles_total=windows, articles_kept=windows,
                  articles_dropped=0, bad_lines=0, stream_tokens=windows * N_CTX, windows=writer.windows,
                  tokens=writer.tokens, scored_tokens=writer.scored_tokens, shards=tuple(shards)).write(folder)
@@ -99,3 +105,110 @@ def block_host_s(out: Path) -> list[float]:
         meta = json.loads(pq.read_schema(path).metadata[b"npueval"])
         host.append(meta["wall_s"] - meta["device_s"] - meta.get("device_wait_s", 0.0))
     return host
+
+
+# -- CPU and memory of the host --------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _category(pid: int, cmdline: bytes) -> str:
+    if pid == os.getpid():
+        return "driver"
+    if b"DeviceWorker" in cmdline:
+        return "actors"
+    if b"raylet" in cmdline or b"gcs_server" in cmdline:
+        return "raylet+gcs"
+    if b"ray" in cmdline:
+        return "ray other"
+    return "other"
+
+
+def cpu_snapshot() -> dict:
+    """CPU seconds so far of every process (by pid, with its category), and the machine's busy total."""
+    procs = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        pid = int(name)
+        procs[pid] = (_category(pid, cmdline), (int(fields[11]) + int(fields[12])) / _TICK)
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(cpu[:8]) - cpu[3] - cpu[4]) / _TICK  # all but idle and iowait
+    return {"procs": procs, "busy": busy}
+
+
+def cpu_delta(before: dict, after: dict) -> dict:
+    """CPU seconds between two snapshots: the machine's, and per category of process."""
+    out = {"machine": after["busy"] - before["busy"]}
+    for pid, (category, seconds) in after["procs"].items():
+        start = before["procs"].get(pid, (category, 0.0))[1]
+        out[category] = out.get(category, 0.0) + max(0.0, seconds - start)
+    return out
+
+
+class RssSampler:
+    """Peaks of this process's RssAnon and RssShmem (KiB in /proc/self/status), every 10 ms."""
+
+    FIELDS = ("RssAnon", "RssShmem")
+
+    def __init__(self):
+        self.peak = dict.fromkeys(self.FIELDS, 0)
+        threading.Thread(target=self._work, daemon=True, name="rss-sampler").start()
+
+    def _work(self) -> None:
+        while True:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    key = line.split(":", 1)[0]
+                    if key in self.peak:
+                        self.peak[key] = max(self.peak[key], int(line.split()[1]) * 1024)
+            time.sleep(0.01)
+
+
+class StorePoller:
+    """The object store's bytes in use, summed over the nodes, every `poll_s`: its high-water mark,
+    and the bytes spilled (Ray's global memory info, the call behind `ray memory --stats-only`)."""
+
+    def __init__(self, address: str, poll_s: float = 0.05):
+        from ray._private.internal_api import get_state_from_address
+
+        self.state, self.poll_s = get_state_from_address(address), poll_s
+        self.high = self.spilled = self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True, name="store-poller")
+
+    def _work(self) -> None:
+        from ray._private.internal_api import get_memory_info_reply
+
+        while not self._stop.is_set():
+            stats = get_memory_info_reply(self.state).store_stats
+            self.high = max(self.high, stats.object_store_bytes_used)
+            self.spilled = max(self.spilled, stats.spilled_bytes_total)
+            self.polls += 1
+            self._stop.wait(self.poll_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def header() -> dict:
+    """What a benchmark's JSON opens with: the command, the machine, the commit and the time."""
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
+                        "platform": platform.platform()},
+            "commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                     capture_output=True, text=True).stdout.strip(),
+            "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -43,7 +43,16 @@ FILES_PER_FOLDER = 100
 # 0.40 bytes per corpus byte, and sliding mode at stride 256 keeps 3 windows for seed's 1.
 BYTES_PER_ARTICLE = 1645
 SEED_SHARD_RATIO, SLIDING_SHARD_RATIO = 0.40, 3 * 0.40
-DEFAULT_VOCAB = REPO.parent / "shared" / "data" / "bert-chinese-vocab.txt"
+#: Where --vocab is not given: a vocabulary of BERT-Chinese's shape and size (textgen), written once.
+DEFAULT_VOCAB = REPO / "benchmarks" / "out" / "bert-chinese-shaped-vocab.txt"
+
+
+def default_vocab() -> Path:
+    """DEFAULT_VOCAB, written if it is not there yet."""
+    if not DEFAULT_VOCAB.is_file():
+        DEFAULT_VOCAB.parent.mkdir(parents=True, exist_ok=True)
+        DEFAULT_VOCAB.write_text("".join(t + "\n" for t in textgen.bert_chinese_shaped_vocab()), encoding="utf-8")
+    return DEFAULT_VOCAB
 
 
 def file_path(root: Path, index: int) -> Path:
@@ -107,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the corpus folder to write (AA/wiki_00, …)")
     p.add_argument("--scale", type=float, default=1.0, help="times wiki_zh_2019's 1,043,224 articles (default 1)")
-    p.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB, help="vocab.txt whose characters the text uses")
+    p.add_argument("--vocab", type=Path, help="vocab.txt whose characters the text uses (default: one of "
+                   "BERT-Chinese's shape and size, made up; GPT2-Chinese's own vocab.txt where you have it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     if args.scale <= 0:
         raise SystemExit(f"gen_wiki_zh: --scale must be more than 0, not {args.scale}")
+    args.vocab = args.vocab or default_vocab()
     if not args.vocab.is_file():
         raise SystemExit(f"gen_wiki_zh: --vocab {args.vocab}: no such file; give GPT2-Chinese's vocab.txt")
     info = generate(args.out, args.vocab, args.scale, args.seed, args.workers)

@@ -39,13 +39,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from npueval.actors.evaluator import BlockResult
+from npueval.actors.evaluator import BlockResult, BlockRows
 from npueval.actors.node_files import CallInProgress
 from npueval.actors.worker import CALLS_AT_ONCE
 from npueval.core.errors import NpuevalError, RunError, root_cause
 
 from .background import lower_this_thread
 from .blocks import Block
+from .events import RunEvents
 from .results_file import Timeout
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,13 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, blocks: list[Block], read: Callable[[Block], dict], depth: int):
+    def __init__(self, blocks: list[Block], read: Callable[[Block], BlockRows], depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(blocks, read), daemon=True, name="npueval-prefetch")
         self._thread.start()
 
-    def _work(self, blocks: list[Block], read: Callable[[Block], dict]) -> None:
+    def _work(self, blocks: list[Block], read: Callable[[Block], BlockRows]) -> None:
         import ray
 
         lower_this_thread()  # reading ahead must not take the CPU from a device actor waiting to start
@@ -161,8 +162,9 @@ class Dispatcher:
 
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
                  block_timeout: float | None = None, hold_s: float | None = None,
-                 may_abort: list[bool] | None = None):
+                 may_abort: list[bool] | None = None, events: RunEvents | None = None):
         may_abort = may_abort or [False] * len(actors)
+        self.events = events or RunEvents()
         self.slots = [_Slot(a, n, may_abort=m) for a, n, m in zip(actors, names, may_abort)]
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
@@ -220,6 +222,7 @@ class Dispatcher:
                     ref = slot.actor.evaluate.remote(block.block_id, rows)
                     self._in_flight[ref] = (block, rows, k)
                     slot.sent(ref)
+                    self.events.block_sent(block, slot.name, time.perf_counter())
         return holding
 
     def _next_block(self) -> tuple[Block, object] | None:
@@ -245,7 +248,9 @@ class Dispatcher:
         slot = self.slots[k]
         if slot.state is SlotState.KILLED and not slot.calls:  # it answered as it was being killed:
             self._probe(k)  # wait for Ray's restart like any death
+        returned_at = time.perf_counter()
         on_result(result)
+        self.events.result_handled(result, returned_at, time.perf_counter() - returned_at)
 
     def _on_failure(self, block: Block, rows, k: int, exc: Exception) -> None:
         """A call failed: the user's error ends the run; any other sends its block again (after

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.actors.evaluator import BlockResult
+from npueval.actors.evaluator import BlockResult, BlockRows
 from npueval.actors.worker import BackendFactory
 from npueval.core.errors import Interrupted, UserError
 from npueval.core.files import file_sha256
@@ -30,6 +30,7 @@ from npueval.eval.data.manifest import DataManifest
 from . import results as res
 from .blocks import Block, BlockReader, WindowIndex, plan_blocks, read_index
 from .dispatch import Dispatcher, Prefetcher, prefetch_depth
+from .events import RunEvents
 from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
 from .model_spec import ModelSpec, check_pair, resolve_model
@@ -118,11 +119,13 @@ class Evaluated:
 
 
 def run(config: RunConfig, *, factory: BackendFactory | None = None,
-        progress: Callable[[int, int, int], None] | None = None) -> RunResult:
+        progress: Callable[[int, int, int], None] | None = None, events: RunEvents | None = None) -> RunResult:
     """Evaluate; `progress(windows_done, windows_total, tokens_done)` after each block.
 
-    `factory` builds each actor's backend instead of the stock ones (tests keep a ledger)."""
+    `factory` builds each actor's backend instead of the stock ones (tests keep a ledger);
+    `events` hears what the run does as it goes (eval/driver/events.py: benchmarks)."""
     started_at, clock = _now(), time.perf_counter()
+    events = events or RunEvents()
     data = open_data_set(config.data)
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
@@ -132,14 +135,14 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
         # The first blocks are read while the device actors start, when their batch is known.
         peeked = folder.finished() if config.resume else set()  # OUT is not touched before they answer
         plan, prefetched = _start_reading(config, index, data, model, fleet.planned_batch_size or fleet.batch_size,
-                                          peeked, len(fleet.actors), reading)
+                                          peeked, len(fleet.actors), reading, events)
         done = folder.start(_identity(config, model, data, fleet.choice.backend, fleet.batch_size),
                             config.resume, config.force)  # waits for every device to answer
         if (fleet.batch_size, done) != (plan.batch_size, plan.done):  # the devices said otherwise
             prefetched.close()
             plan, prefetched = _start_reading(config, index, data, model, fleet.batch_size, done,
-                                              len(fleet.actors), reading)
-        evaluated = _evaluate(config, fleet, plan, prefetched, folder, progress)
+                                              len(fleet.actors), reading, events)
+        evaluated = _evaluate(config, fleet, plan, prefetched, folder, progress, events)
     # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
     all_blocks = [folder.load(b.block_id) for b in plan.blocks]
     if config.on_nonfinite == "fail":  # the fresh blocks were checked as they came; a resumed
@@ -165,18 +168,25 @@ def _plan(config: RunConfig, index: WindowIndex, batch_size: int, done: set[int]
 
 
 def _start_reading(config: RunConfig, index: WindowIndex, data: DataManifest, model: ModelSpec | None, batch_size: int,
-                   done: set[int], devices: int, stack: ExitStack) -> tuple[Plan, Prefetcher]:
+                   done: set[int], devices: int, stack: ExitStack, events: RunEvents) -> tuple[Plan, Prefetcher]:
     """The plan, and a thread (closed with `stack`) that reads its unfinished blocks into the
     object store ahead of the devices. `run` starts it while the actors start: at 32 devices the
     first round of reads took 0.3 s of eval time when it began only once they had all answered."""
     plan = _plan(config, index, batch_size, done)
     reader = BlockReader(config.data, data, plan.keep, model.vocab_size if model else None)
     todo = [b for b in plan.blocks if b.block_id not in plan.done]
-    return plan, stack.enter_context(Prefetcher(todo, reader.read, depth=prefetch_depth(devices)))
+
+    def read(block: Block) -> BlockRows:
+        start = time.perf_counter()
+        rows = reader.read(block)
+        events.block_read(block, time.perf_counter() - start)
+        return rows
+
+    return plan, stack.enter_context(Prefetcher(todo, read, depth=prefetch_depth(devices)))
 
 
 def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetcher, folder: RunFolder,
-              progress: Callable[[int, int, int], None] | None) -> Evaluated:
+              progress: Callable[[int, int, int], None] | None, events: RunEvents) -> Evaluated:
     """Send the unfinished blocks to the devices, saving each as it comes back."""
     batch_by_batch = [n for n, d in zip(fleet.names, fleet.described) if d.ais_bench_api == "infer"]
     if config.device.pipeline and batch_by_batch:
@@ -184,7 +194,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
                     "serve): one infer call per model batch; the newer ais_bench runs a block's batches back to back "
                     "(README, \"NPU hosts\")", ", ".join(batch_by_batch))
     dispatcher = Dispatcher(fleet.actors, fleet.names, config.device.max_retries, block_timeout=config.block_timeout,
-                            may_abort=fleet.may_abort)
+                            may_abort=fleet.may_abort, events=events)
     fresh: list[BlockResult] = []
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
     tokens, total = 0, int(plan.keep.sum())
@@ -201,6 +211,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
         if progress:
             progress(windows, total, tokens)
 
+    events.evaluation_started(time.perf_counter())
     start = time.perf_counter()
     try:
         dispatcher.run(prefetched, finished)
@@ -209,7 +220,9 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
                           f"{config.out}; continue with --resume") from None
     finally:
         saver.close()  # whatever ends the run, every finished block reaches the disk first
-    return Evaluated(fresh, time.perf_counter() - start, dispatcher.retries, dispatcher.timeouts)
+        eval_s = time.perf_counter() - start
+        events.evaluation_ended(time.perf_counter())
+    return Evaluated(fresh, eval_s, dispatcher.retries, dispatcher.timeouts)
 
 
 def _now() -> str:
@@ -251,7 +264,7 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: Dat
     nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
     metrics = res.loss(res.finite_only(collected), plan.index, batch_size)
     return Results(
-                   mean_ce=res.finite(metrics.mean_ce),
+        mean_ce=res.finite(metrics.mean_ce),
         ppl=res.finite(metrics.perplexity),
         seed_ppl=res.finite(metrics.seed_ppl),
         tokens=metrics.scored_tokens,

@@ -84,6 +84,42 @@ def test_results_folder_holds_every_window_once(baseline, seed_data, tmp_path):
     assert (out / "result.txt").read_text().startswith(f"seed_ppl {results['seed_ppl']:.4f}\n")
 
 
+def test_a_watcher_hears_every_block_read_sent_and_handled_inside_eval_s(baseline, seed_data, tmp_path):
+    from npueval.eval.driver.events import RunEvents
+
+    heard = []
+
+    class Watcher(RunEvents):
+        def evaluation_started(self, at):
+            heard.append(("started", None, at))
+
+        def block_read(self, block, seconds):
+            heard.append(("read", block.block_id, seconds))
+
+        def block_sent(self, block, device, at):
+            heard.append(("sent", (block.block_id, device.split(" on node ")[0]), at))
+
+        def result_handled(self, result, returned_at, seconds):
+            heard.append(("handled", (result.block_id, result.device), returned_at))
+
+        def evaluation_ended(self, at):
+            heard.append(("ended", None, at))
+
+    results = run(simulated(seed_data, tmp_path / "out", devices=4), events=Watcher()).results
+    blocks = list(range(results.blocks))
+    by_kind = {kind: [what for k, what, _ in heard if k == kind] for kind in ("read", "sent", "handled")}
+    assert sorted(by_kind["read"]) == blocks  # read ahead, in block order, once each
+    assert by_kind["read"] == blocks
+    assert sorted(b for b, _ in by_kind["sent"]) == blocks and sorted(b for b, _ in by_kind["handled"]) == blocks
+    assert dict(by_kind["sent"]) == dict(by_kind["handled"])  # each block came back from the device it went to
+    assert {d for _, d in by_kind["sent"]} == {"npu:0", "npu:1", "npu:2", "npu:3"}
+    timed = [(k, at) for k, _, at in heard if k != "read"]
+    assert timed[0][0] == "started" and timed[-1][0] == "ended"
+    assert [at for _, at in timed] == sorted(at for _, at in timed)
+    assert timed[-1][1] - timed[0][1] == pytest.approx(results.speed.eval_s, abs=0.05)
+    assert results.mean_ce == baseline["mean_ce"]
+
+
 def test_an_actor_unpacks_its_next_block_while_the_device_runs_one(ray_npu4, seed_data, tmp_path):
     """Each actor takes two calls at once: the second waits for the device (device_wait_s) instead
     of in Ray's queue, and the numbers stay the reference's bits."""

@@ -66,6 +66,28 @@ class WikiTextGen:
         return "\n".join(self.paragraph() for _ in range(self.rng.randint(1, 8)))
 
 
+#: GPT2-Chinese's vocabulary size (its vocab.txt is BERT-Chinese's).
+BERT_CHINESE_SIZE = 21128
+
+
+def bert_chinese_shaped_vocab(size: int = BERT_CHINESE_SIZE) -> list[str]:
+    """A vocabulary of BERT-Chinese's shape and size, for benchmarks where the real one is not at
+    hand: [PAD], [unused1…99], the four specials, ASCII, 13,500 CJK characters, then Latin words
+    and ## pieces of random lowercase letters (seeded) up to `size` tokens."""
+    rng = random.Random(21128)
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "<T>"]
+    tokens += [chr(c) for c in range(33, 127) if not chr(c).isupper()] + list(_PUNCT)
+    tokens += [chr(c) for c in range(0x4E00, 0x4E00 + 13500)]
+    seen = set(tokens)
+    while len(tokens) < size:
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8)))
+        word = word if rng.random() < 0.5 else "##" + word
+        if word not in seen:
+            seen.add(word)
+            tokens.append(word)
+    return tokens
+
+
 def folder_name(i: int) -> str:
     """AA, AB, …, AZ, BA, …: wiki_zh's subfolder names."""
     return chr(ord("A") + i // 26) + chr(ord("A") + i % 26)
