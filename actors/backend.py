@@ -1,4 +1,4 @@
-"""The Backend protocol: the only thing that differs between devices (DESIGN.md, Contracts).
+"""The Backend protocol: the only thing that differs between devices (docs/design.md, "Backend").
 
 `nll(x)[:, j]` is the NLL of token `x[:, j + 1]` predicted from `x[:, :j + 1]`. A backend
 takes a batch of at most `batch_size` rows of `seq_len` ids; a static-shape model pads a

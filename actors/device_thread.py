@@ -5,8 +5,8 @@ one block's host work (unpacking its rows before the device runs it; masking and
 NLL after; Ray's reply) is done while the device runs the other block. The device itself is
 used from this single thread only: the backend is made, called and closed here, so its calls
 run one at a time in the order they were handed in, and an ACL context, which belongs to the
-thread that set the device, is only ever needed on one thread **[inference: ascend.md §2.5 says
-several threads may set the same device; one thread avoids depending on it]**.
+thread that set the device, is only ever needed on one thread (ACL lets several threads set one
+device; a single thread does not depend on it).
 
 A daemon thread, not a ThreadPoolExecutor: a device that never answers (the simulated `hang`
 fault) must not keep its process from exiting once Ray lets it go.

@@ -1,4 +1,4 @@
-"""What one device does with one block of windows: per-window NLL sums (DESIGN.md, Block result).
+"""What one device does with one block of windows: per-window NLL sums (docs/design.md, "Blocks and block results").
 
 A plain class, so tests build it directly; the driver makes it remote in one place. Column j
 of `nll` is the NLL of token j + 1, so a window's scored columns are

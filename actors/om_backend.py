@@ -1,13 +1,13 @@
 """The om backend: a compiled .om on an Ascend NPU through ais_bench (docs/npu-hosts.md).
 
-ais_bench is a vendor wheel (README, "NPU hosts"), imported here only. Two generations of it are
-in use, both numbered 0.0.2 (Ascend/tools, ais-bench_workload/tool/ais_bench): the pre-2024 one
-(GitHub mirror at 9d6da90, still what the vendor's wheel links serve) has `infer`, `run`,
-`sumary()`, `reset_sumaryinfo()` and an instance `finalize()`; the one from 2024-02 on (upstream
-3ffe8a42, read at 8da7f645) has `infer_pipeline`, `summary()`, `reset_summaryinfo()`,
+ais_bench is a vendor wheel (docs/npu-hosts.md, "ais_bench and aclruntime"), imported here only. Two
+generations of it are in use, both numbered 0.0.2 (Ascend/tools, ais-bench_workload/tool/ais_bench):
+the pre-2024 one (GitHub mirror at 9d6da90, still what the vendor's wheel links serve) has `infer`,
+`run`, `sumary()`, `reset_sumaryinfo()` and an instance `finalize()`; the one from 2024-02 on
+(upstream 3ffe8a42, read at 8da7f645) has `infer_pipeline`, `summary()`, `reset_summaryinfo()`,
 `free_resource()`, and a static `finalize()` that ends every ACL resource of the process. What a
-session can do is read from its attributes, never from a version: `api` is "pipeline" where it
-has `infer_pipeline`, "infer" where not.
+session can do is read from its attributes, never from a version: `api` is "pipeline" where it has
+`infer_pipeline`, "infer" where not.
 
 `nll` is one `infer` call per model batch. `nll_many` hands a block's batches to
 `infer_pipeline` where there is one: at most PIPELINE_MAX_FEEDS feeds per call, all of the static
@@ -93,8 +93,8 @@ class OmBackend:
             from ais_bench.infer.interface import InferSession
         except ImportError:
             raise UserError(
-                "the om backend needs ais_bench and aclruntime, the vendor wheels: see the README, "
-                "\"NPU hosts: ais_bench and aclruntime\"; `npueval doctor` checks them"
+                "the om backend needs ais_bench and aclruntime, the vendor wheels: see docs/npu-hosts.md, "
+                "\"ais_bench and aclruntime\"; `npueval doctor` checks them"
             ) from None
         path = Path(om_path)
         if not path.is_file():

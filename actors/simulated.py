@@ -1,4 +1,4 @@
-"""The simulated backend: a product feature that stands in for NPUs (DESIGN.md, Contracts).
+"""The simulated backend: a product feature that stands in for NPUs (docs/design.md, "Backend").
 
 For scale and overhead tests and benchmarks on machines without a device. Its NLL is a
 documented pure function of the ids, so anyone can recompute a run's numbers with numpy

@@ -1,4 +1,4 @@
-"""The actor of a run: one per device, holding one backend (DESIGN.md, Ray).
+"""The actor of a run: one per device, holding one backend (docs/design.md, "Dispatch: plain actors").
 
 `DeviceWorker` is a plain class, so tests build it directly; `remote_workers` makes it a Ray
 actor in one place. The model's bytes come through Ray's object store (no shared disk between
@@ -161,7 +161,7 @@ class DeviceWorker:
         # cyclic GC. A full collection then looks only at what the calls allocate, and takes
         # microseconds instead of 35 ms: Ray makes every worker of the cluster collect at once when
         # an object store passes 70% full, and every 10 minutes; with the GIL held meanwhile, the
-        # device thread could not start the next block (BENCHMARKS.md, "The GC stall on several nodes").
+        # device thread could not start the next block (docs/design.md, "Dispatch: plain actors").
         gc.freeze()
 
     def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:

@@ -1,4 +1,4 @@
-"""Stage 6: ATC, the ONNX → OM compiler of CANN (ascend.md §3).
+"""Stage 6: ATC, the ONNX → OM compiler of CANN (docs/npu-hosts.md, "CANN and ATC").
 
 The command is the port's, corrected and extended: `--op_precision_mode` (the port's readme
 writes `--op_precision`, which atc does not have), `--precision_mode=force_fp16` with
@@ -9,7 +9,7 @@ which picks the chip from npu-smi when it runs unless --soc was given.
 op_precision.ini is plain `OpType=mode` lines, the port's file: the ATC docs of CANN 5.0.4 show
 only that form; those of 6.0.1 to 8.0 still state it ("key_value (算子类型=精度模式), one operator
 per line") beside an example with [ByOpType] / [ByNodeName] sections, which a CANN before 6.0
-does not know (docs/npu-hosts.md, "ATC").
+does not know (docs/npu-hosts.md, "CANN and ATC").
 """
 
 from __future__ import annotations

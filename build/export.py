@@ -6,7 +6,7 @@ wrote it, `w = q·kᵀ / √d; w = w·b − 1e4·(1 − b)` with b the causal ma
 transformers 5's added mask. That is what the port's opt_onnx_update.py edits, so the NPU
 passes of stage 3 each find their pattern once per layer. The numbers are the same: stage 5
 checks the export against transformers' own eager attention. transformers 5 needs an
-explicit all-ones attention mask for this exporter (stack-notes.md), so the model is wrapped;
+explicit all-ones attention mask for this exporter (docs/design.md, "Building a model"), so the model is wrapped;
 without padding (npueval never pads inside a window's context) the causal mask is all there is.
 """
 

@@ -1,6 +1,6 @@
 """A small editing layer over an ONNX graph: who produces and who consumes each tensor.
 
-What auto-optimizer's OnnxGraph gave the port's opt_onnx_update.py (ascend.md §4), on plain
+What auto-optimizer's OnnxGraph gave the port's opt_onnx_update.py, on plain
 onnx, which installs with numpy 2: constants as numpy arrays, producer and consumer lookups,
 nodes and initializers added, nodes removed, a topological sort before saving.
 """

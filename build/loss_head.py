@@ -1,4 +1,4 @@
-"""Stage 4: per-token NLL inside the graph (docs/design.md, "The loss head"; the inputs and
+"""Stage 4: per-token NLL inside the graph (docs/design.md, "The model's inputs and outputs"; the inputs and
 outputs are core/model_io.py's).
 
 The port's OM returns B×L×V float16 logits (86.5 MB per batch of 4) and computes the

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from npueval.core.contracts import ContractError, from_json, to_json
+from npueval.core.contracts import ContractError, NewerFormat, check_format_version, from_json, to_json
 from npueval.core.errors import UserError
 from npueval.core.files import atomic_write
 
@@ -67,10 +67,14 @@ class BuildManifest:
         path = folder / MANIFEST
         try:
             raw = path.read_bytes()
-            manifest = from_json(cls, json.loads(raw))
+            obj = json.loads(raw)
+            check_format_version(obj, FORMAT_VERSION)
+            manifest = from_json(cls, obj)
         except FileNotFoundError:
             raise UserError(f"{flag} {folder}: no manifest.json; point it at an `npueval build` folder or a model "
                             "file") from None
+        except NewerFormat as exc:
+            raise UserError(f"{flag} {path}: {exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError, ContractError) as exc:
             raise UserError(f"{flag} {path}: not a build manifest ({exc}); run `npueval build` again") from None
         if manifest.output not in OUTPUTS or not isinstance(manifest.config.get("vocab_size"), int):

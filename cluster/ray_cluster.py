@@ -1,4 +1,4 @@
-"""Start or join Ray, and check that it has the devices a run asks for (DESIGN.md, Ray).
+"""Start or join Ray, and check that it has the devices a run asks for (docs/design.md, "Ray").
 
 - `--address HOST:PORT|auto` joins that cluster; without it, RAY_ADDRESS (which
   `ray job submit` sets) is used; otherwise npueval starts a local Ray that listens on
@@ -6,7 +6,7 @@
 - When npueval starts Ray on an NPU host, only the healthy chips' logic ids are made visible
   to it (ASCEND_RT_VISIBLE_DEVICES at Ray's start, ascending), so no actor lands on a sick one.
   A list the user set before is narrowed to its healthy chips, never replaced (cluster/visibility.py).
-- Ray lets an unmet resource request wait forever (stack-notes.md); `require` fails at once
+- Ray lets an unmet resource request wait forever (a request Ray cannot meet stays pending); `require` fails at once
   with what the cluster has instead.
 """
 

@@ -30,6 +30,19 @@ class ContractError(ValueError):
     """A JSON document that does not have the shape of its dataclass; the message names the field."""
 
 
+class NewerFormat(ContractError):
+    """A file written by a newer npueval than this one: its format_version is above what this one reads."""
+
+
+def check_format_version(obj, supported: int) -> None:
+    """Refuse a document of a newer format_version than `supported`; an older one reads (a key
+    added since takes its default, where it has one)."""
+    version = obj.get("format_version") if isinstance(obj, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > supported:
+        raise NewerFormat(f"format_version {version} is newer than this npueval reads ({supported}): "
+                          "upgrade npueval to read it")
+
+
 def to_json(obj) -> dict:
     out: dict = {}
     for f in dataclasses.fields(obj):

@@ -1,4 +1,4 @@
-"""The one error hierarchy of npueval, and the CLI's exit codes (DESIGN.md, Errors).
+"""The one error hierarchy of npueval, and the CLI's exit codes (docs/design.md, "Errors").
 
 Every message names the file, flag or device at fault and says what to do; the CLI
 prints it on one line without a traceback.

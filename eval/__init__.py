@@ -1,1 +1,2 @@
-"""npueval.eval: prepare, windows, driver, metrics, report and the CLI."""
+"""npueval.eval: the CLI and the commands at its root (doctor, report, bench); by stage,
+data/ (`npueval prepare`), driver/ (`npueval run`) and sample/ (the bundled sample)."""

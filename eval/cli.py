@@ -238,7 +238,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         data, model, backend = _bundled_sample(), sample.BUILD, "onnx"
         block_windows = block_windows or sample.BLOCK_WINDOWS
     elif data is None:
-        raise UserError("--data is required with --model or --backend simulated: a folder made by `npueval prepare`")
+        given = "--model" if model is not None else f"--backend {backend}"
+        raise UserError(f"--data is required with {given}: a folder made by `npueval prepare`")
     out = args.out or sample.default_out("sample" if args.data is None else Path(data).name)
     device = DeviceConfig(backend=backend, devices=args.devices, batch_size=args.batch_size, device_ms=args.device_ms,
                           address=args.address, max_retries=args.max_retries, check_against=args.check_against,
@@ -321,7 +322,7 @@ def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                    help="hand the device one model batch per call (ais_bench infer) instead of a block's batches "
-                   "together (infer_pipeline); bench: in its --data run")
+                   "together (infer_pipeline)" + ("; in the --data run" if p.prog.endswith("bench") else ""))
 
 
 def _add_bench(sub) -> None:

@@ -155,7 +155,7 @@ def check_ais_bench(facts: dict) -> Check:
         from npueval.core.errors import root_cause
 
         return Check("ais_bench", FAIL, f"cannot import ais_bench and aclruntime ({root_cause(exc)})",
-                     "install the vendor wheels (README, \"NPU hosts\"), in this Python")
+                     "install the vendor wheels (docs/npu-hosts.md, \"ais_bench and aclruntime\"), in this Python")
     api = api_generation(session_class)
     facts["ais_bench_api"] = api
     if api == "pipeline":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npueval.core.contracts import NewerFormat
 from npueval.core.errors import UserError, not_a_folder
 from npueval.eval.driver.results import fmt, summary_table
 from npueval.eval.driver.results_file import RESULTS, Results
@@ -56,6 +57,8 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
     try:
         results = Results.read(results_path)
         table = pq.read_table(windows_path, columns=["window_id", "doc_id", "nll_sum", "n_scored"])
+    except NewerFormat as exc:
+        raise UserError(f"{results_path}: {exc}") from None
     except FileNotFoundError:
         raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it "
                         "again") from None

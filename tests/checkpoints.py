@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import small_vocab_tokens, write_vocab
+from vocabs import small_vocab_tokens, write_vocab
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import small_vocab_tokens
 from textgen import generate_wiki_corpus
+from vocabs import small_vocab_tokens
 
-FAKES = Path(__file__).parent / "fakes"
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FAKES = TESTS / "fakes"
 
 
 def build_tiny(folder: Path, batch_size: int, seq_len: int) -> Path:
@@ -51,9 +53,10 @@ def read_shards(data: Path) -> dict[str, np.ndarray]:
 
 
 def simulated_reference(data: Path, keep: np.ndarray | None = None) -> tuple[float, int, np.ndarray]:
-    """Σ NLL, scored tokens and per-window sums straight from the shards, with DESIGN.md's function:
-    nll of token t = 1 + ((x[t−1]·7919 + x[t]·104729 + (t−1)) mod 9973) / 9973, float32, summed
-    in float64 over score_from ≤ t < n_valid. No driver, block or batch code involved."""
+    """Σ NLL, scored tokens and per-window sums straight from the shards, with the simulated
+    backend's documented function (actors/simulated.py): nll of token t = 1 + ((x[t−1]·7919 +
+    x[t]·104729 + (t−1)) mod 9973) / 9973, float32, summed in float64 over score_from ≤ t < n_valid.
+    No driver, block or batch code involved."""
     rows = read_shards(data)
     x = rows["input_ids"]
     j = np.arange(x.shape[1] - 1)
@@ -76,3 +79,35 @@ def synthetic_manifest(shards, n_ctx: int):
     return DataManifest(inputs=inputs, dataset_key="synthetic", corpus_dir="synthetic", vocab_path="synthetic",
                         vocab_size=0, pad_id=0, articles_total=0, articles_kept=0, articles_dropped=0, bad_lines=0,
                         stream_tokens=0, windows=windows, tokens=0, scored_tokens=0, shards=tuple(shards))
+
+
+def results_folder(folder: Path, window_ids, nll_sum, n_scored, **results) -> Path:
+    """A results folder of `npueval run` as `report` reads it: results.json (`results` replace its
+    keys) and windows.parquet of the windows given."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from npueval.eval.driver.results_file import DeviceRow, Provenance, Results, Speed
+
+    folder.mkdir(parents=True)
+    tokens = int(np.sum(n_scored))
+    base = Results(
+        mean_ce=float(np.sum(nll_sum) / tokens), ppl=float(np.exp(np.sum(nll_sum) / tokens)), seed_ppl=1.5,
+        tokens=tokens, windows=len(window_ids), windows_dropped=0, backend="onnx", fallback=None, pipeline=True,
+        retries=0, wall_s=10.0, speed=Speed(eval_s=8.0, samples_per_s=4.0, tokens_per_s=2000.0, device_fps_sum=5.0,
+                                            host_overhead=0.01),
+        per_device=(DeviceRow(node="n" * 12, device="cpu:0", windows=len(window_ids), batches=1, device_s=1.0,
+                              fps=5.0),),
+        model_manifest_sha256="m", data_manifest_sha256="d", started_at="t0", ended_at="t1", nll_sum=float(
+            np.sum(nll_sum)), seed_batches=1, batch_size=4, seq_len=8, limit=None, drop_last=False, blocks=1,
+        blocks_resumed=0, vocab_checked=True, model="build", data="data",
+        provenance=Provenance(npueval="0", command=("npueval", "run"), python="3", ray="2", onnxruntime="1",
+                              ais_bench=None, cann=None, hosts=("h",)),
+    )
+    (folder / "results.json").write_text(dataclasses.replace(base, **results).dumps())
+    pq.write_table(pa.table({"window_id": np.asarray(window_ids, np.int64), "doc_id": np.arange(len(window_ids)),
+                             "nll_sum": np.asarray(nll_sum, np.float64), "n_scored": np.asarray(n_scored, np.int64)}),
+                   folder / "windows.parquet")
+    return folder

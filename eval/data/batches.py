@@ -3,7 +3,7 @@
 The driver of `prepare` cuts the files into ranges of about a megabyte and keeps everything
 that depends on order (pieces, windows, shards). What each line becomes on its own (JSON
 parsing, [SEP] for newlines, the length filter, tokenizing, [MASK] … [CLS] framing:
-port-protocol.md steps 2, 3, 5, 6, 7) happens here, in worker processes that read their
+the port's protocol, docs/design.md, steps 2, 3, 5, 6, 7) happens here, in worker processes that read their
 range from the file themselves, and comes back in order.
 """
 
@@ -69,7 +69,7 @@ def frame_range(path: str, start: int, end: int, min_length: int) -> FramedBatch
 
 
 def _frame(ids: np.ndarray, bounds: np.ndarray, mask_id: int, cls_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Put [MASK] before and [CLS] after each text's ids (port-protocol.md step 7)."""
+    """Put [MASK] before and [CLS] after each text's ids (the port's protocol, step 7)."""
     n = bounds.shape[0] - 1
     k = np.arange(n, dtype=np.int64)
     out = np.empty(ids.shape[0] + 2 * n, dtype=np.int32)

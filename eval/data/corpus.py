@@ -1,7 +1,7 @@
 """A wiki_zh_2019 corpus on disk: which files the port reads, and its articles, streamed.
 
 The layout is CORPUS/AA/wiki_00, CORPUS/AA/wiki_01, …, CORPUS/AB/…, each file one JSON
-object per line, `{"id", "url", "title", "text"}`. port-protocol.md steps 1–2.
+object per line, `{"id", "url", "title", "text"}`. The port's protocol, steps 1–2 (docs/design.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.core.contracts import ContractError
+from npueval.core.contracts import ContractError, NewerFormat
 from npueval.core.errors import DatasetError, first_line, not_a_folder
 from npueval.core.files import file_sha256
 
@@ -20,7 +20,7 @@ from .windows import Windows
 
 #: How shards are written. Token ids as BYTE_STREAM_SPLIT + zstd level 1 (Parquet 2.11, pyarrow
 #: 17): written 27% faster than pyarrow's default dictionary + snappy, 10% smaller, read as
-#: fast (benchmarks/BENCHMARKS.md, "prepare"). window_id counts up by one: delta-encoded.
+#: fast (BENCHMARKS.md, "`npueval prepare`"). window_id counts up by one: delta-encoded.
 #: No min/max statistics: nothing reads shards by predicate, and they cost write time.
 SHARD_ENCODING = dict(
     use_dictionary=["score_from", "n_valid", "piece", "doc_id"],
@@ -151,6 +151,8 @@ def open_data_set(data_dir: Path, flag: str = "--data") -> DataManifest:
         raise DatasetError(f"{flag} {data_dir}: no finished data set (manifest.json missing); run `npueval prepare`")
     try:
         m = DataManifest.from_json(read_json(data_dir))
+    except NewerFormat as exc:
+        raise DatasetError(f"{data_dir / MANIFEST}: {exc}") from None
     except ContractError as exc:
         raise DatasetError(f"{data_dir / MANIFEST}: not the manifest of an `npueval prepare` data set (unreadable "
                            f"JSON, or edited: {exc}); prepare the data set again") from None

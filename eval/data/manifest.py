@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.core.contracts import FLATTEN, ContractError, from_json, to_json
+from npueval.core.contracts import FLATTEN, ContractError, check_format_version, from_json, to_json
 from npueval.core.files import atomic_write
 
 FORMAT_VERSION = 1
@@ -91,6 +91,7 @@ class DataManifest:
 
     @classmethod
     def from_json(cls, obj) -> DataManifest:
+        check_format_version(obj, FORMAT_VERSION)
         return from_json(cls, obj)
 
     def write(self, folder: Path) -> None:

@@ -1,6 +1,6 @@
 """`npueval prepare`: a wiki_zh corpus → tokenized windows in Parquet shards + manifest.json.
 
-Follows port-protocol.md steps 1–9 (get_data_json.py, pre_data.py and compare_loss.py's
+Follows docs/design.md, "The port's protocol", steps 1–9 (get_data_json.py, pre_data.py and compare_loss.py's
 windows), streaming: articles are read, tokenized in batches and cut into windows as they
 come, so memory does not grow with the corpus (with --shuffle it holds one piece's windows,
 since the port shuffles each piece as a whole).
@@ -205,7 +205,7 @@ def _build(
 
 
 def _pieces_of(indices: np.ndarray, n: int, num_pieces: int) -> np.ndarray:
-    """port-protocol.md step 4: the cut is by position, the last piece takes the rest."""
+    """The port's protocol, step 4: the cut is by position, the last piece takes the rest."""
     per_piece = n // num_pieces
     if per_piece == 0:
         return np.full(indices.shape, num_pieces - 1, dtype=np.int64)
@@ -274,7 +274,7 @@ def _windows(framed: Iterable[tuple[int, np.ndarray, np.ndarray]], maker: Window
 
 
 def _shuffled_by_piece(blocks: Iterable[Windows], rng: random.Random) -> Iterator[Windows]:
-    """port-protocol.md step 9: one seeded generator, each piece's windows shuffled in turn.
+    """The port's protocol, step 9: one seeded generator, each piece's windows shuffled in turn.
 
     Shuffling a list of row numbers draws exactly what shuffling the windows would."""
     current: list[Windows] = []

@@ -1,6 +1,6 @@
 """GPT2-Chinese's classic BERT tokenizer, token for token, on the Rust `tokenizers` library.
 
-The classic algorithm (port-protocol.md step 6, plus GPT2-Chinese's one change: characters
+The classic algorithm (docs/design.md, "The port's protocol" step 6, plus GPT2-Chinese's one change: characters
 for which `str.isdigit()` holds are isolated like CJK characters) is defined by Python's
 `unicodedata` and `str.lower()`. The stock `BertWordPieceTokenizer` differs from it on some
 text (digits, the final sigma, characters of newer Unicode versions), so this module builds

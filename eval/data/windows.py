@@ -1,6 +1,6 @@
 """Windows over a piece's token stream, built as the stream arrives (bounded memory).
 
-Two modes (DESIGN.md, Dataset):
+Two modes (docs/design.md, "The data set"):
 
 - ``seed``: the port's compare_loss.py loop. ``start = 0; while start < len(stream) - L:
   take stream[start:start + L]; start += S``. Every window is full and scores from

@@ -1,4 +1,4 @@
-"""Sending blocks to the device actors, exactly once (README, "Why plain actors").
+"""Sending blocks to the device actors, exactly once (docs/design.md, "Dispatch: plain actors").
 
 Blocks are read from the shards and put into the object store ahead of time by a `Prefetcher`
 thread (decoding a shard and copying a block stay off the dispatch loop's critical path), so a
@@ -9,7 +9,7 @@ Each actor has up to `per_actor` calls in flight (the next block waits on the de
 current one runs). At the start, the calls beyond the first wait in the driver until every
 device has had time to take its first one (`first_round_hold`), or until a result comes back: at
 32 devices on two cores the first round takes 0.2–0.3 s to reach its actors, and second calls
-sent at once took the CPU from first ones still on their way (BENCHMARKS.md, run scaling).
+sent at once took the CPU from first ones still on their way (BENCHMARKS.md, "`npueval run` scaling").
 A call that fails because its actor died, or with an error that is not the user's, sends its
 block again (to whichever actor is free) and counts a retry; a block that fails more than
 `max_retries` times ends the run, naming the block and the device. A dead actor is probed: Ray

@@ -1,4 +1,4 @@
-"""The numbers of a run, reduced from per-window sums (DESIGN.md, Metrics).
+"""The numbers of a run, reduced from per-window sums (docs/design.md, "Metrics").
 
 Everything is a sum in float64 (math.fsum, so the order blocks arrive in cannot change a bit),
 never a mean of means, with one documented exception: `seed_ppl`, the port's number (its

@@ -1,4 +1,4 @@
-"""What `run --model` points at, and whether it fits the data set (DESIGN.md, The job).
+"""What `run --model` points at, and whether it fits the data set (docs/design.md, "The job, end to end").
 
 A build folder (manifest.json from `npueval build`) says everything: the OM and the verified
 ONNX, batch, sequence length, output and the checkpoint's vocab sha256. A bare model file says

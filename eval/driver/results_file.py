@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.core.contracts import FLATTEN, from_json, key, to_json
+from npueval.core.contracts import FLATTEN, check_format_version, from_json, key, to_json
 
 FORMAT_VERSION = 1
 RESULTS = "results.json"
@@ -134,6 +134,7 @@ class Results:
 
     @classmethod
     def from_json(cls, obj) -> Results:
+        check_format_version(obj, FORMAT_VERSION)
         return from_json(cls, obj)
 
     def dumps(self) -> str:

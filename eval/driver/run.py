@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 NONFINITE_CHOICES = ("fail", "skip")
 #: results.json lists this many skipped windows at most (windows.parquet has them all).
 NONFINITE_LISTED = 100
-#: Model batches per block: many per call, so Ray's ~1 ms per call is noise (DESIGN.md, Ray).
+#: Model batches per block: many per call, so Ray's ~1 ms per call is noise (docs/design.md, "Dispatch: plain actors").
 BATCHES_PER_BLOCK = 32
 
 
@@ -192,7 +192,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
     if config.device.pipeline and batch_by_batch:
         log.warning("%s: this ais_bench has no infer_pipeline (the pre-2024 package the vendor's wheel links still "
                     "serve): one infer call per model batch; the newer ais_bench runs a block's batches back to back "
-                    "(README, \"NPU hosts\")", ", ".join(batch_by_batch))
+                    "(docs/npu-hosts.md, \"ais_bench and aclruntime\")", ", ".join(batch_by_batch))
     dispatcher = Dispatcher(fleet.actors, fleet.names, config.device.max_retries, block_timeout=config.block_timeout,
                             may_abort=fleet.may_abort, events=events)
     fresh: list[BlockResult] = []

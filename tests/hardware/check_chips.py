@@ -68,8 +68,8 @@ def main() -> int:
     report.step("npueval doctor", [*npueval, "doctor"])
 
     from checkpoints import make_checkpoint
-    from conftest import small_vocab_tokens
     from textgen import generate_wiki_corpus
+    from vocabs import small_vocab_tokens
 
     checkpoint = make_checkpoint(out / "checkpoint")
     built = report.step("npueval build (this host's atc)",

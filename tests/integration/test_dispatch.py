@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from local_ray import local_ray
 from timed_actor import TimedDevice
 
 from npueval.eval.driver.blocks import Block
@@ -15,11 +16,8 @@ from npueval.eval.driver.dispatch import Dispatcher, first_round_hold
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from npueval.cluster.ray_cluster import connect, disconnect
-
-    session = connect(num_cpus=2)
-    yield session
-    disconnect(session)
+    with local_ray(num_cpus=2) as session:
+        yield session
 
 
 def dispatch(devices: int, blocks: int, device_s: float, hold_s: float) -> tuple[dict, float]:

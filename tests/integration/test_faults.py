@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from local_ray import local_ray
 from run_data import read_shards, simulated_reference
 
 from npueval.actors.simulated import FAULTS_ENV
@@ -30,11 +31,8 @@ def faults_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_npu4(faults_file):
-    from npueval.cluster.ray_cluster import connect, disconnect
-
-    session = connect(num_cpus=2, simulated_npus=4)
-    yield session
-    disconnect(session)
+    with local_ray(num_cpus=2, simulated_npus=4) as session:
+        yield session
 
 
 @pytest.fixture

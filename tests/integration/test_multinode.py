@@ -32,7 +32,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     # The nodes' processes inherit this environment: the fake ais_bench for the om actors, and the
-    # venv's bin first on PATH for the entrypoint of `ray job submit` (stack-notes.md).
+    # venv's bin first on PATH for the entrypoint of `ray job submit` (the job's entrypoint runs `npueval` from PATH).
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PATH")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKES), os.environ["PYTHONPATH"]])
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])

@@ -5,15 +5,13 @@ import os
 import pytest
 
 from npueval.cluster.devices import Device
-from npueval.cluster.ray_cluster import connect, disconnect, require, visible_devices
+from npueval.cluster.ray_cluster import connect, require, visible_devices
 from npueval.core.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def session():
-    s = connect(num_cpus=2, simulated_npus=4)
-    yield s
-    disconnect(s)
+def session(ray_npu4):
+    return ray_npu4
 
 
 def test_local_ray_listens_on_loopback_and_sends_no_usage_reports(session):

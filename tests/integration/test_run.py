@@ -1,6 +1,6 @@
 """`npueval run` on a real local Ray with resources={"NPU": 4} and the simulated backend.
 
-The numbers are checked against a numpy reference written from DESIGN.md's NLL function alone;
+The numbers are checked against a numpy reference written from the simulated backend's documented NLL function alone;
 faults (an actor killed, the driver killed, a block that keeps failing) against a call ledger
 that the backend keeps in each actor (tests/ledger.py).
 """
@@ -17,23 +17,14 @@ import textwrap
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_on_a_terminal
 from ledger import LedgerFactory, read_ledger, row_hash
 from run_data import read_shards, simulated_reference
+from terminal import run_on_a_terminal
 
 from npueval.core.errors import DatasetError, RunError, UserError
 from npueval.eval.driver.run import RunConfig, run
 
 BLOCK = 24  # windows per block: three batches of 8, a dozen blocks
-
-
-@pytest.fixture(scope="module")
-def ray_npu4():
-    from npueval.cluster.ray_cluster import connect, disconnect
-
-    session = connect(num_cpus=2, simulated_npus=4)
-    yield session
-    disconnect(session)
 
 
 def simulated(data, out, **kw) -> RunConfig:
@@ -158,7 +149,7 @@ def test_a_device_actor_keeps_its_start_up_objects_out_of_the_garbage_collector(
 
 def test_seed_ppl_and_drop_last_follow_the_port(ray_npu4, seed_data, tmp_path):
     """The port's number: per piece, batches of B consecutive windows; --drop-last drops each
-    piece's incomplete last batch (port-protocol.md step 9)."""
+    piece's incomplete last batch (the port's protocol, step 9)."""
     shards = read_shards(seed_data)
     _, _, per_window = simulated_reference(seed_data)
     scored = (shards["n_valid"] - shards["score_from"]).astype(np.int64)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from checkpoints import make_checkpoint, tiny_model
-from conftest import small_vocab_tokens
+from local_ray import local_ray
 from run_data import FAKES, build_tiny, prepare_data, read_shards
+from vocabs import small_vocab_tokens
 
 from npueval.core.errors import DatasetError, RunError, UserError
 from npueval.eval.driver.fleet import DeviceConfig, choose_backend
@@ -40,16 +41,13 @@ def knobs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_with_fake_chips(knobs):
     """A local Ray with 2 simulated NPUs whose actors import the fake ais_bench."""
-    from npueval.cluster.ray_cluster import connect, disconnect
-
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "FAKE_AIS_BENCH_KNOBS")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(FAKES), os.environ["PYTHONPATH"]])
     os.environ["FAKE_AIS_BENCH_KNOBS"] = str(knobs.path)
-    session = connect(num_cpus=2, simulated_npus=2)
-    for k, v in saved.items():  # the workers have it now; later subprocesses of the tests must not
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    yield session
-    disconnect(session)
+    with local_ray(num_cpus=2, simulated_npus=2) as session:
+        for k, v in saved.items():  # the workers have it now; later subprocesses of the tests must not
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        yield session
 
 
 @pytest.fixture(scope="module")

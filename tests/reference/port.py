@@ -1,6 +1,6 @@
 """A direct re-implementation of the ModelZoo GPT2 port's data path, for tests and benchmarks.
 
-get_data_json.py + pre_data.py + compare_loss.py's windows, as port-protocol.md states them,
+get_data_json.py + pre_data.py + compare_loss.py's windows, as docs/design.md, "The port's protocol", states them,
 written the straightforward way the port does it: the whole corpus in one list in memory,
 one article at a time through the pure-Python classic tokenizer. Independent of
 npueval.eval on purpose (it shares no code with it).

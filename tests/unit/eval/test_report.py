@@ -1,41 +1,11 @@
 """`npueval report`'s reading of results folders: the comparison's numbers and its errors."""
 
-from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from run_data import results_folder
 
 from npueval.eval.cli import main
 from npueval.eval.report import compare, describe, load_run
-
-
-def results_folder(folder: Path, window_ids, nll_sum, n_scored, **results) -> Path:
-    import dataclasses
-
-    from npueval.eval.driver.results_file import DeviceRow, Provenance, Results, Speed
-
-    folder.mkdir(parents=True)
-    tokens = int(np.sum(n_scored))
-    base = Results(
-        mean_ce=float(np.sum(nll_sum) / tokens), ppl=float(np.exp(np.sum(nll_sum) / tokens)), seed_ppl=1.5,
-        tokens=tokens, windows=len(window_ids), windows_dropped=0, backend="onnx", fallback=None, pipeline=True,
-        retries=0, wall_s=10.0, speed=Speed(eval_s=8.0, samples_per_s=4.0, tokens_per_s=2000.0, device_fps_sum=5.0,
-                                            host_overhead=0.01),
-        per_device=(DeviceRow(node="n" * 12, device="cpu:0", windows=len(window_ids), batches=1, device_s=1.0,
-                              fps=5.0),),
-        model_manifest_sha256="m", data_manifest_sha256="d", started_at="t0", ended_at="t1", nll_sum=float(
-            np.sum(nll_sum)), seed_batches=1, batch_size=4, seq_len=8, limit=None, drop_last=False, blocks=1,
-        blocks_resumed=0, vocab_checked=True, model="build", data="data",
-        provenance=Provenance(npueval="0", command=("npueval", "run"), python="3", ray="2", onnxruntime="1",
-                              ais_bench=None, cann=None, hosts=("h",)),
-    )
-    (folder / "results.json").write_text(dataclasses.replace(base, **results).dumps())
-    pq.write_table(pa.table({"window_id": np.asarray(window_ids, np.int64), "doc_id": np.arange(len(window_ids)),
-                             "nll_sum": np.asarray(nll_sum, np.float64), "n_scored": np.asarray(n_scored, np.int64)}),
-                   folder / "windows.parquet")
-    return folder
 
 
 def test_compare_covers_the_windows_both_scored_alike(tmp_path):

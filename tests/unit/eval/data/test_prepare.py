@@ -5,9 +5,9 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import small_vocab_tokens
 from port import port_windows
 from textgen import WikiTextGen, hard_text, write_wiki_corpus
+from vocabs import small_vocab_tokens
 
 from npueval.core.errors import CorpusError, DatasetError, UserError
 from npueval.eval.data.dataset import schema

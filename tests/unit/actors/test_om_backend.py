@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_data import FAKES, TESTS
 
 from npueval.core.errors import RunError, UserError
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 B, L = 2, 32
 GENERATIONS = {"new": "pipeline", "old": "infer"}
 
@@ -202,7 +202,7 @@ def test_an_error_inside_infer_pipeline_ends_the_process_and_infer_raises_it(bui
     in a C++ thread and the process aborts (pipeline.cpp, FuncCompute)."""
     script = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{str(FAKES)!r}, {str(Path(__file__).parents[1])!r}]
+        sys.path[:0] = [{str(FAKES)!r}, {str(TESTS)!r}]
         import numpy as np
         from npueval.actors.om_backend import OmBackend
         om = OmBackend({str(built["nll"].om)!r})

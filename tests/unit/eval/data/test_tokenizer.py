@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 from classic_bert import ClassicBertTokenizer
-from conftest import small_vocab_tokens, write_vocab
 from textgen import WikiTextGen, hard_text
+from vocabs import small_vocab_tokens, write_vocab
 
 from npueval.core.vocab import load_vocab
 from npueval.eval.data.tokenizer import BertChineseTokenizer

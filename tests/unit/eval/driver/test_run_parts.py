@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-from run_data import synthetic_manifest
+from run_data import FAKES, synthetic_manifest
 
 from npueval.actors.evaluator import BlockResult, BlockRows, Evaluator
 from npueval.actors.simulated import SimulatedBackend
@@ -21,7 +20,6 @@ from npueval.eval.driver.blocks import Block, BlockReader, plan_blocks, read_ind
 from npueval.eval.driver.results import collect
 from npueval.eval.driver.run_folder import RunFolder
 
-FAKES = Path(__file__).parents[1] / "fakes"
 L = 8
 
 
@@ -205,7 +203,7 @@ def test_an_actor_that_cannot_start_says_why_on_every_call(tmp_path):
 
 @pytest.fixture
 def sick_host(tmp_path, monkeypatch):
-    """The 310P3 Duo capture of ascend.md §2.1 with card 1 chip 1 (logic id 1) in Alarm."""
+    """The 310P3 Duo capture (tests/fakes/npu-smi-info-310p3-duo.txt) with card 1 chip 1 (logic id 1) in Alarm."""
     capture = (FAKES / "npu-smi-info-310p3-duo.txt").read_bytes()
     first = capture.index(b"| OK              |")
     second = capture.index(b"| OK              |", first + 1)

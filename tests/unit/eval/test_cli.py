@@ -6,7 +6,7 @@ import sys
 from importlib.metadata import version
 
 import pytest
-from conftest import run_on_a_terminal
+from terminal import run_on_a_terminal
 from textgen import write_wiki_corpus
 
 from npueval.eval.cli import main
@@ -67,8 +67,11 @@ def test_user_errors_are_one_line_exit_2(tmp_path, vocab_path, args, culprit):
 
 def test_flags_that_do_not_fit_together(capsys, tmp_path):
     assert main(["run", "--model", "m"]) == 2
-    assert capsys.readouterr().err.strip() == ("npueval run: error: --data is required with --model or --backend "
-                                               "simulated: a folder made by `npueval prepare`")
+    assert capsys.readouterr().err.strip() == ("npueval run: error: --data is required with --model: a folder made "
+                                               "by `npueval prepare`")
+    assert main(["run", "--backend", "om"]) == 2
+    assert capsys.readouterr().err.strip() == ("npueval run: error: --data is required with --backend om: a folder "
+                                               "made by `npueval prepare`")
     assert main(["run", "--data", "d"]) == 2
     assert "--model is needed (a build folder, a .onnx or an .om), or --backend simulated" in capsys.readouterr().err
     assert main(["bench"]) == 2

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from checkpoints import make_checkpoint, tiny_model
-from conftest import small_vocab_tokens
+from vocabs import small_vocab_tokens
 
 from npueval.build.checkpoint import load_model, open_checkpoint
 from npueval.build.export import reference_logits

@@ -3,7 +3,7 @@
 Each case runs `npueval.eval.cli.main(argv)` as a user would and expects exit 2, one line on
 stderr that names the culprit (a file, a flag, the folder given to --resume) and says what to
 do, no traceback, nothing written, and Ray never started. Cases tested end to end elsewhere are
-not repeated here: tests/unit/test_cli.py, test_bad_input.py, test_report.py,
+not repeated here: tests/unit/eval/test_cli.py, test_report.py, eval/driver/test_bad_input.py,
 test_build_pipeline.py and tests/integration/test_run.py; RELIABILITY.md lists them all.
 """
 
@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from run_data import REPO
 from textgen import write_wiki_corpus
 
 from npueval.eval.cli import main
@@ -125,7 +126,7 @@ def results_folder_with_blocks(run_json: dict | None, same_data: bool = False):
 
 
 def a_results_folder(tmp: Path, fx) -> None:
-    from test_report import results_folder
+    from run_data import results_folder
 
     results_folder(tmp / "done", [0, 1], [3.0, 4.0], [2, 2])
 
@@ -353,3 +354,37 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(fixtures, tmp_path, ca
     assert re.match(rf"npueval( {argv[0]})?: error: ", lines[0]), lines[0]  # argparse's own: "npueval: error: "
     assert culprit.format(**fill) in lines[0] and fix in lines[0], lines[0]
     assert files_under(tmp_path, fixtures["root"]) == before, "something was written before the refusal"
+
+
+# -- RELIABILITY.md's table of these cases ---------------------------------------------------------
+
+RELIABILITY = REPO / "RELIABILITY.md"
+TABLE_START = "<!-- cases of tests/unit/eval/test_cli_bad_input.py: start -->"
+TABLE_END = "<!-- cases of tests/unit/eval/test_cli_bad_input.py: end -->"
+#: How the table shows the test's folders.
+SHOWN = {"tmp": "TMP", "vocab": "VOCAB", "wiki": "CORPUS", "data": "DATA", "ckpt": "CKPT", "zeros": "000…",
+         "data_sha": "SHA"}
+
+
+def cases_table() -> str:
+    """One row per case: the command, the input, and the culprit and fix the one line names."""
+    rows = ["| command | bad input | the line names | and says |", "|---|---|---|---|"]
+    for name, (_, _argv, culprit, fix) in CASES.items():
+        command, what = name.split(": ", 1)
+        cell = lambda text: "`" + text.format(**SHOWN).replace("`", "'").replace("|", "\\|") + "`"  # noqa: E731
+        rows.append(f"| {command} | {what} | {cell(culprit)} | {cell(fix)} |")
+    return "\n".join(rows)
+
+
+def test_reliability_md_lists_every_case():
+    """The table in RELIABILITY.md is these cases; NPUEVAL_WRITE_DOCS=1 writes it again."""
+    import os
+
+    text = RELIABILITY.read_text(encoding="utf-8")
+    head, rest = text.split(TABLE_START + "\n")
+    _, tail = rest.split(TABLE_END)
+    if os.environ.get("NPUEVAL_WRITE_DOCS") == "1":
+        RELIABILITY.write_text(f"{head}{TABLE_START}\n{cases_table()}\n{TABLE_END}{tail}", encoding="utf-8")
+    assert rest.split(TABLE_END)[0].strip() == cases_table() or os.environ.get("NPUEVAL_WRITE_DOCS") == "1", (
+        "RELIABILITY.md's bad-input table differs from CASES: run "
+        "NPUEVAL_WRITE_DOCS=1 python -m pytest tests/unit/eval/test_cli_bad_input.py -k reliability")

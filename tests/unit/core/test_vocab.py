@@ -1,5 +1,5 @@
 import pytest
-from conftest import small_vocab_tokens, write_vocab
+from vocabs import small_vocab_tokens, write_vocab
 
 from npueval.core.errors import VocabError
 from npueval.core.vocab import load_vocab

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
+from run_data import FAKES
 
 
 @pytest.fixture

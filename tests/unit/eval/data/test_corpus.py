@@ -1,4 +1,4 @@
-"""Which files the port reads, and how lines become articles (port-protocol.md steps 1–2)."""
+"""Which files the port reads, and how lines become articles (the port's protocol, steps 1–2)."""
 
 import json
 

@@ -1,12 +1,13 @@
-"""`npu-smi` parsing (ascend.md §2 captures, byte for byte) and `npueval devices`."""
+"""`npu-smi` parsing (the captures in tests/fakes, byte for byte; docs/npu-hosts.md, section 7)
+and `npueval devices`."""
 
 import dataclasses
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
+from run_data import FAKES
 
 from npueval.cluster.devices import (
                                      Device,
@@ -19,7 +20,6 @@ from npueval.cluster.devices import (
     parse_version,
 )
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 DUO = (FAKES / "npu-smi-info-310p3-duo.txt").read_text()
 DUO_MAP = (FAKES / "npu-smi-info-m-310p3-duo.txt").read_text()
 A2 = (FAKES / "npu-smi-info-910b.txt").read_text()

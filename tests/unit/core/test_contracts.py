@@ -65,7 +65,7 @@ def test_not_an_object():
 
 
 def test_results_json_reads_back_and_an_older_file_reads_with_the_defaults(tmp_path):
-    from test_report import results_folder
+    from run_data import results_folder
 
     from npueval.eval.driver.results_file import Results
 
@@ -87,3 +87,33 @@ def test_the_bundled_builds_manifest_reads_back(tmp_path):
     assert manifest.to_json() == json.loads(raw) and manifest.vocab_size > 1000 and manifest.output == "nll"
     manifest.write(tmp_path)
     assert (tmp_path / "manifest.json").read_bytes() == raw
+
+
+def test_a_file_of_a_newer_format_is_refused_with_the_fix(tmp_path, seed_data):
+    import shutil
+
+    from run_data import results_folder
+
+    from npueval.build.manifest import BuildManifest
+    from npueval.core.errors import UserError
+    from npueval.eval.data.dataset import open_data_set
+    from npueval.eval.report import load_run
+    from npueval.eval.sample.bundled import BUILD
+
+    def bump(path):
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj["format_version"] = 2
+        path.write_text(json.dumps(obj), encoding="utf-8")
+
+    folder = results_folder(tmp_path / "r", [0, 1], [2.0, 3.0], [2, 2])
+    shutil.copytree(BUILD, tmp_path / "build")
+    shutil.copytree(seed_data, tmp_path / "data")
+    for path in (folder / "results.json", tmp_path / "build" / "manifest.json", tmp_path / "data" / "manifest.json"):
+        bump(path)
+    newer = r"format_version 2 is newer than this npueval reads \(1\): upgrade npueval to read it"
+    with pytest.raises(UserError, match=rf"^{folder / 'results.json'}: {newer}$"):
+        load_run(folder)
+    with pytest.raises(UserError, match=rf"^--model {tmp_path / 'build' / 'manifest.json'}: {newer}$"):
+        BuildManifest.read(tmp_path / "build")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'data' / 'manifest.json'}: {newer}$"):
+        open_data_set(tmp_path / "data")

@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from checkpoints import make_checkpoint
-from conftest import small_vocab_tokens
+from run_data import FAKES, REPO
+from vocabs import small_vocab_tokens
 
 from npueval.build.loss_head import KEEP_FP32_NODES
 from npueval.build.pipeline import BuildConfig, build
@@ -18,7 +19,6 @@ from npueval.core.errors import UserError
 from npueval.core.model_io import targets_for
 from npueval.eval.cli import main
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 B, L = 2, 32
 
 
@@ -67,7 +67,7 @@ def test_without_cann_the_build_stops_after_verification_and_writes_atc_sh(check
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == m
     assert (tmp_path / "out" / "keep_dtype.cfg").read_text() == "".join(f"{node}\n" for node in KEEP_FP32_NODES)
     ini = (tmp_path / "out" / "op_precision.ini").read_text()
-    assert ini == (Path(__file__).parents[2] / "op_precision.ini").read_text()
+    assert ini == (REPO / "op_precision.ini").read_text()
     assert ini == "Gelu=high_performance\nTanh=high_performance\n"
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
     ids = random_ids(B, L, m["config"]["vocab_size"], seed=5)
