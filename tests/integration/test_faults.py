@@ -96,17 +96,17 @@ def test_a_hung_device_is_restarted_and_its_block_done_elsewhere(ray_npu4, injec
 
 
 def test_a_slow_device_takes_proportionally_fewer_blocks(ray_npu4, inject, seed_data, tmp_path):
-    inject({"device": "npu:0", "kind": "slow", "factor": 5})
+    inject({"device": "npu:0", "kind": "slow", "factor": 20})
     # 60 ms a batch, so that the device's time and not the driver's per-block work on two busy cores
     # sets the pace, and blocks of 2 windows (124), so that the two blocks the slow device still holds
-    # when the others run dry weigh little (at 20 ms and 31 blocks a CI run once gave it half a fast share)
+    # when the others run dry weigh little. 20× slower (1.2 s a block): about a twentieth of a fast
+    # device's share in the long run, two or three of its blocks here; the bound leaves room for a
+    # loaded machine, where the driver's own time per block narrows the gap.
     config = simulated(seed_data, tmp_path / "out", device_ms=60, batch_size=2, block_windows=2)
     results = run(config).results.to_json()
     share = {d["device"]: d["windows"] / results["windows"] for d in results["per_device"]}
     fast = [share[f"npu:{i}"] for i in (1, 2, 3)]
-    # 5× slower: a fifth of a fast device's share in the long run (1/16 against 5/16), a little more
-    # here because of the driver's own time per block; asserted with room
-    assert share["npu:0"] < 0.5 * min(fast)
+    assert 0 < share["npu:0"] < 0.25 * min(fast)
     assert max(fast) < 1.5 * min(fast)
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
