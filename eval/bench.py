@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.actors.worker import BenchFigures
+from npueval.core.contracts import FLATTEN
 from npueval.core.errors import UserError
 from npueval.eval.data.dataset import open_data_set
 from npueval.eval.driver.fleet import DeviceConfig, Fleet, connect
@@ -58,21 +59,16 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class DeviceBench:
-    """One device's loop: what it ran (BenchFigures) and its rates."""
+    """One device's loop: what it ran (its keys at this level in JSON) and its rates."""
 
-    node: str
-    device: str
-    batch_size: int
-    batches: int
-    device_s: float
-    wall_s: float
+    figures: BenchFigures = field(metadata=FLATTEN)
     fps: float | None  # 1000·B / mean execute ms
     host_fps: float  # B·batches / wall s of the loop
 
     @classmethod
     def of(cls, f: BenchFigures) -> DeviceBench:
         mean_ms = 1000 * f.device_s / f.batches
-        return cls(**dataclasses.asdict(f), fps=1000 * f.batch_size / mean_ms if mean_ms > 0 else None,
+        return cls(f, fps=1000 * f.batch_size / mean_ms if mean_ms > 0 else None,
                    host_fps=f.batch_size * f.batches / f.wall_s)
 
 

@@ -351,7 +351,6 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
 
     from npueval.core.errors import UserError
@@ -371,12 +370,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         devices=DeviceConfig(backend=args.backend, devices=args.devices, device_ms=args.device_ms,
                              address=args.address, allow_unhealthy=args.allow_unhealthy, pipeline=args.pipeline),
     )
+    from npueval.core.contracts import to_json
+
     rows = bench(config)
     print(table(rows))
     if args.json:
         try:
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump([dataclasses.asdict(r) for r in rows], f, indent=2)
+                json.dump([to_json(r) for r in rows], f, indent=2)
         except OSError as exc:
             raise UserError(f"--json {args.json}: cannot write it ({exc.strerror or exc})") from None
     return EXIT_OK

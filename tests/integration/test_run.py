@@ -390,7 +390,7 @@ def test_bench_gives_the_device_fps_of_every_device_and_their_sum(ray_npu4, seed
                              devices=DeviceConfig(backend="simulated", devices=4, device_ms=5)))
     assert [r.batch_size for r in rows] == [1, 8]
     for r in rows:
-        assert len(r.per_device) == 4 and all(d.batches == 4 for d in r.per_device)
+        assert len(r.per_device) == 4 and all(d.figures.batches == 4 for d in r.per_device)
         assert all(d.fps == pytest.approx(1000 * r.batch_size / 5) for d in r.per_device)
         assert r.device_fps_sum == pytest.approx(4 * 1000 * r.batch_size / 5)
         assert 0 < r.host_fps_sum <= r.device_fps_sum * 1.01  # the loop cannot beat the device's clock
@@ -404,7 +404,10 @@ def test_bench_cli_prints_the_table_and_writes_json(ray_npu4, tmp_path, capsys):
                  "--device-ms", "2", "--json", str(tmp_path / "b.json")]) == 0
     printed = capsys.readouterr().out
     assert "device FPS sum" in printed and "4000.0" in printed  # 2 devices × 1000·4/2
-    assert json.loads((tmp_path / "b.json").read_text())[0]["device_fps_sum"] == pytest.approx(4000)
+    (row,) = json.loads((tmp_path / "b.json").read_text())
+    assert row["device_fps_sum"] == pytest.approx(4000) and row["backend"] == "simulated"
+    assert [list(d) for d in row["per_device"]] == [
+        ["node", "device", "batch_size", "batches", "device_s", "wall_s", "fps", "host_fps"]] * 2
     assert main(["bench", "--backend", "simulated", "--batch-sizes", "4,x"]) == 2
     assert "--batch-sizes '4,x'" in capsys.readouterr().err
 
