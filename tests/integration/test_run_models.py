@@ -172,7 +172,7 @@ def test_bench_on_the_fake_chips_reads_ais_bench_times(ray_with_fake_chips, mode
 
     (row,) = bench(BenchConfig(models=(model / "build",), loop=3, inputs="random"))
     assert row.backend == "om" and row.batch_size == B and len(row.per_device) == 2
-    assert all(d.fps > 0 and d.device_s > 0 for d in row.per_device)
+    assert all(d.fps > 0 and d.figures.device_s > 0 for d in row.per_device)
     assert row.device_fps_sum == pytest.approx(sum(d.fps for d in row.per_device))
 
 
