@@ -215,7 +215,8 @@ def _add_run(sub) -> None:
     p.add_argument("--check-against", metavar="MODEL.onnx",
                    help="also run the first batches of each device through this ONNX model on the host and compare")
     p.add_argument("--check-batches", type=int, default=4, help="batches per device for --check-against (default 4)")
-    p.add_argument("--block-windows", type=int, help="windows per block (default: 32 model batches)")
+    p.add_argument("--block-windows", type=int,
+                   help="fixed blocks of this many windows (default: blocks balanced for the devices)")
     p.add_argument("--on-nonfinite", choices=("fail", "skip"), default="fail",
                    help="a NaN or Inf window loss: fail (default) names the block and device; skip leaves such "
                    "windows out and counts them")

@@ -1,6 +1,10 @@
 """Blocks: fixed ranges of window_id, the unit a device evaluates, retries and resumes.
 
-`plan_blocks` cuts the windows a run evaluates (--limit) into blocks of `block_windows`; the
+A run's plan cuts the windows it evaluates (--limit) into blocks once, when it starts; the run
+folder keeps it (`BlockPlan`, OUT/plan.json), so `--resume` on any number of devices evaluates
+the same blocks. `balanced_blocks` is the default: large blocks first, so that the per-call cost
+stays noise, shrinking toward the end, so that the devices finish within about one model batch
+of each other (guided self-scheduling). `fixed_blocks` cuts blocks of `--block-windows`. The
 `BlockReader` reads a block's rows from the Parquet shards (the data manifest says which shard
 holds which window ids), keeps only the windows the run scores (--drop-last), and checks that
 every token id fits the model's vocabulary, naming the shard and row of the first that does not.
@@ -8,6 +12,7 @@ every token id fits the model's vocabulary, naming the shard and row of the firs
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +31,57 @@ class Block:
     stop: int  # one past the last window_id
 
 
-def plan_blocks(windows: int, block_windows: int) -> list[Block]:
+def fixed_blocks(windows: int, block_windows: int) -> list[Block]:
+    """Blocks of `block_windows` (the last one shorter)."""
     return [Block(k, lo, min(lo + block_windows, windows)) for k, lo in enumerate(range(0, windows, block_windows))]
+
+
+def balanced_blocks(windows: int, in_flight: int, batch_size: int, max_batches: int) -> list[Block]:
+    """Blocks of whole model batches (the last may be short): each takes ceil(R / in_flight) of the
+    R batches not planned yet, at most `max_batches` and at least one.
+
+    `in_flight` is how many blocks the devices hold at once (two per device: one running, the next
+    waiting). The dispatcher hands blocks out in order to whichever device frees up, so while R is
+    large the blocks stay at `max_batches`, and near the end each is a share of what is left: when a
+    device takes the last block, every other holds at most about as much, and all finish within
+    about one block of the smallest size, a model batch, of each other."""
+    if windows <= 0:
+        return []
+    total_batches = -(-windows // batch_size)
+    blocks, first_batch = [], 0
+    while first_batch < total_batches:
+        left = total_batches - first_batch
+        take = min(left, max(1, min(max_batches, -(-left // max(1, in_flight)))))
+        stop_batch = first_batch + take
+        blocks.append(Block(len(blocks), first_batch * batch_size, min(stop_batch * batch_size, windows)))
+        first_batch = stop_batch
+    return blocks
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """The blocks of a run, as OUT/plan.json keeps them: the first window of each, and the end."""
+
+    format_version: int
+    windows: int  # one past the last window_id covered
+    starts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, blocks: list[Block], windows: int) -> BlockPlan:
+        return cls(format_version=PLAN_FORMAT, windows=windows, starts=tuple(b.first for b in blocks))
+
+    def blocks(self) -> list[Block]:
+        stops = (*self.starts[1:], self.windows)
+        return [Block(k, first, stop) for k, (first, stop) in enumerate(zip(self.starts, stops))]
+
+    def check(self) -> None:
+        """The starts must cut 0 … windows into non-empty blocks, in order."""
+        bounds = (*self.starts, self.windows)
+        if (self.starts[:1] != (0,) and self.windows != 0) or any(a >= b for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"block starts {self.starts[:4]}… do not cut 0…{self.windows} into blocks")
+
+
+PLAN_FORMAT = 1
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, BlockRows
 from npueval.actors.worker import BackendFactory
-from npueval.core.errors import Interrupted, UserError
+from npueval.core.errors import DatasetError, Interrupted, UserError
 from npueval.core.files import file_sha256
 from npueval.eval.data.dataset import open_data_set
 from npueval.eval.data.manifest import DataManifest
 
 from . import results as res
-from .blocks import Block, BlockReader, WindowIndex, plan_blocks, read_index
-from .dispatch import Dispatcher, Prefetcher, prefetch_depth
+from .blocks import Block, BlockPlan, BlockReader, WindowIndex, balanced_blocks, fixed_blocks, read_index
+from .dispatch import PER_ACTOR, Dispatcher, Prefetcher, prefetch_depth
 from .events import RunEvents
 from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 NONFINITE_CHOICES = ("fail", "skip")
 #: results.json lists this many skipped windows at most (windows.parquet has them all).
 NONFINITE_LISTED = 100
-#: Model batches per block: many per call, so Ray's ~1 ms per call is noise (docs/design.md, "Dispatch: plain actors").
+#: The most model batches a block holds: many per call, so Ray's ~1 ms per call is noise
+#: (docs/design.md, "Dispatch: plain actors"); blocks shrink from it toward the end of a run.
 BATCHES_PER_BLOCK = 32
 
 
@@ -58,7 +59,7 @@ class RunConfig:
     resume: bool = False
     force: bool = False
     vocab: Path | None = None
-    block_windows: int | None = None  # default: BATCHES_PER_BLOCK model batches
+    block_windows: int | None = None  # None: balanced blocks (eval/driver/blocks.py); N: fixed blocks of N
     on_nonfinite: str = "fail"  # fail: a NaN/Inf window loss ends the run; skip: left out, counted
     block_timeout: float | None = None  # seconds a call may run before its device is taken for hung
     command: tuple[str, ...] = field(default=(), compare=False)
@@ -130,18 +131,20 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
     folder = _refuse_held_out(config, model, data)
+    stored = folder.read_plan() if config.resume else None  # the blocks a resumed run keeps
     index = read_index(config.data, data)  # every shard checked against its sha256 before Ray starts
     with Fleet(config.device, model, data.n_ctx, factory) as fleet, ExitStack() as reading:
         # The first blocks are read while the device actors start, when their batch is known.
         peeked = folder.finished() if config.resume else set()  # OUT is not touched before they answer
         plan, prefetched = _start_reading(config, index, data, model, fleet.planned_batch_size or fleet.batch_size,
-                                          peeked, len(fleet.actors), reading, events)
+                                          peeked, len(fleet.actors), stored, reading, events)
         done = folder.start(_identity(config, model, data, fleet.choice.backend, fleet.batch_size),
                             config.resume, config.force)  # waits for every device to answer
         if (fleet.batch_size, done) != (plan.batch_size, plan.done):  # the devices said otherwise
             prefetched.close()
             plan, prefetched = _start_reading(config, index, data, model, fleet.batch_size, done,
-                                              len(fleet.actors), reading, events)
+                                              len(fleet.actors), stored, reading, events)
+        folder.write_plan(BlockPlan.of(plan.blocks, plan.total))
         evaluated = _evaluate(config, fleet, plan, prefetched, folder, progress, events)
     # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
     all_blocks = [folder.load(b.block_id) for b in plan.blocks]
@@ -157,22 +160,32 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     return RunResult(config.out, results)
 
 
-def _plan(config: RunConfig, index: WindowIndex, batch_size: int, done: set[int]) -> Plan:
+def _plan(config: RunConfig, index: WindowIndex, batch_size: int, done: set[int], devices: int,
+          stored: BlockPlan | None) -> Plan:
     total = min(config.limit or index.piece.size, index.piece.size)
     keep = np.zeros(index.piece.size, dtype=bool)
     keep[:total] = drop_last_rows(index.piece[:total], batch_size) if config.drop_last else True
-    blocks = plan_blocks(total, config.block_windows or BATCHES_PER_BLOCK * batch_size)
+    if stored is not None:  # run.json matched: the same windows, cut as the run began
+        if stored.windows != total:
+            raise DatasetError(f"--resume: {config.out}/plan.json covers {stored.windows} windows, this run {total}; "
+                               "use another --out, or --force to start over")
+        blocks = stored.blocks()
+    elif config.block_windows:
+        blocks = fixed_blocks(total, config.block_windows)
+    else:
+        blocks = balanced_blocks(total, devices * PER_ACTOR, batch_size, BATCHES_PER_BLOCK)
     if done:
         log.info("resuming: %d of %d blocks already finished in %s", len(done), len(blocks), config.out)
     return Plan(index, total, keep, blocks, done, batch_size)
 
 
 def _start_reading(config: RunConfig, index: WindowIndex, data: DataManifest, model: ModelSpec | None, batch_size: int,
-                   done: set[int], devices: int, stack: ExitStack, events: RunEvents) -> tuple[Plan, Prefetcher]:
+                   done: set[int], devices: int, stored: BlockPlan | None, stack: ExitStack,
+                   events: RunEvents) -> tuple[Plan, Prefetcher]:
     """The plan, and a thread (closed with `stack`) that reads its unfinished blocks into the
     object store ahead of the devices. `run` starts it while the actors start: at 32 devices the
     first round of reads took 0.3 s of eval time when it began only once they had all answered."""
-    plan = _plan(config, index, batch_size, done)
+    plan = _plan(config, index, batch_size, done, devices, stored)
     reader = BlockReader(config.data, data, plan.keep, model.vocab_size if model else None)
     todo = [b for b in plan.blocks if b.block_id not in plan.done]
 
@@ -252,8 +265,8 @@ def _identity(config: RunConfig, model: ModelSpec | None, data: DataManifest, ba
         "drop_last": config.drop_last,
     }
     if backend is not None:
-        identity.update(backend=backend, batch_size=batch_size,
-                        block_windows=config.block_windows or BATCHES_PER_BLOCK * batch_size)
+        # block_windows None: balanced blocks, which plan.json keeps (a resumed run evaluates those).
+        identity.update(backend=backend, batch_size=batch_size, block_windows=config.block_windows)
     return identity
 
 

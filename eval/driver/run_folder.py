@@ -2,8 +2,9 @@
 
 Each finished block is written at once and atomically to OUT/blocks/ (a temporary file renamed),
 so a run that dies, is interrupted or is killed loses only the blocks in flight; `--resume`
-continues it. OUT/run.json records what the blocks are blocks of (data, model, backend, plan):
-`--resume` refuses blocks of another run, and an OUT that holds blocks is refused without
+continues it. OUT/run.json records what the blocks are blocks of (data, model, backend, how they
+were cut) and OUT/plan.json the blocks themselves: `--resume` refuses blocks of another run and
+evaluates the same blocks on any number of devices; an OUT that holds blocks is refused without
 `--resume` or `--force`.
 """
 
@@ -19,15 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
+from npueval.core.contracts import ContractError, NewerFormat, check_format_version, from_json, to_json
 from npueval.core.errors import DatasetError, UserError
 from npueval.core.files import atomic_write, atomic_write_with
 
 from .background import lower_this_thread
+from .blocks import PLAN_FORMAT, BlockPlan
 from .results_file import RESULTS, Results
 
 log = logging.getLogger(__name__)
 
 RUN = "run.json"
+PLAN = "plan.json"
 BLOCKS = "blocks"
 OUTPUTS = ("results.json", "windows.parquet", "result.txt")
 
@@ -54,7 +58,7 @@ class RunFolder:
         held = self.check_free(resume, force)
         if force and not resume:
             shutil.rmtree(self.blocks, ignore_errors=True)
-            for name in (RUN, *OUTPUTS):
+            for name in (RUN, PLAN, *OUTPUTS):
                 (self.out / name).unlink(missing_ok=True)
             held = set()
         if held:
@@ -77,6 +81,26 @@ class RunFolder:
                 f"--resume: the blocks in {self.out} are of another run ({key}: {before.get(key)!r} there, "
                 f"{identity.get(key)!r} now); use another --out, or --force to start over"
             )
+
+    def write_plan(self, plan: BlockPlan) -> None:
+        _write_atomic(self.out / PLAN, json.dumps(to_json(plan)) + "\n")
+
+    def read_plan(self) -> BlockPlan | None:
+        """The blocks the run in OUT was started with; None where it has none (no run yet, or one
+        of an npueval that kept no plan: its run.json's block_windows says how it cut them)."""
+        path = self.out / PLAN
+        if not path.is_file():
+            return None
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            check_format_version(obj, PLAN_FORMAT)
+            plan = from_json(BlockPlan, obj)
+            plan.check()
+        except NewerFormat as exc:
+            raise DatasetError(f"{path}: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, ContractError, ValueError) as exc:
+            raise DatasetError(f"--resume: {path} is unreadable ({exc}); start over with --force") from None
+        return plan
 
     def finished(self) -> set[int]:
         if not self.blocks.is_dir():

@@ -281,14 +281,15 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
             BLOCK, baseline["windows"] - b * BLOCK)
     if killed is None:  # all saved; windows.parquet and result.txt written; results.json not
         assert finished == list(range(baseline["blocks"]))
-        assert left == {"run.json", "blocks", *saved(finished), "windows.parquet", "result.txt", ".results.json.tmp"}
+        assert left == {"run.json", "plan.json", "blocks", *saved(finished), "windows.parquet", "result.txt",
+                        ".results.json.tmp"}
     elif killed == 0:  # on one device block 0 is the first call: nothing was evaluated, nothing saved
-        assert finished == [] and left == {"run.json", "blocks"}
+        assert finished == [] and left == {"run.json", "plan.json", "blocks"}
     else:  # mid-run: never the block killed. Results came back before it was sent, but their saving is
         # a background thread's (nice 19), which on a loaded machine may not have written one yet.
         assert killed not in finished and len(finished) < baseline["blocks"]
         # A kill that lands while the saver writes a block leaves that block's temporary, never the block.
-        temporaries = left - {"run.json", "blocks", *saved(finished)}
+        temporaries = left - {"run.json", "plan.json", "blocks", *saved(finished)}
         assert len(temporaries) <= 1 and temporaries <= {f"blocks/.block-{b:06d}.parquet.tmp"
                                                           for b in range(baseline["blocks"]) if b not in finished}
 
@@ -309,8 +310,40 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
             assert not ran_again & rows, f"finished block {b} was run again"
         else:
             assert rows <= ran_again, f"block {b} was not evaluated by --resume"
-    assert files_in(out) == {"run.json", "blocks", *saved(range(baseline["blocks"])), "windows.parquet", "result.txt",
-                             "results.json"}  # no temporary left
+    assert files_in(out) == {"run.json", "plan.json", "blocks", *saved(range(baseline["blocks"])), "windows.parquet",
+                             "result.txt", "results.json"}  # no temporary left
+
+
+def test_resume_on_other_devices_keeps_the_balanced_plan_of_the_start(ray_npu4, baseline, seed_data, tmp_path):
+    """Balanced blocks depend on the devices; a run begun on four and resumed on two evaluates the
+    four-device blocks it began with, runs no finished one again, and gives the same numbers."""
+    from npueval.eval.driver.blocks import BlockPlan, balanced_blocks
+    from npueval.eval.driver.dispatch import PER_ACTOR
+    from npueval.eval.driver.run import BATCHES_PER_BLOCK
+
+    windows = baseline["windows"]
+    on_four = balanced_blocks(windows, 4 * PER_ACTOR, 8, BATCHES_PER_BLOCK)
+    assert on_four != balanced_blocks(windows, 2 * PER_ACTOR, 8, BATCHES_PER_BLOCK)  # the test means something
+    shards = read_shards(seed_data)["input_ids"]
+    out, failing = tmp_path / "out", on_four[len(on_four) // 2]
+    with pytest.raises(RunError, match=rf"block {failing.block_id} \(windows {failing.first}–"):
+        run(simulated(seed_data, out, devices=4, block_windows=None, max_retries=0),
+            factory=LedgerFactory(str(tmp_path / "ledger1"), fail_at=row_hash(shards[failing.first])))
+    plan = (out / "plan.json").read_text()
+    assert BlockPlan(**json.loads(plan)).blocks() == on_four
+    finished = {int(p.stem.split("-")[1]) for p in (out / "blocks").glob("block-*.parquet")}
+    assert finished and failing.block_id not in finished
+
+    resumed = run(simulated(seed_data, out, devices=2, block_windows=None, resume=True),
+                  factory=LedgerFactory(str(tmp_path / "ledger2"))).results.to_json()
+    assert (resumed["mean_ce"], resumed["seed_ppl"], resumed["tokens"], resumed["windows"]) == (
+        baseline["mean_ce"], baseline["seed_ppl"], baseline["tokens"], baseline["windows"])
+    assert (resumed["blocks"], resumed["blocks_resumed"]) == (len(on_four), len(finished))
+    assert (out / "plan.json").read_text() == plan
+    ran_again = {h for batches in read_ledger(tmp_path / "ledger2").values() for b in batches for h in b}
+    for block in on_four:
+        rows = {row_hash(r) for r in shards[block.first: block.stop]}
+        assert (rows & ran_again == set()) if block.block_id in finished else rows <= ran_again
 
 
 def test_resume_refuses_blocks_of_another_run(ray_npu4, seed_data, tmp_path):
@@ -448,6 +481,6 @@ def test_three_runs_back_to_back_leave_nothing_behind(ray_npu4, seed_data, tmp_p
         time.sleep(0.5)
     assert objects == 0
     for out in outs:
-        assert sorted(p.name for p in out.iterdir()) == ["blocks", "result.txt", "results.json", "run.json",
-                                                         "windows.parquet"]
+        assert sorted(p.name for p in out.iterdir()) == ["blocks", "plan.json", "result.txt", "results.json",
+                                                         "run.json", "windows.parquet"]
         assert all(p.name.startswith("block-") and p.suffix == ".parquet" for p in (out / "blocks").iterdir())

@@ -16,7 +16,7 @@ from npueval.actors.worker import DeviceWorker, WorkerSpec, check_chip_health
 from npueval.core.errors import DatasetError, RunError, UserError
 from npueval.eval.data.dataset import ShardWriter
 from npueval.eval.data.windows import Windows
-from npueval.eval.driver.blocks import Block, BlockReader, plan_blocks, read_index
+from npueval.eval.driver.blocks import Block, BlockReader, fixed_blocks, read_index
 from npueval.eval.driver.results import collect
 from npueval.eval.driver.run_folder import RunFolder
 
@@ -38,8 +38,8 @@ def data(tmp_path):
 
 
 def test_blocks_cover_the_windows_once():
-    assert plan_blocks(10, 4) == [Block(0, 0, 4), Block(1, 4, 8), Block(2, 8, 10)]
-    assert plan_blocks(0, 4) == []
+    assert fixed_blocks(10, 4) == [Block(0, 0, 4), Block(1, 4, 8), Block(2, 8, 10)]
+    assert fixed_blocks(0, 4) == []
 
 
 def test_a_block_read_across_shards_keeps_only_the_scored_windows(data):
