@@ -58,6 +58,8 @@ class BlockResult:
     window_scored: np.ndarray = field(repr=False)  # int64 (n,)
     check: CheckStats | None = None  # --check-against: this block's batches also run on the host
     device_wait_s: float = 0.0  # in wall_s, waiting for the device to finish another block first
+    device_start: float = 0.0  # when the device began this block's first call, and ended its last
+    device_end: float = 0.0  # (time.time() of the actor's host; 0.0: not known)
 
     def totals_only(self) -> BlockResult:
         """The block without its per-window arrays (once saved to disk, a long run keeps only this)."""
@@ -91,10 +93,13 @@ def scored_mask(score_from: np.ndarray, n_valid: np.ndarray, seq_len: int) -> np
 
 @dataclass
 class _DeviceClock:
-    """One block's device time, and its time waiting for the device thread to be free."""
+    """One block's device time, its time waiting for the device thread to be free, and when its
+    first call began and its last ended on the device thread (wall clock, for the timeline)."""
 
     run_s: float = 0.0
     wait_s: float = 0.0
+    first_start: float = 0.0
+    last_end: float = 0.0
 
 
 class Evaluator:
@@ -143,6 +148,8 @@ class Evaluator:
             window_scored=scored,
             check=CheckStats.merge(checks),
             device_wait_s=clock.wait_s,
+            device_start=clock.first_start,
+            device_end=clock.last_end,
         )
 
     def _nll(self, block_id: int, batches: list[np.ndarray], clock: _DeviceClock) -> Iterator[np.ndarray]:
@@ -175,9 +182,11 @@ class Evaluator:
 
         def timed():
             clock.wait_s += time.perf_counter() - handed_in
+            clock.first_start = clock.first_start or time.time()
             before = self.backend.device_seconds()
             out = call(arg)
             clock.run_s += self.backend.device_seconds() - before
+            clock.last_end = time.time()
             return out
 
         return timed() if self.device_thread is None else self.device_thread.run(timed)

@@ -57,6 +57,11 @@ class DeviceInfo:
     ais_bench_api: str | None = None
     previous_death: CallInProgress | None = None  # the call this actor's previous process died in
 
+    @property
+    def name(self) -> str:
+        """How messages name the device: "npu:3 on node 4f1c2a9b"."""
+        return f"{self.device} on node {self.node[:8]}"
+
 
 @dataclass(frozen=True)
 class BenchFigures:

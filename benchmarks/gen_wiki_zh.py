@@ -17,6 +17,7 @@ takes about 5 minutes per 1× on two cores.
 
     python benchmarks/gen_wiki_zh.py benchmarks/out/wiki-1x --scale 1
     python benchmarks/gen_wiki_zh.py benchmarks/out/wiki-0.1x --scale 0.1 --workers 2
+    python benchmarks/gen_wiki_zh.py benchmarks/out/wiki-port --first-files-only   # the port's eval set
 
 A folder already generated with the same arguments (its .complete file) is kept as it is.
 """
@@ -89,16 +90,21 @@ def check_disk(out: Path, scale: float) -> None:
                          f"need about {wanted / 1e9:.1f} GB: choose a smaller --scale or another folder")
 
 
-def generate(out: Path, vocab: Path, scale: float, seed: int, workers: int) -> dict:
+def generate(out: Path, vocab: Path, scale: float, seed: int, workers: int, first_files_only: bool = False) -> dict:
+    """The corpus at `scale`; `first_files_only`: only each folder's first file (the same text as in
+    the whole corpus), which is what the port evaluates (`npueval prepare --files first`)."""
     marker = out / ".complete"
-    wanted = {"scale": scale, "seed": seed, "vocab": str(vocab), "articles_per_file": ARTICLES_PER_FILE}
+    wanted = {"scale": scale, "seed": seed, "vocab": str(vocab), "articles_per_file": ARTICLES_PER_FILE,
+              "first_files_only": first_files_only}
     if marker.is_file() and {k: v for k, v in json.loads(marker.read_text()).items() if k in wanted} == wanted:
         return json.loads(marker.read_text())
-    check_disk(out, scale)
+    counts = plan(scale)
+    chosen = [i for i in range(len(counts)) if not first_files_only or i % FILES_PER_FOLDER == 0]
+    check_disk(out, scale * len(chosen) / len(counts))
     shutil.rmtree(out, ignore_errors=True)
     vocab_tokens = vocab.read_text(encoding="utf-8").splitlines()
-    counts = plan(scale)
-    tasks = [(out, vocab_tokens, seed, i, n) for i, n in enumerate(counts)]
+    tasks = [(out, vocab_tokens, seed, i, counts[i]) for i in chosen]
+    counts = [counts[i] for i in chosen]
     t0 = time.perf_counter()
     written = 0
     with multiprocessing.get_context("fork").Pool(workers) as pool:
@@ -120,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                    "BERT-Chinese's shape and size, made up; GPT2-Chinese's own vocab.txt where you have it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--first-files-only", action="store_true",
+                   help="only each folder's first file: the port's eval set (`npueval prepare --files first`)")
     args = p.parse_args(argv)
     if args.scale <= 0:
         raise SystemExit(f"gen_wiki_zh: --scale must be more than 0, not {args.scale}")
     args.vocab = args.vocab or default_vocab()
     if not args.vocab.is_file():
         raise SystemExit(f"gen_wiki_zh: --vocab {args.vocab}: no such file; give GPT2-Chinese's vocab.txt")
-    info = generate(args.out, args.vocab, args.scale, args.seed, args.workers)
+    info = generate(args.out, args.vocab, args.scale, args.seed, args.workers, args.first_files_only)
     print(json.dumps(info))
     return 0
 

@@ -85,7 +85,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
-            _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS},
+            # Ray would also start an idle worker per CPU for the first driver; the device actors
+            # start their own processes anyway, and on a 2-core host those idle ones took about a
+            # second of Ray's start (BENCHMARKS.md, "Eval sets of real size").
+            _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS,
+                            "prestart_worker_first_driver": False},
         )
     return RaySession("local", True, dict(ray.cluster_resources()))
 

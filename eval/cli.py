@@ -222,6 +222,9 @@ def _add_run(sub) -> None:
                    "windows out and counts them")
     p.add_argument("--block-timeout", type=float, metavar="SECONDS",
                    help="a call running longer is taken for a hung device: restart it, send the block elsewhere")
+    p.add_argument("--wait-for-devices", action="store_true",
+                   help="hand out work only once every device is up, so that each takes part (a check of every "
+                   "chip); by default a device starts as soon as it is up")
     p.set_defaults(handler=_cmd_run)
 
 
@@ -249,7 +252,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(
         data=data, out=out, model=model, device=device, limit=args.limit, drop_last=args.drop_last,
         resume=args.resume, force=args.force, vocab=args.vocab, block_windows=block_windows,
-        on_nonfinite=args.on_nonfinite, block_timeout=args.block_timeout, command=("npueval", *sys.argv[1:]),
+        on_nonfinite=args.on_nonfinite, block_timeout=args.block_timeout, wait_for_devices=args.wait_for_devices,
+        command=("npueval", *sys.argv[1:]),
     )
     with _window_progress() as progress:
         result = run(config, progress=progress)

@@ -3,8 +3,9 @@
 One run: where it came from, the summary table, and how the per-window loss is spread (from
 windows.parquet). Two runs: their numbers side by side, whether they evaluated the same model
 and data, and, over the windows both evaluated, how far their per-window losses are apart
-(e.g. the OM on the chip against the ONNX on CPU). The plot shows per-device throughput and
-the distribution of per-window loss, with the headline numbers in the title.
+(e.g. the OM on the chip against the ONNX on CPU). Each run's phases and how busy its devices
+were (eval/timeline.py). The plot shows per-device throughput, the distribution of per-window
+loss with the headline numbers in the title, and each run's per-device timeline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from npueval.core.errors import UserError, not_a_folder
 from npueval.eval.driver.results import fmt, summary_table
 from npueval.eval.driver.results_file import RESULTS, Results
 
+from .timeline import Timeline, describe_time, draw, load_timeline
+
 
 @dataclass(frozen=True)
 class RunReport:
@@ -29,6 +32,7 @@ class RunReport:
     nll_sum: np.ndarray = field(repr=False)
     n_scored: np.ndarray = field(repr=False)
     doc_ids: np.ndarray = field(repr=False)
+    timeline: Timeline | None = field(default=None, repr=False)
 
     @property
     def window_loss(self) -> np.ndarray:
@@ -72,6 +76,7 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
         nll_sum=table.column("nll_sum").to_numpy().astype(np.float64),
         n_scored=table.column("n_scored").to_numpy().astype(np.int64),
         doc_ids=table.column("doc_id").to_numpy(),
+        timeline=load_timeline(folder, results.phases),
     )
 
 
@@ -99,7 +104,8 @@ def describe(run: RunReport) -> str:
                 for i in worst
             ),
         ]
-    return "\n".join(lines)
+    time_lines = describe_time(r.phases, run.timeline)
+    return "\n".join(lines + (["", *time_lines] if time_lines else []))
 
 
 #: (results.json key, label, digits) of the side-by-side table.
@@ -184,7 +190,8 @@ def check_plot_path(path: str | Path) -> Path:
 
 
 def plot(runs: list[RunReport], path: str | Path) -> Path:
-    """Per-device throughput bars and the per-window loss distribution, one colour per run."""
+    """Per-device throughput bars and the per-window loss distribution, one colour per run; below
+    them, each run's per-device timeline where it has one."""
     path = check_plot_path(path)
     try:
         import matplotlib
@@ -194,7 +201,14 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install 'npueval[plot]' (or pip install matplotlib)") from None
 
-    fig, (bars, hist) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
+    timed = [run for run in runs if run.timeline is not None]
+    heights = [4.8] + [max(2.4, 1.6 + 0.16 * len(run.timeline.devices)) for run in timed]
+    fig = plt.figure(figsize=(12, sum(heights)))
+    grid = fig.add_gridspec(len(heights), 2, width_ratios=[1, 1.2], height_ratios=heights)
+    bars, hist = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    for k, run in enumerate(timed):
+        title = f"{'AB'[runs.index(run)]} {run.label}" if len(runs) > 1 else run.label
+        draw(fig.add_subplot(grid[k + 1, :]), run.timeline, run.results.phases, title)
     width = (0.8 if any(len(r.results.per_device) > 1 for r in runs) else 0.4) / len(runs)
     losses = [run.window_loss for run in runs]
     finite = np.concatenate([x[np.isfinite(x)] for x in losses]) if losses else np.zeros(0)
@@ -206,8 +220,9 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
         label = f"{'AB'[k]} {run.label}" if len(runs) > 1 else None
         bars.bar_label(bars.bar(x, fps, width=width, label=label), fmt="%.1f", fontsize=8)
         if k == 0:
-            bars.set_xticks(np.arange(len(devices)), [f"{d.device}\n{d.node[:8]}" for d in devices],
-                            fontsize=8)
+            one_node = len({d.node for d in devices}) == 1
+            bars.set_xticks(np.arange(len(devices)), [d.device if one_node else f"{d.device}\n{d.node[:8]}"
+                                                      for d in devices], fontsize=8)
         hist.hist(losses[k], bins=edges, alpha=0.6 if len(runs) > 1 else 0.9, label=label)
         mean_ce = run.results.mean_ce
         if mean_ce is not None and math.isfinite(mean_ce):

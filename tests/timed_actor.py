@@ -7,13 +7,22 @@ import time
 
 
 class TimedDevice:
-    def __init__(self, device_s: float):
-        self.device_s = device_s
+    """`start_s`: how long it takes to come up (its describe() answers after that)."""
 
-    def evaluate(self, block_id: int, rows) -> tuple[int, float, float]:
+    def __init__(self, device_s: float, name: str = "dev", start_s: float = 0.0):
+        time.sleep(start_s)
+        self.device_s, self.name, self.up = device_s, name, time.time()
+
+    def describe(self):
+        from npueval.actors.worker import DeviceInfo
+
+        return DeviceInfo(node="n", device=self.name, batch_size=1, seq_len=2, host="h", pid=0)
+
+    def evaluate(self, block_id: int, rows) -> tuple[int, float, float, str, float]:
+        """The block, when it entered and left, this device's name and when it came up."""
         entered = time.time()
         time.sleep(self.device_s)
-        return block_id, entered, time.time()
+        return block_id, entered, time.time(), self.name, self.up
 
 
 class PoisonedDevice:

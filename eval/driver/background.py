@@ -29,3 +29,32 @@ def lower_this_thread() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(BACKGROUND_NICE, os.getpriority(os.PRIO_PROCESS, tid)))
     except (AttributeError, OSError) as exc:  # not Linux, or not allowed: only the timing differs
         log.debug("thread %s keeps its priority: %s", threading.current_thread().name, exc)
+
+
+class Background:
+    """`work()` in a thread of its own from now on, at the driver's priority (it is on the run's
+    path: the shards' check while Ray starts, Ray's stop while the results are written);
+    `result()` waits for it and returns what it returned, or raises what it raised."""
+
+    def __init__(self, work, name: str):
+        import time
+
+        self.started = self.ended = time.perf_counter()
+        self._value, self._error = None, None
+
+        def run() -> None:
+            try:
+                self._value = work()
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+            finally:
+                self.ended = time.perf_counter()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value

@@ -31,6 +31,7 @@ cause: the type and message of the actor's own exception, not Ray's wrapper.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -41,7 +42,7 @@ from enum import Enum
 
 from npueval.actors.evaluator import BlockResult, BlockRows
 from npueval.actors.node_files import CallInProgress
-from npueval.actors.worker import CALLS_AT_ONCE
+from npueval.actors.worker import CALLS_AT_ONCE, DeviceInfo
 from npueval.core.errors import NpuevalError, RunError, root_cause
 
 from .background import lower_this_thread
@@ -71,6 +72,7 @@ def prefetch_depth(devices: int) -> int:
 
 
 class SlotState(Enum):
+    STARTING = "starting"  # created: takes work once it has answered that it is up
     READY = "ready"  # takes work
     KILLED = "killed"  # killed here for a hung call: its calls are failing, it gets no work
     PROBING = "probing"  # dead: asked to describe itself, it answers once Ray has restarted it
@@ -158,17 +160,34 @@ class Prefetcher:
 
 
 class Dispatcher:
-    """One run's sending: `run` once, then `retries` and `timeouts` say what it took."""
+    """One run's sending: `run` once, then `retries` and `timeouts` say what it took.
+
+    With `starting` (each actor's describe() call, while the actors start), a device gets work as
+    soon as its own answer has come and `accept(k, ref)` has checked it (a DeviceInfo: the slot
+    takes its name and whether it may abort from it; or the run's end), not when every device is
+    up. The run may end before a late device has answered: it then does no work. `wait_for_all`
+    holds every block back until all have answered."""
 
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
                  block_timeout: float | None = None, hold_s: float | None = None,
-                 may_abort: list[bool] | None = None, events: RunEvents | None = None):
+                 may_abort: list[bool] | None = None, events: RunEvents | None = None,
+                 starting: list | None = None, accept: Callable[[int, object], DeviceInfo] | None = None,
+                 wait_for_all: bool = False):
         may_abort = may_abort or [False] * len(actors)
         self.events = events or RunEvents()
         self.slots = [_Slot(a, n, may_abort=m) for a, n, m in zip(actors, names, may_abort)]
+        self._starting: dict[object, int] = {}  # an actor's first describe() → its slot
+        self._any_started = not starting  # whether a device has been up (without `starting`: all are)
+        self._wait_for_all = wait_for_all  # no work until every device of `starting` has answered
+        self._stranded_since: float | None = None
+        self._accept = accept
+        for k, ref in enumerate(starting or ()):
+            self.slots[k].state = SlotState.STARTING
+            self._starting[ref] = k
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
         self.retries = 0
+        self.first_sent: float | None = None
         self.timeouts: list[Timeout] = []  # calls ended by block_timeout
         self._retry: deque[tuple[Block, object]] = deque()  # failed blocks go out again before fresh ones
         self._in_flight: dict[object, tuple[Block, object, int]] = {}  # call → (block, rows, slot)
@@ -184,18 +203,24 @@ class Dispatcher:
         import ray
 
         self._fresh = iter(blocks)
-        self._held_until = time.monotonic() + self.hold_s
+        self._held_until = math.inf  # from the first block sent: the first round's hold
         while True:
             holding = self._send()
             if self._finished():
                 return
-            ready, _ = ray.wait(list(self._in_flight) + list(self._probes), num_returns=1,
+            self._note_stranded()
+            # ray.wait gives the first ready ref in list order: a device that has come up is taken
+            # in before another result of those already working.
+            ready, _ = ray.wait([*self._starting, *self._probes, *self._in_flight], num_returns=1,
                                 timeout=self._wait_s(holding))
             if not ready:
                 self._on_timeout()
                 continue
-            self._held_until = 0.0  # a device is back for more: the first round has been taken up
             (ref,) = ready
+            if ref in self._starting:
+                self._on_started(self._starting.pop(ref), ref)
+                continue
+            self._held_until = 0.0  # a device is back for more: the first round has been taken up
             if ref in self._probes:
                 self._on_probe(ref, self._probes.pop(ref)[0])
                 continue
@@ -212,6 +237,8 @@ class Dispatcher:
         """Fill the ready devices' calls, round by round so that every device gets a block before
         any gets a second; True while the first round's hold keeps the second one back."""
         holding = time.monotonic() < self._held_until
+        if self._wait_for_all and self._starting:
+            return holding
         for depth in range(1, (1 if holding else self.per_actor) + 1):
             for k, slot in enumerate(self.slots):
                 if slot.state is SlotState.READY and slot.in_flight < depth:
@@ -219,6 +246,10 @@ class Dispatcher:
                     if item is None:
                         return holding
                     block, rows = item
+                    if self.first_sent is None:  # the evaluation (eval_s) starts with the first device's work
+                        self.first_sent = time.perf_counter()
+                        self._held_until = time.monotonic() + self.hold_s
+                        self.events.evaluation_started(self.first_sent)
                     ref = slot.actor.evaluate.remote(block.block_id, rows)
                     self._in_flight[ref] = (block, rows, k)
                     slot.sent(ref)
@@ -237,12 +268,37 @@ class Dispatcher:
     def _finished(self) -> bool:
         """Whether nothing is left to wait for; a RunError if blocks are left and no device is."""
         work_left = bool(self._retry) or not self._exhausted or any(slot.parked for slot in self.slots)
-        if self._in_flight or (self._probes and work_left):  # a device still restarting is not waited for
-            return False
+        if self._in_flight or ((self._probes or self._starting) and work_left):  # nor one still starting or
+            return False                                                         # restarting, once all is done
         if work_left:
             raise RunError(f"every device failed; {len(self._retry)} or more blocks were left unevaluated; "
                            "the finished blocks are saved, continue with --resume")
         return True
+
+    def _on_started(self, k: int, ref) -> None:
+        """Actor k is up: it takes work from now on, under the name its answer gives."""
+        info = self._accept(k, ref)
+        slot = self.slots[k]
+        slot.name, slot.may_abort, slot.state = info.name, info.ais_bench_api == "pipeline", SlotState.READY
+        self._any_started = True
+
+    def _note_stranded(self) -> None:
+        """Whether the run now waits only for devices still starting, every device that was up
+        having been lost: from then on they have probe_timeout to come up (one whose node is gone
+        never does: Ray holds its first call until it can place the actor again)."""
+        stranded = (self._starting and self._any_started and not self._in_flight and not self._probes
+                    and not any(slot.state is SlotState.READY for slot in self.slots))
+        if not stranded:
+            self._stranded_since = None
+        elif self._stranded_since is None:
+            self._stranded_since = time.monotonic()
+
+    def _give_up_starting(self) -> None:
+        if self._stranded_since is not None and time.monotonic() - self._stranded_since > self.probe_timeout:
+            for k in list(self._starting.values()):
+                self._leave_out(k, f"it had not come up {self.probe_timeout:g} s after every device that was up "
+                                   "was lost")
+            self._starting.clear()
 
     def _on_result(self, k: int, result: BlockResult, on_result: Callable[[BlockResult], None]) -> None:
         slot = self.slots[k]
@@ -282,6 +338,7 @@ class Dispatcher:
         if self.block_timeout is not None:
             self._end_hung_calls()
         self._give_up_probes()
+        self._give_up_starting()
 
     def _probe(self, k: int) -> None:
         """Ask a dead or killed actor to describe itself: it answers once Ray has restarted it."""
@@ -299,8 +356,10 @@ class Dispatcher:
         if self.block_timeout is not None:
             deadlines += [s.head_since + self.block_timeout for s in self.slots
                           if s.calls and s.state is SlotState.READY]
-        if holding:
+        if holding and self._held_until < math.inf:
             deadlines.append(self._held_until)
+        if self._stranded_since is not None:
+            deadlines.append(self._stranded_since + self.probe_timeout)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _give_up_probes(self) -> None:

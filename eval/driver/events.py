@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class RunEvents:
     def evaluation_started(self, at: float) -> None:
-        """The devices have answered and the first block is about to be sent: eval_s starts."""
+        """The first device to answer is about to get the first block: eval_s starts."""
 
     def block_read(self, block: Block, seconds: float) -> None:
         """The block's rows were read from the shards (read-ahead thread), in `seconds`."""

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from npueval.core.errors import RunError, UserError, root_cause
 
 from .model_spec import ModelSpec
 from .results_file import Fallback
+from .timing import Phases
 
 log = logging.getLogger(__name__)
 
@@ -97,47 +99,100 @@ def connect(config: DeviceConfig) -> ray_cluster.RaySession:
 
 
 class Fleet:
-    """`with Fleet(config, model, seq_len) as fleet:` one actor per device, starting; `described`
-    and `batch_size` wait for them to answer.
+    """`with Fleet(config, model, seq_len) as fleet:` one actor per device, starting.
 
-    `seq_len`: the data's window length, which the model must take (None: whatever it takes)."""
+    Each actor answers `describe` once it is up (`ready_refs`, in actor order); `ready(k, info)`
+    checks and records an answer as it comes (the dispatcher hands a device work as soon as it
+    has answered), and `described` waits for every answer. `seq_len`: the data's window length,
+    which the model must take (None: whatever it takes)."""
 
     def __init__(self, config: DeviceConfig, model: ModelSpec | None, seq_len: int | None,
-                 factory: BackendFactory | None = None):
+                 factory: BackendFactory | None = None, phases: Phases | None = None):
         self.config, self.model, self.seq_len, self.factory = config, model, seq_len, factory
+        self.phases = phases or Phases(time.perf_counter())
         self.actors: list = []
+        self.ready_refs: list = []
+        self.answered: dict[int, DeviceInfo] = {}
+        self.session = None
 
     def __enter__(self) -> Fleet:
         config = self.config
-        self.session = connect(config)
+        with self.phases.timed("ray_start"):
+            self.session = connect(config)
         try:
             self.choice = choose_backend(config, self.model, self.session.resources)
             count = device_count(config, self.choice.backend, self.session.resources)
-            spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count, self.session.resources)
+            with self.phases.timed("model_shipped"):
+                spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count,
+                                   self.session.resources)
             self.spec = spec
+            self.created = time.perf_counter()
             self.actors = remote_workers(spec, count, config.max_retries, self.factory, config.calls_at_once)
+            self.ready_refs = [a.describe.remote() for a in self.actors]
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        stop(self.actors)
-        ray_cluster.disconnect(self.session)
+        self.stop_devices()
+        self.release()
+
+    def stop_devices(self) -> None:
+        """Close the backends of the devices that answered and let every actor go (again: nothing)."""
+        stop([a for k, a in enumerate(self.actors) if k in self.answered],
+             [a for k, a in enumerate(self.actors) if k not in self.answered])
+        self.actors = []
+
+    def release(self) -> None:
+        """Leave Ray: a Ray npueval started stops (the phase ray_stop); again: nothing."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            with self.phases.timed("ray_stop"):
+                ray_cluster.disconnect(session)
+
+    def ready(self, k: int, info: DeviceInfo) -> None:
+        """Actor k has answered: record it, or end the run where its model does not fit the data or
+        the devices already known."""
+        shape = (info.batch_size, info.seq_len)
+        known = {(d.batch_size, d.seq_len) for d in self.answered.values()}
+        if known and shape not in known:
+            raise RunError(f"the devices report different model shapes {sorted(known | {shape})}: is the same model "
+                           "on every node?")
+        planned = self.planned_batch_size
+        if planned is not None and info.batch_size != planned:
+            raise RunError(f"{info.name} runs batches of {info.batch_size} where {planned} were planned: is "
+                           "the same model on every node?")
+        if self.seq_len is not None and info.seq_len != self.seq_len:
+            raise UserError(f"--model {self.model.name if self.model else ''} takes sequences of {info.seq_len} "
+                            f"tokens but the data holds windows of {self.seq_len}")
+        self.answered[k] = info
+        if len(self.answered) == 1:
+            self.phases.add("first_device_ready", self.created, time.perf_counter())
+        if len(self.answered) == len(self.ready_refs):
+            self.phases.add("devices_ready", self.created, time.perf_counter())
+
+    def accept(self, k: int, ref) -> DeviceInfo:
+        """Actor k's answer (`ready_refs[k]`, done), checked and recorded; or the run's end."""
+        import ray
+
+        if k not in self.answered:
+            self.ready(k, answer(k, ref, ray))
+        return self.answered[k]
 
     @functools.cached_property
     def described(self) -> list[DeviceInfo]:
-        """What each actor runs: asked on first use, so that the caller can work while they start."""
-        return describe(self.actors)
+        """What every actor runs, in actor order; waits for the ones that have not answered yet."""
+        return [self.accept(k, ref) for k, ref in enumerate(self.ready_refs)]
 
-    @functools.cached_property
+    @property
     def batch_size(self) -> int:
-        """The model batch every device reports (waits for the actors)."""
-        return self._batch_size()
+        """The model batch every device reports (waits for them all)."""
+        return self.described[0].batch_size
 
     def wait(self) -> None:
         """Until every device has answered; one that cannot start ends the command with its error."""
-        _ = self.batch_size
+        _ = self.described
 
     @property
     def planned_batch_size(self) -> int | None:
@@ -145,31 +200,26 @@ class Fleet:
         or a model's whose manifest gives it (None: only the devices can say)."""
         return self.spec.batch_size or None
 
-    @property
-    def names(self) -> list[str]:
-        return [f"{d.device} on node {d.node[:8]}" for d in self.described]
-
-    @property
-    def may_abort(self) -> list[bool]:
-        """Per device: whether an error may end its process instead of raising (infer_pipeline)."""
-        return [d.ais_bench_api == "pipeline" for d in self.described]
+    def answered_in_order(self) -> list[DeviceInfo]:
+        """The devices that have answered so far, in actor order (a run may end before a late one)."""
+        return [self.answered[k] for k in sorted(self.answered)]
 
     @property
     def ais_bench_api(self) -> str | None:
         """How the om devices call ais_bench ("pipeline" or "infer"; "mixed" if they differ), or None."""
-        apis = {d.ais_bench_api for d in self.described} - {None}
+        apis = {d.ais_bench_api for d in self.answered.values()} - {None}
         return None if not apis else apis.pop() if len(apis) == 1 else "mixed"
 
-    def _batch_size(self) -> int:
-        shapes = {(d.batch_size, d.seq_len) for d in self.described}
-        if len(shapes) != 1:
-            raise RunError(f"the devices report different model shapes {sorted(shapes)}: "
-                           "is the same model on every node?")
-        ((batch, seq_len),) = shapes
-        if self.seq_len is not None and seq_len != self.seq_len:
-            raise UserError(f"--model {self.model.name if self.model else ''} takes sequences of {seq_len} tokens "
-                            f"but the data holds windows of {self.seq_len}")
-        return batch
+
+def answer(k: int, ref, ray) -> DeviceInfo:
+    """Actor k's answer to `describe`; a device that cannot start ends the run with its own error."""
+    try:
+        return ray.get(ref)
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, (UserError, RunError)):
+            raise cause from None
+        raise RunError(f"device actor {k} could not start: {root_cause(exc)}") from None
 
 
 def _joins(config: DeviceConfig) -> bool:
@@ -267,25 +317,10 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
                       allow_unhealthy=config.allow_unhealthy, pipeline=config.pipeline)
 
 
-def describe(actors: list) -> list[DeviceInfo]:
-    """Each actor's device and the shapes its model takes; a device that cannot start ends the run."""
-    import ray
-
-    described = []
-    for k, ref in enumerate([a.describe.remote() for a in actors]):
-        try:
-            described.append(ray.get(ref))
-        except Exception as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, (UserError, RunError)):
-                raise cause from None
-            raise RunError(f"device actor {k} could not start: {root_cause(exc)}") from None
-    return described
-
-
-def stop(actors: list) -> None:
-    """Close each backend (ais_bench frees its device memory), then let the actors go."""
-    if not actors:
+def stop(actors: list, starting: list = ()) -> None:
+    """Close each backend (ais_bench frees its device memory), then let the actors go; those still
+    `starting` are let go at once (a close would wait for their start)."""
+    if not actors and not starting:
         return
     import ray
 
@@ -293,5 +328,5 @@ def stop(actors: list) -> None:
         ray.get([a.close.remote() for a in actors], timeout=30)
     except Exception as exc:
         log.debug("closing the device actors: %s", exc)
-    for a in actors:
+    for a in [*actors, *starting]:
         ray.kill(a)

@@ -162,8 +162,12 @@ def result_txt(results: Results) -> str:
 
 def summary_table(results: Results) -> str:
     r, speed = results, results.speed
+    devices = f"{r.devices_used} devices"
+    if r.devices_started and r.devices_started > r.devices_used:
+        devices = (f"{r.devices_used} of {r.devices_started} devices (the others were up after the last block had "
+                   "gone out)")
     lines = [
-        f"npueval run: {r.windows} windows, {r.tokens} scored tokens, backend {r.backend}, {r.devices_used} devices",
+        f"npueval run: {r.windows} windows, {r.tokens} scored tokens, backend {r.backend}, {devices}",
         "",
         f"  mean cross-entropy   {fmt(r.mean_ce)} nats/token",
         f"  perplexity           {fmt(r.ppl)}",

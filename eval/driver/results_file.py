@@ -35,6 +35,16 @@ class Timeout:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """A step of the run, in seconds from its start (steps may overlap: shards are verified while
+    Ray starts, devices start working as each is ready)."""
+
+    name: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class NonfiniteWindow:
     """A window whose loss was NaN or Inf (--on-nonfinite skip), and where it was evaluated."""
 
@@ -124,6 +134,8 @@ class Results:
     model: str | None
     data: str
     provenance: Provenance
+    phases: tuple[Phase, ...] = ()  # where the wall time went (eval/driver/timing.py)
+    devices_started: int | None = None  # device actors this command started (None: an earlier npueval's file)
 
     @property
     def devices_used(self) -> int:

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from npueval.actors.evaluator import BlockResult, BlockRows
-from npueval.actors.worker import BackendFactory
+from npueval.actors.worker import BackendFactory, DeviceInfo
 from npueval.core.errors import DatasetError, Interrupted, UserError
 from npueval.core.files import file_sha256
 from npueval.eval.data.dataset import open_data_set
 from npueval.eval.data.manifest import DataManifest
 
 from . import results as res
+from .background import Background
 from .blocks import Block, BlockPlan, BlockReader, WindowIndex, balanced_blocks, fixed_blocks, read_index
 from .dispatch import PER_ACTOR, Dispatcher, Prefetcher, prefetch_depth
 from .events import RunEvents
@@ -37,6 +38,7 @@ from .model_spec import ModelSpec, check_pair, resolve_model
 from .provenance import provenance
 from .results_file import Results, Timeout
 from .run_folder import BackgroundSaver, RunFolder
+from .timing import BlockTimes, Phases
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class RunConfig:
     block_windows: int | None = None  # None: balanced blocks (eval/driver/blocks.py); N: fixed blocks of N
     on_nonfinite: str = "fail"  # fail: a NaN/Inf window loss ends the run; skip: left out, counted
     block_timeout: float | None = None  # seconds a call may run before its device is taken for hung
+    wait_for_devices: bool = False  # no work until every device is up (each takes part: a check of every chip)
     command: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -114,6 +117,7 @@ class Plan:
 @dataclass
 class Evaluated:
     fresh: list[BlockResult]  # the blocks this command evaluated, in the order they finished (totals only)
+    started: float  # time.perf_counter() when the first block went out
     eval_s: float
     retries: int
     timeouts: list[Timeout]  # calls --block-timeout ended
@@ -125,39 +129,77 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
 
     `factory` builds each actor's backend instead of the stock ones (tests keep a ledger);
     `events` hears what the run does as it goes (eval/driver/events.py: benchmarks)."""
-    started_at, clock = _now(), time.perf_counter()
-    events = events or RunEvents()
+    started_at, clock, epoch = _now(), time.perf_counter(), time.time()
+    phases = Phases(clock)
+    times = BlockTimes(events or RunEvents(), clock, epoch)
     data = open_data_set(config.data)
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
     folder = _refuse_held_out(config, model, data)
     stored = folder.read_plan() if config.resume else None  # the blocks a resumed run keeps
-    index = read_index(config.data, data)  # every shard checked against its sha256 before Ray starts
-    with Fleet(config.device, model, data.n_ctx, factory) as fleet, ExitStack() as reading:
-        # The first blocks are read while the device actors start, when their batch is known.
-        peeked = folder.finished() if config.resume else set()  # OUT is not touched before they answer
-        plan, prefetched = _start_reading(config, index, data, model, fleet.planned_batch_size or fleet.batch_size,
-                                          peeked, len(fleet.actors), stored, reading, events)
-        done = folder.start(_identity(config, model, data, fleet.choice.backend, fleet.batch_size),
-                            config.resume, config.force)  # waits for every device to answer
-        if (fleet.batch_size, done) != (plan.batch_size, plan.done):  # the devices said otherwise
-            prefetched.close()
-            plan, prefetched = _start_reading(config, index, data, model, fleet.batch_size, done,
-                                              len(fleet.actors), stored, reading, events)
-        folder.write_plan(BlockPlan.of(plan.blocks, plan.total))
-        evaluated = _evaluate(config, fleet, plan, prefetched, folder, progress, events)
-    # Read back from OUT/blocks, so a fresh, a retried and a resumed run reduce the same bytes.
-    all_blocks = [folder.load(b.block_id) for b in plan.blocks]
-    if config.on_nonfinite == "fail":  # the fresh blocks were checked as they came; a resumed
-        for block in all_blocks:       # --on-nonfinite skip run may have saved others
-            if block.block_id in plan.done:
-                res.check_finite(block)
-    collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
-    all_blocks = [b.totals_only() for b in all_blocks]  # their windows are in `collected` now
-    results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated, started_at)
-    results = dataclasses.replace(results, wall_s=time.perf_counter() - clock)
-    folder.write_outputs(results, res.windows_table(collected, plan.index), res.result_txt(results))
+    # Every shard is checked against its sha256 while Ray and the device actors start, and before
+    # any block is read.
+    verifying = Background(lambda: read_index(config.data, data), "npueval-verify")
+    with Fleet(config.device, model, data.n_ctx, factory, phases) as fleet, ExitStack() as reading:
+        index = verifying.result()
+        phases.add("shards_verified", verifying.started, verifying.ended)
+        # The first blocks are read, and sent, while the device actors start: a device gets work as
+        # soon as it is up. Their batch is known before they answer, but for a bare OM's.
+        batch = fleet.planned_batch_size or fleet.batch_size
+        identity = _identity(config, model, data, fleet.choice.backend, batch)
+        done = folder.check_start(identity, config.resume, config.force)
+        plan, prefetched = _start_reading(config, index, data, model, batch, done, len(fleet.actors), stored,
+                                          reading, times)
+
+        def begin() -> None:  # once a device is up: --force deletes only for a run that can start
+            folder.begin(identity, clear=config.force and not config.resume)
+            folder.write_plan(BlockPlan.of(plan.blocks, plan.total))
+
+        evaluated = _evaluate(config, fleet, plan, prefetched, folder, begin, progress, times)
+        _add_evaluation_phases(phases, times, evaluated)
+        fleet.stop_devices()
+        # Ray stops while the results are reduced and written: they do not need it.
+        stopping = Background(fleet.release, "npueval-ray-stop")
+        try:
+            results = _finish(config, folder, fleet, model, data, vocab_checked, plan, evaluated, started_at,
+                              phases, clock)
+            folder.write_timeline(times.table())
+        finally:
+            stopping.result()
+    # results.json is complete before Ray stops; once it has, again with that phase.
+    results = dataclasses.replace(results, phases=phases.all())
+    folder.write_results(results)
     return RunResult(config.out, results)
+
+
+def _finish(config: RunConfig, folder: RunFolder, fleet: Fleet, model: ModelSpec | None, data: DataManifest,
+            vocab_checked: bool, plan: Plan, evaluated: Evaluated, started_at: str, phases: Phases,
+            clock: float) -> Results:
+    """Reduce every block, read back from OUT/blocks (so a fresh, a retried and a resumed run
+    reduce the same bytes), and write the outputs."""
+    with phases.timed("reduce"):
+        all_blocks = [folder.load(b.block_id) for b in plan.blocks]
+        if config.on_nonfinite == "fail":  # the fresh blocks were checked as they came; a resumed
+            for block in all_blocks:       # --on-nonfinite skip run may have saved others
+                if block.block_id in plan.done:
+                    res.check_finite(block)
+        collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
+        all_blocks = [b.totals_only() for b in all_blocks]  # their windows are in `collected` now
+        results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated,
+                           started_at)
+        windows = res.windows_table(collected, plan.index)
+    # results.json's first writing holds the phases so far; the run's last one adds its own.
+    results = dataclasses.replace(results, wall_s=time.perf_counter() - clock, phases=phases.all())
+    with phases.timed("write"):
+        folder.write_outputs(results, windows, res.result_txt(results))
+    return results
+
+
+def _add_evaluation_phases(phases: Phases, times: BlockTimes, evaluated: Evaluated) -> None:
+    """The evaluation, first block sent to last result, and the wait for its first result."""
+    phases.add("evaluation", evaluated.started, evaluated.started + evaluated.eval_s)
+    if times.first_returned is not None:
+        phases.add("first_result", times.first_sent, times.first_returned)
 
 
 def _plan(config: RunConfig, index: WindowIndex, batch_size: int, done: set[int], devices: int,
@@ -199,15 +241,31 @@ def _start_reading(config: RunConfig, index: WindowIndex, data: DataManifest, mo
 
 
 def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetcher, folder: RunFolder,
-              progress: Callable[[int, int, int], None] | None, events: RunEvents) -> Evaluated:
-    """Send the unfinished blocks to the devices, saving each as it comes back."""
-    batch_by_batch = [n for n, d in zip(fleet.names, fleet.described) if d.ais_bench_api == "infer"]
-    if config.device.pipeline and batch_by_batch:
-        log.warning("%s: this ais_bench has no infer_pipeline (the pre-2024 package the vendor's wheel links still "
-                    "serve): one infer call per model batch; the newer ais_bench runs a block's batches back to back "
-                    "(docs/npu-hosts.md, \"ais_bench and aclruntime\")", ", ".join(batch_by_batch))
-    dispatcher = Dispatcher(fleet.actors, fleet.names, config.device.max_retries, block_timeout=config.block_timeout,
-                            may_abort=fleet.may_abort, events=events)
+              begin: Callable[[], None], progress: Callable[[int, int, int], None] | None,
+              events: RunEvents) -> Evaluated:
+    """Send the unfinished blocks to the devices, each device as soon as it is up, saving each
+    block as it comes back; `begin` makes OUT the run's when the first device is up (or at the
+    end, where none was needed)."""
+    batch_by_batch: list[str] = []
+    begun = False
+
+    def accept(k: int, ref) -> DeviceInfo:
+        nonlocal begun
+        info = fleet.accept(k, ref)
+        if not begun:
+            begin()
+            begun = True
+        if config.device.pipeline and info.ais_bench_api == "infer" and not batch_by_batch:
+            batch_by_batch.append(info.name)
+            log.warning("%s: this ais_bench has no infer_pipeline (the pre-2024 package the vendor's wheel links "
+                        "still serve): one infer call per model batch; the newer ais_bench runs a block's batches "
+                        "back to back (docs/npu-hosts.md, \"ais_bench and aclruntime\")", info.name)
+        return info
+
+    names = [f"device actor {k}" for k in range(len(fleet.actors))]  # until each answers
+    dispatcher = Dispatcher(fleet.actors, names, config.device.max_retries, block_timeout=config.block_timeout,
+                            events=events, starting=fleet.ready_refs, accept=accept,
+                            wait_for_all=config.wait_for_devices)
     fresh: list[BlockResult] = []
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
     tokens, total = 0, int(plan.keep.sum())
@@ -224,7 +282,6 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
         if progress:
             progress(windows, total, tokens)
 
-    events.evaluation_started(time.perf_counter())
     start = time.perf_counter()
     try:
         dispatcher.run(prefetched, finished)
@@ -233,9 +290,12 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
                           f"{config.out}; continue with --resume") from None
     finally:
         saver.close()  # whatever ends the run, every finished block reaches the disk first
+        start = dispatcher.first_sent or start  # eval_s: the first block sent to the last result
         eval_s = time.perf_counter() - start
         events.evaluation_ended(time.perf_counter())
-    return Evaluated(fresh, eval_s, dispatcher.retries, dispatcher.timeouts)
+    if not begun:  # nothing was left to evaluate (--resume)
+        begin()
+    return Evaluated(fresh, start, eval_s, dispatcher.retries, dispatcher.timeouts)
 
 
 def _now() -> str:
@@ -273,7 +333,8 @@ def _identity(config: RunConfig, model: ModelSpec | None, data: DataManifest, ba
 def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: DataManifest, vocab_checked: bool,
              plan: Plan, collected: res.Collected, all_blocks: list[BlockResult], evaluated: Evaluated,
              started_at: str) -> Results:
-    batch_size = fleet.batch_size
+    batch_size = plan.batch_size
+    answered = fleet.answered_in_order()  # a device still starting when the last block was done did nothing
     nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
     metrics = res.loss(res.finite_only(collected), plan.index, batch_size)
     return Results(
@@ -293,7 +354,7 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: Dat
         nonfinite=tuple(nonfinite[:NONFINITE_LISTED]),
         wall_s=None,  # the caller's clock
         speed=res.speed(evaluated.fresh, evaluated.eval_s, batch_size),
-        per_device=tuple(res.per_device(all_blocks, batch_size, fleet.described)),
+        per_device=tuple(res.per_device(all_blocks, batch_size, answered)),
         model_manifest_sha256=model.manifest_sha256 if model else None,
         data_manifest_sha256=file_sha256(config.data / "manifest.json"),
         started_at=started_at,
@@ -309,5 +370,6 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: Dat
         vocab_checked=vocab_checked,
         model=model.name if model else None,
         data=str(config.data),
-        provenance=provenance(config.command, [d.host for d in fleet.described]),
+        provenance=provenance(config.command, [d.host for d in answered]),
+        devices_started=len(fleet.ready_refs),
     )

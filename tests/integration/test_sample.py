@@ -118,6 +118,9 @@ def test_report_one_run_two_runs_and_a_plot(two_runs):
     assert one.returncode == 0, one.stderr
     assert f"perplexity           {results['ppl']:.4f}" in one.stdout
     assert f"per-window loss (nats/token) over {LIMIT} windows" in one.stdout
+    evaluation = next(p for p in results["phases"] if p["name"] == "evaluation")
+    assert f"evaluation {evaluation['start_s']:.2f}–{evaluation['end_s']:.2f}" in one.stdout
+    assert re.search(r"devices busy \d+\.\d% of the evaluation \(\d+\.\d\d s, \d+ blocks on 1 device\)", one.stdout)
     both = npueval("report", str(a), str(b), "--plot", "both.png", cwd=cwd)
     assert both.returncode == 0, both.stderr
     assert "same model: yes    same data set: yes" in both.stdout
@@ -128,7 +131,7 @@ def test_report_one_run_two_runs_and_a_plot(two_runs):
     png = (cwd / "both.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert (width, height) == (1320, 528)  # 12 × 4.8 inches at 110 dpi
+    assert (width, height) == (1320, 1056)  # 12 × 9.6 inches at 110 dpi: the plots, then each run's timeline
 
 
 def test_committed_onnx_was_built_from_the_committed_checkpoint():

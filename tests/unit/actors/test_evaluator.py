@@ -1,5 +1,7 @@
 """One block on one device: per-window sums over exactly the scored positions."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,10 @@ def test_block_sums_match_a_direct_loop(rows):
     score_from = rng.integers(1, L // 2, rows)
     n_valid = np.maximum(score_from + 1, rng.integers(L // 2, L + 1, rows))
     window_ids = np.arange(100, 100 + rows)
+    before = time.time()
     result = Evaluator(SimulatedBackend(B, L, device_ms=1)).evaluate(7, ids, score_from, n_valid, window_ids)
+    # the device's first call began and its last ended within the call, at least device_s apart
+    assert before <= result.device_start <= result.device_end - result.device_s + 1e-3 <= time.time() + 1e-3
     expected = [reference_window_sum(ids[r], score_from[r], n_valid[r]) for r in range(rows)]
     np.testing.assert_allclose(result.window_nll, expected, rtol=1e-12)
     assert result.window_scored.tolist() == (n_valid - score_from).tolist()

@@ -72,18 +72,20 @@ def block_result(block_id: int, window_ids, nll) -> BlockResult:
 def test_a_saved_block_reads_back_bit_for_bit(tmp_path):
     folder = RunFolder(tmp_path / "out")
     folder.start({"model": "m"}, resume=False, force=False)
-    saved = replace(block_result(7, [14, 15], [1 / 3, np.pi]), device_wait_s=0.125)
+    saved = replace(block_result(7, [14, 15], [1 / 3, np.pi]), device_wait_s=0.125, device_start=1765060000.125,
+                    device_end=1765060001.5)
     folder.save(saved)
     loaded = folder.load(7)
     assert loaded.window_nll.tobytes() == saved.window_nll.tobytes()
     assert (loaded.block_id, loaded.node_id, loaded.device, loaded.device_s, loaded.batches) == (7, "node-a", "npu:0",
                                                                                                   0.25, 1)
-    assert loaded.device_wait_s == 0.125
+    assert (loaded.device_wait_s, loaded.device_start, loaded.device_end) == (0.125, 1765060000.125, 1765060001.5)
     assert folder.finished() == {7} and not list((tmp_path / "out" / "blocks").glob(".*"))
 
 
 def test_a_block_saved_without_its_device_wait_reads_back_with_none(tmp_path):
-    """Blocks saved by an earlier npueval (one call at a time) have no device_wait_s: --resume reads them as 0."""
+    """Blocks saved by an earlier npueval have no device_wait_s, device_start, device_end: --resume
+    reads them as 0."""
     import json
 
     import pyarrow.parquet as pq
@@ -94,10 +96,12 @@ def test_a_block_saved_without_its_device_wait_reads_back_with_none(tmp_path):
     path = folder.blocks / "block-000003.parquet"
     table = pq.read_table(path)
     meta = json.loads(table.schema.metadata[b"npueval"])
-    del meta["device_wait_s"]
+    for key in ("device_wait_s", "device_start", "device_end"):
+        del meta[key]
     pq.write_table(table.replace_schema_metadata({"npueval": json.dumps(meta)}), path)
     loaded = folder.load(3)
-    assert loaded.device_wait_s == 0.0 and loaded.window_nll.tolist() == [1.0, 2.0]
+    assert (loaded.device_wait_s, loaded.device_start, loaded.device_end) == (0.0, 0.0, 0.0)
+    assert loaded.window_nll.tolist() == [1.0, 2.0]
 
 
 def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
@@ -109,8 +113,10 @@ def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
     with pytest.raises(DatasetError, match=r"of another run \(model: 'm' there, 'n' now\)"):
         folder.start({"model": "n", "limit": 10}, resume=True, force=False)
     assert folder.start({"model": "m", "limit": 10}, resume=True, force=False) == {0}
-    assert folder.start({"model": "n", "limit": 10}, resume=False, force=True) == set()
-    assert folder.finished() == set()
+    assert folder.check_start({"model": "n", "limit": 10}, resume=False, force=True) == set()
+    assert folder.finished() == {0} and (folder.out / "run.json").is_file()  # the check changes nothing
+    folder.begin({"model": "n", "limit": 10}, clear=True)  # --force, once a device is up
+    assert folder.finished() == set() and '"model": "n"' in (folder.out / "run.json").read_text()
 
 
 def test_resume_on_a_folder_without_blocks_starts_from_the_first_and_says_so(tmp_path, caplog):
@@ -219,3 +225,15 @@ def test_an_actor_on_a_sick_chip_refuses_unless_allowed(sick_host, caplog):
         check_chip_health("1", allow_unhealthy=False)
     check_chip_health("1", allow_unhealthy=True)
     assert "running on it anyway" in caplog.text
+
+
+@pytest.mark.parametrize("started, said", [(4, "1 of 4 devices (the others were up after the last block had gone "
+                                               "out)"), (1, "1 devices"), (None, "1 devices")])
+def test_the_summary_says_how_many_of_the_devices_started_did_the_work(tmp_path, started, said):
+    from run_data import results_folder
+
+    from npueval.eval.driver.results import summary_table
+    from npueval.eval.driver.results_file import Results
+
+    results = Results.read(results_folder(tmp_path / "a", [0], [1.0], [1], devices_started=started) / "results.json")
+    assert summary_table(results).splitlines()[0].endswith(f"backend onnx, {said}")
