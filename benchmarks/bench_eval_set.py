@@ -22,7 +22,11 @@ results.json:
 - **outside** = wall − eval_s: Ray, the actors' start, the checks, the reduction, the writing, the stop.
 
     python benchmarks/bench_eval_set.py                       # port set, 1/8/16/32 devices, and the joined case
-    python benchmarks/bench_eval_set.py --sets wiki --devices 32 --repeat 1
+    python benchmarks/bench_eval_set.py --devices 8,16,32 --join "" --also-wait   # what starting early gives
+    python benchmarks/bench_eval_set.py --sets wiki --wiki-devices 32 --wiki-repeat 1
+
+`--also-wait` adds this tree with `--wait-for-devices` (no work until every device is up), run by
+run beside the others: the difference is what handing a device work as soon as it is up gives.
 
 Run from the repository root in the project's virtual environment; writes
 benchmarks/out/bench_eval_set.json and prints a Markdown table (medians).
@@ -99,9 +103,10 @@ def child_main(argv: list[str]) -> int:
     p.add_argument("--devices", type=int, required=True)
     p.add_argument("--device-ms", type=float, required=True)
     p.add_argument("--address")
+    p.add_argument("--wait-for-devices", action="store_true")
     args = p.parse_args(argv)
 
-    import npueval
+    import npueval.eval
     from npueval.eval.driver.events import RunEvents
     from npueval.eval.driver.run import RunConfig, run
 
@@ -118,8 +123,9 @@ def child_main(argv: list[str]) -> int:
 
     watcher = Watcher()
     t0 = time.perf_counter()
+    extra = {"wait_for_devices": True} if args.wait_for_devices else {}
     results = run(RunConfig.from_flags(data=args.data, out=args.out, backend="simulated", devices=args.devices,
-                                       batch_size=BATCH, device_ms=args.device_ms, address=args.address),
+                                       batch_size=BATCH, device_ms=args.device_ms, address=args.address, **extra),
                   events=watcher).results.to_json()
     wall = time.perf_counter() - t0
     first = min(watcher.first_sent.values())
@@ -127,7 +133,7 @@ def child_main(argv: list[str]) -> int:
     device_s = sum(d["device_s"] for d in results["per_device"])
     up = sum(watcher.last_result - at for at in watcher.first_sent.values())
     print(json.dumps({
-        "npueval": str(Path(npueval.__file__).parent), "wall_s": wall, "eval_s": eval_s,
+        "npueval": str(Path(npueval.eval.__file__).parent.parent), "wall_s": wall, "eval_s": eval_s,
         "first_block_s": first - t0, "busy": device_s / up if up else None,
         "devices_used": sum(1 for d in results["per_device"] if d["batches"]), "blocks": results["blocks"],
         "windows": results["windows"], "tokens": results["tokens"], "mean_ce": results["mean_ce"],
@@ -136,14 +142,15 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def one_run(version: str, pythonpath: Path | None, data: Path, devices: int, args, address: str | None) -> dict:
+def one_run(version: str, pythonpath: Path | None, data: Path, devices: int, args, address: str | None,
+            flags: tuple[str, ...] = ()) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="bench-eval-set-") as tmp:
         cmd = [sys.executable, __file__, CHILD, "--data", str(data), "--out", str(Path(tmp) / "out"),
                "--devices", str(devices), "--device-ms", str(args.device_ms),
-               *(["--address", address] if address else [])]
+               *(["--address", address] if address else []), *flags]
         done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"{version} at {devices} devices failed:\n{done.stderr[-3000:]}")
@@ -172,20 +179,22 @@ class JoinedRay:
 # -- the sweep ---------------------------------------------------------------------------------------
 
 def measure(args) -> list[dict]:
-    versions = [(f"before ({args.before})", install_before(args.before)), ("after", None)]
+    versions = [(f"before ({args.before})", install_before(args.before), ()), ("after", None, ())]
+    if args.also_wait:  # the same tree, every device up before any gets work: what starting early gives
+        versions.append(("after, --wait-for-devices", None, ("--wait-for-devices",)))
     rows = []
     cases = [(s, n, False) for s in args.sets for n in (args.devices if s == "port" else args.wiki_devices)]
     cases += [("port", n, True) for n in args.join if "port" in args.sets]
     for set_name, n, joined in cases:
         data = ensure_set(set_name, args)
-        runs = {v: [] for v, _ in versions}
+        runs = {v: [] for v, _, _ in versions}
         for rep in range(args.repeat if set_name == "port" else args.wiki_repeat):
-            for version, path in versions:
+            for version, path, flags in versions:
                 ray = JoinedRay(n, path, args.port) if joined else None
                 try:
                     if ray:
                         time.sleep(2)  # the cluster settles, as one a user started a while ago has
-                    row = one_run(version, path, data, n, args, ray.address if ray else None)
+                    row = one_run(version, path, data, n, args, ray.address if ray else None, flags)
                 finally:
                     if ray:
                         ray.stop()
@@ -193,7 +202,7 @@ def measure(args) -> list[dict]:
                 print(f"  {set_name} {n} devices{' joined' if joined else ''} {version} run {rep}: wall "
                       f"{row['wall_s']:.2f} s, eval {row['eval_s']:.2f} s (ideal {row['ideal_s']:.2f}), "
                       f"outside {row['outside_s']:.2f} s, busy {row['busy']:.3f}", file=sys.stderr, flush=True)
-        for version, _ in versions:
+        for version, _, _ in versions:
             rs = runs[version]
             med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "eval_s", "efficiency", "busy",
                                                                     "outside_s", "first_block_s")}
@@ -219,16 +228,17 @@ def phases_table(rows: list[dict]) -> str:
     """Where the newer version's wall time went (its results.json phases, medians)."""
     names = ["ray_start", "shards_verified", "model_shipped", "first_device_ready", "devices_ready", "evaluation",
              "reduce", "write", "ray_stop"]
-    lines = ["| set | devices | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    lines = ["| set | devices | version | " + " | ".join(names) + " |", "|---|---:|---|" + "---:|" * len(names)]
     for r in rows:
-        if r["version"] != "after":
+        if not r["version"].startswith("after"):
             continue
         cells = []
         for name in names:
             spans = [(p["start_s"], p["end_s"]) for run in r["runs"] for p in run["phases"] if p["name"] == name]
             cells.append("–" if not spans else f"{statistics.median(s for s, _ in spans):.2f}–"
                                                f"{statistics.median(e for _, e in spans):.2f}")
-        lines.append(f"| {r['set']} | {r['devices']}{' (joined)' if r['joined'] else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['set']} | {r['devices']}{' (joined)' if r['joined'] else ''} | {r['version']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -247,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wiki-repeat", type=int, default=1)
     p.add_argument("--before", default="d26eef2", help="the commit to compare with (default d26eef2: before "
                    "balanced blocks and the overlapped start)")
+    p.add_argument("--also-wait", action="store_true",
+                   help="also this tree with --wait-for-devices, run by run beside the others")
     p.add_argument("--port", type=int, default=6391, help="the joined Ray's port on 127.0.0.1")
     p.add_argument("--workers", type=int, default=2, help="processes generating the corpora")
     p.add_argument("--vocab", type=Path, help="GPT2-Chinese's vocab.txt (default: one of its shape, made up)")

@@ -87,7 +87,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             configure_logging=False,
             # Ray would also start an idle worker per CPU for the first driver; the device actors
             # start their own processes anyway, and on a 2-core host those idle ones took about a
-            # second of Ray's start (BENCHMARKS.md, "Eval sets of real size").
+            # second of Ray's start (BENCHMARKS.md, "`npueval run` on eval sets of real size").
             _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS,
                             "prestart_worker_first_driver": False},
         )
