@@ -15,8 +15,10 @@ window full) and each N evaluates N · `--blocks-per-device` blocks of `--block-
 run lasts about as long whatever N is. One Ray per configuration, `--repeat` runs against it;
 medians. Per row (docs/results.md for the results.json keys):
 
-- efficiency = samples/s ÷ (N · 1000 · B / device_ms); host overhead = (N · eval_s − Σ device_s)
-  / Σ device_s, from results.json and recomputed from per_device (the two must agree);
+- efficiency = samples/s ÷ (N · 1000 · B / device_ms), every device up before the first block
+  (`--wait-for-devices`: this sweep measures the dispatch, bench_eval_set.py the whole command);
+  host overhead = (N · eval_s − Σ device_s) / Σ device_s, from results.json and recomputed from
+  per_device (the two must agree);
 - steady-state efficiency (start-up stagger and tail left out), the spread of the devices' ends,
   when the last device got its first block;
 - the CPU of every process during eval_s from /proc (driver, actors, raylet+gcs, the rest), per
@@ -124,7 +126,8 @@ def one_run(data: Path, out: Path, n: int, nodes: int, args, device_ms: float, l
     started = time.perf_counter()
     results = run(RunConfig.from_flags(data=data, out=out, backend="simulated", devices=n, batch_size=args.batch_size,
                                        device_ms=device_ms, limit=limit, block_windows=args.block_windows, force=True,
-                                       max_retries=0, pipeline=pipeline, calls_at_once=calls_at_once),
+                                       max_retries=0, pipeline=pipeline, calls_at_once=calls_at_once,
+                                       wait_for_devices=True),  # the dispatch's scaling, not the actors' start
                   events=probe).results.to_json()
     ended = time.perf_counter()
     per = [d for d in results["per_device"] if d["batches"]]
