@@ -101,7 +101,7 @@ def connect(config: DeviceConfig) -> ray_cluster.RaySession:
 class Fleet:
     """`with Fleet(config, model, seq_len) as fleet:` one actor per device, starting.
 
-    Each actor answers `describe` once it is up (`ready_refs`, in actor order); `ready(k, info)`
+    Each actor answers `describe` once it is up (`ready_refs`, in actor order); `accept(k, ref)`
     checks and records an answer as it comes (the dispatcher hands a device work as soon as it
     has answered), and `described` waits for every answer. `seq_len`: the data's window length,
     which the model must take (None: whatever it takes)."""
@@ -151,7 +151,7 @@ class Fleet:
             with self.phases.timed("ray_stop"):
                 ray_cluster.disconnect(session)
 
-    def ready(self, k: int, info: DeviceInfo) -> None:
+    def _record(self, k: int, info: DeviceInfo) -> None:
         """Actor k has answered: record it, or end the run where its model does not fit the data or
         the devices already known."""
         shape = (info.batch_size, info.seq_len)
@@ -177,7 +177,7 @@ class Fleet:
         import ray
 
         if k not in self.answered:
-            self.ready(k, answer(k, ref, ray))
+            self._record(k, answer(k, ref, ray))
         return self.answered[k]
 
     @functools.cached_property
