@@ -89,6 +89,7 @@ class _Slot:
     may_abort: bool = False  # an error may end its process (infer_pipeline): deaths wait for the probe
     parked: list = field(default_factory=list)  # (block, rows) of a death, until the probe says why
     timed_out: bool = False  # killed here for a hung call: its death needs no other explanation
+    accepted: bool = True  # its answer has been checked (False from its start until it answers)
 
     @property
     def in_flight(self) -> int:
@@ -180,9 +181,10 @@ class Dispatcher:
         self._any_started = not starting  # whether a device has been up (without `starting`: all are)
         self._wait_for_all = wait_for_all  # no work until every device of `starting` has answered
         self._stranded_since: float | None = None
+        self._last_loss: str | None = None  # the last device left out, and why
         self._accept = accept
         for k, ref in enumerate(starting or ()):
-            self.slots[k].state = SlotState.STARTING
+            self.slots[k].state, self.slots[k].accepted = SlotState.STARTING, False
             self._starting[ref] = k
         self.max_retries, self.per_actor, self.block_timeout = max_retries, per_actor, block_timeout
         self.hold_s = first_round_hold(len(self.slots)) if hold_s is None else hold_s
@@ -237,7 +239,7 @@ class Dispatcher:
         """Fill the ready devices' calls, round by round so that every device gets a block before
         any gets a second; True while the first round's hold keeps the second one back."""
         holding = time.monotonic() < self._held_until
-        if self._wait_for_all and self._starting:
+        if self._wait_for_all and any(not s.accepted and s.state is not SlotState.DEAD for s in self.slots):
             return holding
         for depth in range(1, (1 if holding else self.per_actor) + 1):
             for k, slot in enumerate(self.slots):
@@ -271,15 +273,27 @@ class Dispatcher:
         if self._in_flight or ((self._probes or self._starting) and work_left):  # nor one still starting or
             return False                                                         # restarting, once all is done
         if work_left:
-            raise RunError(f"every device failed; {len(self._retry)} or more blocks were left unevaluated; "
+            raise RunError(f"every device failed (the last, {self._last_loss}); {len(self._retry)} or more blocks "
+                           "were left unevaluated; "
                            "the finished blocks are saved, continue with --resume")
         return True
 
     def _on_started(self, k: int, ref) -> None:
-        """Actor k is up: it takes work from now on, under the name its answer gives."""
-        info = self._accept(k, ref)
+        """Actor k is up: it takes work from now on, under the name its answer gives. One whose
+        process died while it started (an abort, its node lost) is probed like any dead device;
+        one whose backend raised ends the run with that error (`accept`)."""
+        slot = self.slots[k]
+        if _died_while_starting(ref):
+            log.warning("%s died while starting: waiting for Ray to restart it", slot.name)
+            slot.accepted = False
+            self._probe(k)
+            return
+        self._take_up(k, self._accept(k, ref))
+
+    def _take_up(self, k: int, info: DeviceInfo) -> None:
         slot = self.slots[k]
         slot.name, slot.may_abort, slot.state = info.name, info.ais_bench_api == "pipeline", SlotState.READY
+        slot.accepted = True
         self._any_started = True
 
     def _note_stranded(self) -> None:
@@ -400,6 +414,10 @@ class Dispatcher:
         except Exception as exc:
             self._leave_out(k, root_cause(exc))
             return
+        if not slot.accepted:  # it died while starting: this is its first answer
+            self._take_up(k, self._accept(k, ref))
+            log.info("%s is up (restarted by Ray)", slot.name)
+            return
         death = getattr(described, "previous_death", None)
         if death is not None and not slot.timed_out:  # a hung call killed here leaves its note too
             raise RunError(_died_inside(slot.name, death, slot.parked)) from None
@@ -411,6 +429,7 @@ class Dispatcher:
     def _leave_out(self, k: int, why: str) -> None:
         slot = self.slots[k]
         slot.state = SlotState.DEAD
+        self._last_loss = f"{slot.name}: {why}"
         self._retry.extend(slot.parked)
         slot.parked.clear()
         log.warning("%s is left out of the run: %s", slot.name, why)
@@ -424,6 +443,21 @@ def _died_inside(device: str, death: CallInProgress, parked: list) -> str:
             "process instead of raising, so its message is only in that node's Ray worker log; continue with "
             "--resume --no-pipeline, which runs the device batch by batch and reports the error; the finished "
             "blocks are saved")
+
+
+def _died_while_starting(ref) -> bool:
+    """Whether an actor's first describe() (done) failed because its process died or its node was
+    lost, rather than because its constructor or backend raised (that is the user's error)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        ray.get(ref, timeout=0)
+    except RayActorError as exc:
+        return not exc.actor_init_failed
+    except Exception:
+        return False
+    return False
 
 
 def _actor_died(exc: Exception) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from run_data import FAKES, build_tiny, prepare_data, simulated_reference
+from starting import SlowToAnswerOn
 
 from npueval.eval.driver.run import RunConfig, run
 
@@ -98,10 +99,11 @@ def test_ray_job_submit_runs_the_same_command(cluster, seed_data, tmp_path):
     assert (out / "results.json").is_file()
 
 
-def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_blocks: int) -> dict:
-    """A two-node Cluster (the head with HEAD_NPUS simulated NPUs, the other with 2); a run in a
-    thread; once AFTER_BLOCKS blocks are saved, the second node (its raylet and actors) goes.
-    Returns {"results": …} or {"error": …}."""
+def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_blocks: int,
+                        wait_for_devices: bool = True, worker_start_s: float = 0.0, device_ms: float = 150) -> dict:
+    """A two-node Cluster (the head with HEAD_NPUS simulated NPUs, the other with 2, whose devices
+    take WORKER_START_S to start); a run in a thread; once AFTER_BLOCKS blocks are saved, the second
+    node (its raylet and actors) goes. Returns {"results": …} or {"error": …}."""
     import threading
 
     from ray.cluster_utils import Cluster
@@ -111,13 +113,16 @@ def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_b
         "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1, resources={"NPU": 2}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    config = RunConfig.from_flags(data=data, out=out, backend="simulated", batch_size=8, block_windows=8, device_ms=150,
-                                  address=cluster.address, block_timeout=block_timeout)
+    config = RunConfig.from_flags(data=data, out=out, backend="simulated", batch_size=8, block_windows=8,
+                                  device_ms=device_ms,
+                                  address=cluster.address, block_timeout=block_timeout,
+                                  wait_for_devices=wait_for_devices)
+    factory = SlowToAnswerOn(worker.node_id, worker_start_s) if worker_start_s else None
     outcome: dict = {}
 
     def target():
         try:
-            outcome["results"] = run(config).results.to_json()
+            outcome["results"] = run(config, factory=factory).results.to_json()
         except Exception as exc:
             outcome["error"] = exc
 
@@ -137,11 +142,24 @@ def run_and_lose_a_node(data, out, head_npus: int, block_timeout: float, after_b
 
 
 def test_a_lost_node_has_its_blocks_redone_elsewhere(seed_data, tmp_path):
-    results = run_and_lose_a_node(seed_data, tmp_path / "out", head_npus=2, block_timeout=20, after_blocks=4)["results"]
+    outcome = run_and_lose_a_node(seed_data, tmp_path / "out", head_npus=2, block_timeout=20, after_blocks=4)
+    assert "results" in outcome, outcome
+    results = outcome["results"]
     nll_sum, tokens, _ = simulated_reference(seed_data)
     assert results["tokens"] == tokens and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
     assert results["retries"] >= 1 and len(results["per_device"]) == 4
     assert len({d["node"] for d in results["per_device"] if d["windows"]}) == 2  # both worked before the loss
+
+
+def test_a_node_lost_while_its_devices_start_leaves_the_run_to_the_others(seed_data, tmp_path):
+    outcome = run_and_lose_a_node(seed_data, tmp_path / "out", head_npus=2, block_timeout=20, after_blocks=2,
+                                  wait_for_devices=False, worker_start_s=120, device_ms=800)
+    assert "results" in outcome, outcome
+    results = outcome["results"]
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert results["tokens"] == tokens and results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+    assert results["devices_started"] == 4 and len(results["per_device"]) == 2
+    assert len({d["node"] for d in results["per_device"]}) == 1
 
 
 def test_losing_the_only_node_with_devices_ends_the_run_with_the_blocks_saved(seed_data, tmp_path):

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from ledger import LedgerFactory, read_ledger, row_hash
 from run_data import read_shards, simulated_reference
-from starting import CannotStart
+from starting import CannotStart, DiesOnceAtStart
 from terminal import run_on_a_terminal
 
 from npueval.core.errors import DatasetError, RunError, UserError
@@ -366,6 +366,17 @@ def test_force_deletes_nothing_when_no_device_comes_up(ray_npu4, seed_data, tmp_
     with pytest.raises(RunError, match="could not start: RuntimeError: the model does not load on this device"):
         run(simulated(seed_data, out, devices=2, limit=96, force=True), factory=CannotStart())
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_device_whose_process_dies_while_starting_is_restarted_and_works(ray_npu4, seed_data, tmp_path, caplog):
+    marker = tmp_path / "died"
+    results = run(simulated(seed_data, tmp_path / "out", devices=2, wait_for_devices=True),
+                  factory=DiesOnceAtStart(str(marker))).results.to_json()
+    nll_sum, tokens, _ = simulated_reference(seed_data)
+    assert marker.exists() and results["tokens"] == tokens
+    assert results["mean_ce"] == pytest.approx(nll_sum / tokens, rel=1e-12)
+    assert results["devices_started"] == 2 and all(d["windows"] for d in results["per_device"])
+    assert any("died while starting: waiting for Ray to restart it" in r.message for r in caplog.records)
 
 
 def test_a_request_for_more_devices_than_the_cluster_has_fails_at_once(ray_npu4, seed_data, tmp_path):
