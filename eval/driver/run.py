@@ -283,16 +283,19 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
             progress(windows, total, tokens)
 
     start = time.perf_counter()
+    interrupted = False
     try:
         dispatcher.run(prefetched, finished)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {len(plan.done) + len(fresh)} of {len(plan.blocks)} blocks are saved in "
-                          f"{config.out}; continue with --resume") from None
+        interrupted = True
     finally:
         saver.close()  # whatever ends the run, every finished block reaches the disk first
         start = dispatcher.first_sent or start  # eval_s: the first block sent to the last result
         eval_s = time.perf_counter() - start
         events.evaluation_ended(time.perf_counter())
+    if interrupted:  # counted on disk: Ctrl-C may land between a block's save and its count here
+        raise Interrupted(f"interrupted: {len(plan.done) + saver.saved} of {len(plan.blocks)} blocks are saved in "
+                          f"{config.out}; continue with --resume")
     if not begun:  # nothing was left to evaluate (--resume)
         begin()
     return Evaluated(fresh, start, eval_s, dispatcher.retries, dispatcher.timeouts)

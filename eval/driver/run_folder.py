@@ -190,13 +190,18 @@ class BackgroundSaver:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npueval-save",
                                         initializer=lower_this_thread)
         self._pending: list = []
+        self.saved = 0  # blocks on disk (final once `close` has returned)
 
     def save(self, result: BlockResult) -> None:
         failed = [f for f in self._pending if f.done() and f.exception() is not None]
         if failed:  # a full disk ends the run now, not after every device has finished
             raise failed[0].exception()
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._pool.submit(self.folder.save, result))
+        self._pending.append(self._pool.submit(self._save, result))
+
+    def _save(self, result: BlockResult) -> None:
+        self.folder.save(result)
+        self.saved += 1  # only the one saving thread counts
 
     def close(self) -> None:
         try:

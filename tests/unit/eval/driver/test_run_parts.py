@@ -18,7 +18,7 @@ from npueval.eval.data.dataset import ShardWriter
 from npueval.eval.data.windows import Windows
 from npueval.eval.driver.blocks import Block, BlockReader, fixed_blocks, read_index
 from npueval.eval.driver.results import collect
-from npueval.eval.driver.run_folder import RunFolder
+from npueval.eval.driver.run_folder import BackgroundSaver, RunFolder
 
 L = 8
 
@@ -102,6 +102,16 @@ def test_a_block_saved_without_its_device_wait_reads_back_with_none(tmp_path):
     loaded = folder.load(3)
     assert (loaded.device_wait_s, loaded.device_start, loaded.device_end) == (0.0, 0.0, 0.0)
     assert loaded.window_nll.tolist() == [1.0, 2.0]
+
+
+def test_the_background_saver_counts_what_reached_the_disk(tmp_path):
+    folder = RunFolder(tmp_path / "out")
+    folder.start({"model": "m"}, resume=False, force=False)
+    saver = BackgroundSaver(folder)
+    for k in range(5):
+        saver.save(block_result(k, [2 * k], [float(k)]))
+    saver.close()
+    assert saver.saved == 5 and folder.finished() == set(range(5))
 
 
 def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
