@@ -1,6 +1,9 @@
 """A real local Ray that npueval starts: loopback only, NPU resources, fail-fast requests."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +58,34 @@ def test_only_healthy_chips_are_made_visible():
              Device(2, 0, 3, "310P3", "Ascend310P3", "OK", 0, 1, "0000:02:00.0")]
     assert visible_devices(chips) == "1,3"
     assert visible_devices(chips, allow_unhealthy=True) == "0,1,3"
+
+
+STOP_SCRIPT = """
+import json
+from ray._private import node, worker
+from npueval.cluster.ray_cluster import connect, disconnect
+
+kills = []
+kill = node.Node._kill_process_impl
+def recorded(self, process_type, allow_graceful=False, **kw):
+    kills.append([process_type, allow_graceful])
+    return kill(self, process_type, allow_graceful=allow_graceful, **kw)
+node.Node._kill_process_impl = recorded
+
+session = connect()
+processes = {kind: [info.process for info in infos] for kind, infos in worker._global_node.all_processes.items()}
+disconnect(session)
+print(json.dumps({"kills": kills, "codes": {kind: [p.poll() for p in ps] for kind, ps in processes.items()}}))
+"""
+
+
+def test_a_local_ray_stops_with_its_autoscaler_monitor_killed_first():
+    """Ray's own shutdown stops the GCS first, then gives the monitor a second's grace, which it
+    spends trying to tell the gone GCS that it was terminated: npueval kills the monitor first."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", STOP_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stopped = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stopped["kills"][0] == ["monitor", False] and ["gcs_server", True] in stopped["kills"]
+    assert stopped["codes"]["monitor"] == [-9]
+    assert all(code is not None for kind in ("gcs_server", "raylet") for code in stopped["codes"][kind])
