@@ -1,6 +1,8 @@
-"""A GPT2-Chinese / Hugging Face checkpoint folder: checked, then loaded without running its code.
+"""A Hugging Face checkpoint folder (GPT2-Chinese, or a Llama, Qwen2 or Mistral family model):
+checked, then loaded without running its code.
 
-The folder holds config.json, vocab.txt (required: the data side checks its sha256 against
+The folder holds config.json (its `model_type` names the family: build/families.py), the model's
+tokenizer (GPT2-Chinese's vocab.txt, or tokenizer.json: the data side checks its sha256 against
 the model's) and weights as model.safetensors, sharded safetensors with
 model.safetensors.index.json, or pytorch_model.bin. A .bin is loaded with
 `torch.load(weights_only=True)`: a pickle that needs more than tensors is refused, and its
@@ -16,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.core.errors import CheckpointError, first_line, not_a_folder
+from npueval.core.tokenizer_file import VOCAB_TXT, TokenizerFile, find_tokenizer
 from npueval.core.vocab import Vocab, load_vocab
+
+from .families import GPT2, Family, check_shape, family_of
 
 log = logging.getLogger(__name__)
 
@@ -25,71 +30,91 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 #: transformers 2.x names (GPT2-Chinese's configs) → today's GPT2Config names.
 _OLD_CONFIG_KEYS = {"n_ctx": "n_positions"}
-#: Buffers old transformers saved with the weights; today's GPT2 makes them itself.
-_IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")
+#: Buffers old transformers saved with the weights; today's models make them themselves.
+_IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     folder: Path
-    config: dict = field(repr=False)  # GPT2Config keyword arguments
-    vocab: Vocab = field(repr=False)
+    family: Family
+    config: dict = field(repr=False)  # the family's config keyword arguments
+    tokenizer: TokenizerFile
     weight_files: tuple[Path, ...]
     weights_sha256: str  # over the weight files' bytes, in order
 
     @property
     def shape(self) -> str:
-        c = self.config
-        return f"{c['n_layer']} layers, {c['n_embd']} wide, {c['n_head']} heads, vocab {c['vocab_size']}"
+        return self.family.shape(self.config)
+
+    @property
+    def positions(self) -> int:
+        return int(self.config[self.family.positions])
+
+    @property
+    def vocab(self) -> Vocab:
+        """GPT2-Chinese's vocab.txt, for what needs its tokens (the bundled sample)."""
+        if self.tokenizer.kind != VOCAB_TXT:
+            raise CheckpointError(f"CHECKPOINT {self.folder}: its tokenizer is {self.tokenizer.path.name}, not a "
+                                  "vocab.txt")
+        return load_vocab(self.tokenizer.path, flag=None)
 
 
 def open_checkpoint(folder: str | Path) -> Checkpoint:
-    """Check the folder's files and read its config and vocab; loads no weights."""
+    """Check the folder's files and read its config and tokenizer; loads no weights."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(
             f"CHECKPOINT {folder}: {not_a_folder(folder)}; pass the folder with config.json and the weights")
-    vocab_path = folder / "vocab.txt"
-    if not vocab_path.is_file():
+    raw = _read_json(folder / "config.json")
+    family = family_of(raw, folder / "config.json")
+    if family is GPT2 and not (folder / VOCAB_TXT).is_file() and not (folder / "tokenizer.json").is_file():
         raise CheckpointError(
             f"CHECKPOINT {folder}: no vocab.txt; copy the model's vocab.txt (BERT-Chinese WordPiece) into the folder"
         )
-    vocab = load_vocab(vocab_path, flag=None)  # CHECKPOINT/vocab.txt: build has no --vocab
-    config = _read_config(folder / "config.json", vocab)
+    tokenizer = find_tokenizer(folder, prefer_vocab_txt=family is GPT2)
+    config = _config(family, raw, folder / "config.json", tokenizer)
     files = _weight_files(folder)
     digest = hashlib.sha256()
     for path in files:
         with open(path, "rb") as f:
             while block := f.read(1 << 22):
                 digest.update(block)
-    return Checkpoint(folder, config, vocab, files, digest.hexdigest())
+    return Checkpoint(folder, family, config, tokenizer, files, digest.hexdigest())
 
 
-def _read_config(path: Path, vocab: Vocab) -> dict:
+def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file; a GPT-2 checkpoint needs its config.json")
+        raise CheckpointError(f"{path}: no such file; a checkpoint needs its config.json")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc}); restore the checkpoint's config.json") from None
-    config = {_OLD_CONFIG_KEYS.get(k, k): v for k, v in raw.items() if k not in ("architectures", "model_type")}
-    if "n_ctx" in raw and "n_positions" in raw:
-        config["n_positions"] = raw["n_positions"]
-    for key in ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"):
-        if not isinstance(config.get(key), int) or config[key] < 1:
-            raise CheckpointError(f"{path}: {key!r} is missing or not a positive integer; it must describe a GPT-2")
-    if config["n_embd"] % config["n_head"]:
-        raise CheckpointError(f"{path}: n_embd {config['n_embd']} is not a multiple of n_head {config['n_head']}")
-    if config["vocab_size"] < vocab.size:
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a model config (a JSON object); restore the checkpoint's config.json")
+    return raw
+
+
+def _config(family: Family, raw: dict, path: Path, tokenizer: TokenizerFile) -> dict:
+    if family is GPT2:
+        config = {_OLD_CONFIG_KEYS.get(k, k): v for k, v in raw.items() if k not in ("architectures", "model_type")}
+        if "n_ctx" in raw and "n_positions" in raw:
+            config["n_positions"] = raw["n_positions"]
+    else:
+        config = {k: v for k, v in raw.items() if k not in ("architectures", "model_type", "auto_map")}
+    check_shape(family, config, path)
+    if config["vocab_size"] < tokenizer.size:
         raise CheckpointError(
-            f"{path}: vocab_size {config['vocab_size']} is smaller than vocab.txt's {vocab.size} tokens; "
-            "the config and vocab.txt belong to different models"
+            f"{path}: vocab_size {config['vocab_size']} is smaller than {tokenizer.path.name}'s {tokenizer.size} "
+            f"tokens; the config and {tokenizer.path.name} belong to different models"
         )
-    # GPT2Config's default bos/eos (50256) lie outside a BERT-Chinese vocabulary; generation is
-    # not our business, so point them at [CLS] / [SEP] unless the config says otherwise.
-    for key, token_id in (("bos_token_id", vocab.cls_id), ("eos_token_id", vocab.sep_id)):
-        if not isinstance(config.get(key), int) or not 0 <= config[key] < config["vocab_size"]:
-            config[key] = token_id
+    if family is GPT2 and tokenizer.kind == VOCAB_TXT:
+        # GPT2Config's default bos/eos (50256) lie outside a BERT-Chinese vocabulary; generation is
+        # not our business, so point them at [CLS] / [SEP] unless the config says otherwise.
+        vocab = load_vocab(tokenizer.path, flag=None)
+        for key, token_id in (("bos_token_id", vocab.cls_id), ("eos_token_id", vocab.sep_id)):
+            if not isinstance(config.get(key), int) or not 0 <= config[key] < config["vocab_size"]:
+                config[key] = token_id
     return config
 
 
@@ -150,16 +175,18 @@ def load_state_dict(ckpt: Checkpoint) -> dict:
 
 
 def load_model(ckpt: Checkpoint):
-    """GPT2LMHeadModel in float32, eval mode, with the checkpoint's weights checked against its config."""
+    """The family's causal LM in float32, eval mode, with the checkpoint's weights checked against its config."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    import transformers
 
-    # Eager attention: its graph has the explicit QK^T, scale, mask and softmax of the port's
-    # export, which the NPU graph passes rewrite (SDPA would also need opset 14).
-    model = GPT2LMHeadModel(GPT2Config(**ckpt.config, attn_implementation="eager")).float().eval()
-    state = {_model_key(k): v for k, v in load_state_dict(ckpt).items() if not k.endswith(_IGNORED_BUFFERS)}
+    family = ckpt.family
+    config_class, model_class = getattr(transformers, family.config_class), getattr(transformers, family.model_class)
+    # Eager attention: GPT-2's graph then has the explicit QK^T, scale, mask and softmax of the
+    # port's export, which the NPU graph passes rewrite (SDPA would also need opset 14).
+    model = model_class(config_class(**ckpt.config, attn_implementation="eager")).float().eval()
+    state = {_model_key(family, k): v for k, v in load_state_dict(ckpt).items() if not k.endswith(_IGNORED_BUFFERS)}
     expected = model.state_dict()
-    tied = {"lm_head.weight"}  # tied to transformer.wte.weight
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     missing = sorted(set(expected) - set(state) - tied)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -176,10 +203,12 @@ def load_model(ckpt: Checkpoint):
             )
     with torch.no_grad():
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    log.info("loaded %s (%s) from %s", "GPT-2", ckpt.shape, ckpt.folder)
+    log.info("loaded %s from %s", ckpt.shape, ckpt.folder)
     return model
 
 
-def _model_key(key: str) -> str:
+def _model_key(family: Family, key: str) -> str:
     """GPT2Model checkpoints lack the "transformer." prefix of GPT2LMHeadModel's keys."""
+    if family is not GPT2:
+        return key
     return key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"

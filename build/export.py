@@ -1,6 +1,6 @@
-"""Stage 1: the PyTorch model → ONNX with a dynamic batch axis (the port's pth2onnx.py).
+"""Stage 1: the PyTorch model → ONNX (the port's pth2onnx.py).
 
-The exported graph is the port's: TorchScript exporter at opset 13, outputs `logits` and one
+For GPT-2, the exported graph is the port's: TorchScript exporter at opset 13, outputs `logits` and one
 `present.{i}` (key and value) per layer, and GPT2-Chinese's attention as transformers 2.x
 wrote it, `w = q·kᵀ / √d; w = w·b − 1e4·(1 − b)` with b the causal mask, instead of
 transformers 5's added mask. That is what the port's opt_onnx_update.py edits, so the NPU
@@ -8,6 +8,7 @@ passes of stage 3 each find their pattern once per layer. The numbers are the sa
 checks the export against transformers' own eager attention. transformers 5 needs an
 explicit all-ones attention mask for this exporter (docs/design.md, "Building a model"), so the model is wrapped;
 without padding (npueval never pads inside a window's context) the causal mask is all there is.
+The other families (build/families.py) are exported at the build's static (B, L), logits only.
 """
 
 from __future__ import annotations
@@ -77,14 +78,24 @@ def logits_module(model, presents: bool = False):
     return Wrapped(model).eval()
 
 
-def export_onnx(model, path: Path, seq_len: int) -> dict:
-    """Write the ONNX file; returns what the build manifest records about it."""
+def export_onnx(model, path: Path, seq_len: int, port: bool = True, batch_size: int = 2) -> dict:
+    """Write the ONNX file; returns what the build manifest records about it. `port`: GPT2-Chinese's
+    export (the port's attention, key/value outputs, a dynamic batch axis); otherwise the model's
+    logits alone at the static (batch_size, seq_len), with transformers' eager attention."""
     import torch
 
-    module = logits_module(model, presents=True)
-    presents = [f"present.{i}" for i in range(model.config.n_layer)]
-    example = torch.zeros((2, seq_len), dtype=torch.int64)
-    with warnings.catch_warnings(), _port_attention_in(model):
+    if port:
+        module = logits_module(model, presents=True)
+        outputs = [LOGITS, *(f"present.{i}" for i in range(model.config.n_layer))]
+        example = torch.zeros((2, seq_len), dtype=torch.int64)
+        dynamic_axes = {INPUT: {0: "batch"}, LOGITS: {0: "batch"}, **{p: {1: "batch"} for p in outputs[1:]}}
+        attention, patched = ATTENTION, _port_attention_in(model)
+    else:
+        module, outputs = logits_module(model), [LOGITS]
+        example = torch.zeros((batch_size, seq_len), dtype=torch.int64)
+        dynamic_axes = None
+        attention, patched = f"transformers eager ({model.config.model_type})", contextlib.nullcontext()
+    with warnings.catch_warnings(), patched:
         warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
         torch.onnx.export(
             module,
@@ -93,12 +104,12 @@ def export_onnx(model, path: Path, seq_len: int) -> dict:
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT],
-            output_names=[LOGITS, *presents],
-            dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"}, **{p: {1: "batch"} for p in presents}},
+            output_names=outputs,
+            dynamic_axes=dynamic_axes,
         )
     log.info("exported %s", path)
-    return {"file": path.name, "opset": OPSET, "exporter": EXPORTER, "attention": ATTENTION,
-            "outputs": [LOGITS, *presents], "ops": op_histogram(path)}
+    return {"file": path.name, "opset": OPSET, "exporter": EXPORTER, "attention": attention,
+            "outputs": outputs, "ops": op_histogram(path)}
 
 
 def op_histogram(path: Path) -> dict[str, int]:

@@ -34,7 +34,7 @@ class BuildManifest:
     format_version: int
     checkpoint: str  # the checkpoint folder, absolute
     weights_sha256: str
-    vocab_sha256: str
+    vocab_sha256: str  # of the model's tokenizer file (vocab.txt or tokenizer.json)
     config: dict  # the checkpoint's config.json, as loaded
     batch_size: int
     seq_len: int
@@ -49,6 +49,8 @@ class BuildManifest:
     tolerance_loosened: bool
     stages: dict
     atc: dict
+    family: str = "gpt2"  # config.json's model_type (build/families.py)
+    tokenizer: str = "vocab.txt"  # the tokenizer file in the build folder, whose sha256 is vocab_sha256
 
     @property
     def vocab_size(self) -> int:

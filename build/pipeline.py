@@ -1,5 +1,8 @@
 """`npueval build`: checkpoint → verified ONNX → NPU graph with the loss inside → OM.
 
+The checkpoint is GPT2-Chinese or a Llama, Qwen2 or Mistral family model (build/families.py);
+its tokenizer file is copied into DIR and its sha256 recorded.
+
 Stages (each writes its file into DIR and an entry into DIR/manifest.json):
 1 export, 2 simplify, 3 NPU graph passes, 4 loss head (or the logits kept), 5 verification
 after every stage, 6 ATC (or atc.sh without CANN), 7 the manifest, which `npueval run`
@@ -10,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.core.errors import UserError
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
+from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
 from . import atc
-from .checkpoint import load_model, open_checkpoint
+from .checkpoint import Checkpoint, load_model, open_checkpoint
 from .export import export_onnx, op_histogram
 from .loss_head import KEEP_FP32_NODES, add_loss_head
 from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec
@@ -62,8 +67,8 @@ class BuildResult:
 
 def build(config: BuildConfig) -> BuildResult:
     ckpt = open_checkpoint(config.checkpoint)
-    if config.seq_len > ckpt.config["n_positions"]:
-        raise UserError(f"--seq-len {config.seq_len}: the model has only {ckpt.config['n_positions']} positions")
+    if config.seq_len > ckpt.positions:
+        raise UserError(f"--seq-len {config.seq_len}: the model has only {ckpt.positions} positions")
     out = config.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder")
@@ -81,9 +86,11 @@ def build(config: BuildConfig) -> BuildResult:
         log.info("stage %s: %s, rel err %.2g", name, info["file"], info["verify"]["rel_err"])
         return info
 
-    export = export_onnx(model, out / "1-export.onnx", config.seq_len)
+    port = ckpt.family.port_export
+    export = export_onnx(model, out / "1-export.onnx", config.seq_len, port=port, batch_size=config.batch_size)
     verified("export", export)
-    verified("simplify", simplify(out / "1-export.onnx", out / "2-simplified.onnx", config.batch_size, config.seq_len))
+    verified("simplify", simplify(out / "1-export.onnx", out / "2-simplified.onnx", config.batch_size, config.seq_len,
+                                  slice_free=port))
     verified("passes", _passes(out / "2-simplified.onnx", out / "3-npu.onnx"))
     if config.output == "nll":
         final = verified("loss_head", add_loss_head(out / "3-npu.onnx", out / "model.onnx"))["file"]
@@ -97,12 +104,13 @@ def build(config: BuildConfig) -> BuildResult:
     output_shape = [config.batch_size, config.seq_len] + ([] if config.output == "nll" else [ckpt.config["vocab_size"]])
     keep_dtype = atc.write_inputs(out, KEEP_FP32_NODES if config.output == "nll" else ())
     om, atc_info = _compile(out, final, inputs, keep_dtype, config.soc)
+    tokenizer = _copy_tokenizer(ckpt, out)
 
     manifest = BuildManifest(
         format_version=FORMAT_VERSION,
         checkpoint=str(ckpt.folder.resolve()),
         weights_sha256=ckpt.weights_sha256,
-        vocab_sha256=ckpt.vocab.sha256,
+        vocab_sha256=ckpt.tokenizer.sha256,
         config=ckpt.config,
         batch_size=config.batch_size,
         seq_len=config.seq_len,
@@ -117,9 +125,22 @@ def build(config: BuildConfig) -> BuildResult:
         tolerance_loosened=config.tolerance > DEFAULT_TOLERANCE,
         stages=stages,
         atc=atc_info,
+        family=ckpt.family.model_type,
+        tokenizer=tokenizer,
     )
     manifest.write(out)
     return BuildResult(out, manifest, om)
+
+
+def _copy_tokenizer(ckpt: Checkpoint, out: Path) -> str:
+    """The model's tokenizer file (and tokenizer_config.json beside a tokenizer.json) into the build
+    folder, so that `npueval prepare --tokenizer DIR` tokenizes with what the model was built with."""
+    names = [ckpt.tokenizer.path.name]
+    if ckpt.tokenizer.kind == TOKENIZER_JSON and (ckpt.folder / TOKENIZER_CONFIG).is_file():
+        names.append(TOKENIZER_CONFIG)
+    for name in names:
+        shutil.copyfile(ckpt.folder / name, out / name)
+    return ckpt.tokenizer.path.name
 
 
 def _passes(src: Path, dst: Path) -> dict:

@@ -158,12 +158,14 @@ def _add_build(sub) -> None:
     p = sub.add_parser(
         "build",
         help="checkpoint → verified ONNX → NPU graph with the loss inside → OM (ATC)",
-        description="Export a GPT2-Chinese checkpoint to ONNX, simplify it at a static shape, apply the NPU "
+        description="Export a GPT2-Chinese, Llama, Qwen2 or Mistral checkpoint to ONNX, simplify it at a static "
+        "shape, apply the NPU "
         "graph passes, put the cross-entropy into the graph, verify every stage against PyTorch, and "
         "compile it with ATC (or write DIR/atc.sh where there is no CANN).",
     )
     _add_verbosity(p, default=argparse.SUPPRESS)
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="folder with config.json, vocab.txt and the weights")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="folder with config.json, the weights and the tokenizer "
+                   "(GPT2-Chinese's vocab.txt, or tokenizer.json)")
     p.add_argument("--out", required=True, help="folder for the stages' files, the OM and manifest.json")
     p.add_argument("--batch-size", type=int, default=4, help="static batch of the compiled model (default 4)")
     p.add_argument("--seq-len", type=int, default=512, help="static sequence length (default 512)")
@@ -183,7 +185,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     result = build(config)
     m = result.manifest
     worst = max(stage["verify"]["rel_err"] for stage in m.stages.values())
-    print(f"{m.onnx}: {m.output} output, batch {m.batch_size} × {m.seq_len}, opset {m.opset}, "
+    print(f"{m.onnx} ({m.family}): {m.output} output, batch {m.batch_size} × {m.seq_len}, opset {m.opset}, "
           f"largest relative error {worst:.2g} against PyTorch → {result.out}")
     if result.om is None:
         print(f"No CANN here: compile on an NPU host with {result.out / 'atc.sh'}")

@@ -58,3 +58,64 @@ def make_checkpoint(folder: Path, weights: str = "safetensors", old_config: bool
     else:
         raise ValueError(weights)
     return folder
+
+
+#: Tiny shapes of the other families: grouped-query attention (4 heads, 2 key/value heads).
+TINY_HF = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "max_position_embeddings": 128}
+_CONFIGS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig"}
+_MODELS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+_TRAINING_TEXT = ("数据并行的评测在每一块芯片上运行同一个模型。The tokenizer travels with the model; "
+                  "every token of the stream is scored once, in order. 北京是中国的首都，上海是最大的城市。") * 4
+
+
+def write_tokenizer_json(folder: Path, vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer.json trained here on a few sentences, with <s> and </s> as BOS and
+    EOS in tokenizer_config.json, as Llama-family checkpoints carry them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([_TRAINING_TEXT], trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return folder / "tokenizer.json"
+
+
+def tiny_hf_model(family: str, vocab_size: int, seed: int = 0, tie: bool = False, **shape):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = getattr(transformers, _CONFIGS[family])(vocab_size=vocab_size, tie_word_embeddings=tie, bos_token_id=1,
+                                                     eos_token_id=2, attn_implementation="eager",
+                                                     **{**TINY_HF, **shape})
+    model = getattr(transformers, _MODELS[family])(config).eval()
+    with torch.no_grad():  # RMSNorm weights start at 1: random ones exercise them
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def make_hf_checkpoint(folder: Path, family: str, seed: int = 0, tie: bool = False, **shape) -> Path:
+    """A Hugging Face checkpoint folder of FAMILY (llama, qwen2, mistral): config.json with its
+    model_type, model.safetensors (no lm_head.weight when `tie`), tokenizer.json and
+    tokenizer_config.json. The config's vocab is the tokenizer's rounded up to 64, as Qwen2's is."""
+    from safetensors.torch import save_file
+
+    write_tokenizer_json(folder)
+    from tokenizers import Tokenizer
+
+    size = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    model = tiny_hf_model(family, -(-size // 64) * 64, seed, tie, **shape)
+    config = {**model.config.to_dict(), "architectures": [_MODELS[family]]}
+    config.pop("attn_implementation", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tie and k == "lm_head.weight")}
+    save_file(state, folder / "model.safetensors")
+    return folder

@@ -195,7 +195,7 @@ def test_a_full_vocabulary_model_goes_through_all_stages(tmp_path, fake_cann):
 @pytest.mark.parametrize("breakage, culprit", [
     ("no-weights", "no weights; expected model.safetensors"),
     ("no-vocab", "no vocab.txt"),
-    ("mismatch", "config.json (3 layers"),
+    ("mismatch", "config.json (gpt2, 3 layers"),
     ("pickle", "pytorch_model.bin: refused"),
 ])
 def test_bad_checkpoints_exit_2_with_one_line(tmp_path, breakage, culprit):

@@ -208,7 +208,7 @@ CASES = {
         "CHECKPOINT {tmp}/a-file: a file, not a folder", "pass the folder with config.json and the weights"),
     "build: a checkpoint without config.json": (
         checkpoint(lambda c: (c / "config.json").unlink()), ["build", "{tmp}/ckpt", "--out", "{tmp}/out"],
-        "{tmp}/ckpt/config.json: no such file", "a GPT-2 checkpoint needs its config.json"),
+        "{tmp}/ckpt/config.json: no such file", "a checkpoint needs its config.json"),
     "build: a config.json that is not JSON": (
         checkpoint(lambda c: (c / "config.json").write_text("{n_layer: 2")), ["build", "{tmp}/ckpt", "--out",
                                                                               "{tmp}/out"],
