@@ -62,7 +62,7 @@ def test_install_exposes_only_the_npueval_namespace(source, tmp_path, editable):
         sample = site / "npueval" / "eval" / "sample" / "model"
         assert sorted(p.name for p in (sample / "checkpoint").iterdir()) == ["config.json", "model.safetensors",
                                                                              "vocab.txt"]
-        assert sorted(p.name for p in (sample / "onnx").iterdir()) == ["manifest.json", "model.onnx"]
+        assert sorted(p.name for p in (sample / "onnx").iterdir()) == ["manifest.json", "model.onnx", "vocab.txt"]
     for name in PACKAGES:
         found = py(python, f"import importlib.util as u; s = u.find_spec({name!r}); print(s.origin if s else None)",
                    elsewhere)
