@@ -40,6 +40,20 @@ def test_each_npu_actor_sees_its_own_device(session):
         ray.kill(a)
 
 
+def test_the_device_actors_run_at_the_drivers_priority(session):
+    """Ray starts its workers at nice 15; a Ray npueval starts, at 0 (the workers are the devices)."""
+    import ray
+
+    @ray.remote(resources={"NPU": 1}, num_cpus=0)
+    class Probe:
+        def nice(self):
+            return os.nice(0)
+
+    actor = Probe.remote()
+    assert ray.get(actor.nice.remote()) == os.nice(0) == 0
+    ray.kill(actor)
+
+
 def test_a_request_the_cluster_cannot_meet_fails_at_once(session):
     assert session.resources["NPU"] == 4
     require(session.resources, {"NPU": 4})
