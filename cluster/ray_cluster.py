@@ -87,14 +87,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
             configure_logging=False,
             # Ray would also start an idle worker per CPU for the first driver; the device actors
             # start their own processes anyway, and on a 2-core host those idle ones took about a
-            # second of Ray's start. Ray also starts its workers at nice 15, below its own
-            # processes; here the workers are the devices, and on two cores the first one took
-            # 1.8 s to come up behind the driver's shard check and Ray's agents, 0.9 s at nice 0,
-            # with the same steady state (BENCHMARKS.md, "`npueval run` on eval sets of real size").
+            # second of Ray's start (BENCHMARKS.md, "`npueval run` on eval sets of real size").
             _system_config={"free_objects_period_milliseconds": FREE_OBJECTS_PERIOD_MS,
-                            "prestart_worker_first_driver": False, "worker_niceness": 0},
+                            "prestart_worker_first_driver": False, **_worker_niceness(simulated_npus, devices)},
         )
     return RaySession("local", True, dict(ray.cluster_resources()))
+
+
+def _worker_niceness(simulated_npus: int | None, devices: list[Device] | None) -> dict:
+    """Ray starts its workers at nice 15, below its own processes. Where the workers drive NPUs
+    (or stand in for them) they are the devices, and they wait on the chip rather than compute:
+    at 15, on two cores, the first one took 1.8 s to come up behind the driver's shard check and
+    Ray's agents, 0.7–0.9 s at 0, with the same steady state. CPU workers (the onnx backend)
+    compute on the host and keep Ray's 15, so that the driver stays ahead of them (BENCHMARKS.md,
+    "`npueval run` on eval sets of real size")."""
+    return {"worker_niceness": 0} if simulated_npus or devices else {}
 
 
 @contextmanager

@@ -4,8 +4,8 @@ The driver shares its host with Ray and the device actors (at 32 simulated devic
 cores). CPU these threads take while an actor is waiting to start its device is device time
 lost: at the start of a run, reading the next round of blocks delayed the last device's first
 block from 0.37 s to 0.55–0.70 s (BENCHMARKS.md, "`npueval run` scaling"). So they run at the lowest
-scheduling priority, below the dispatch loop and below the actors (nice 0 in a Ray npueval starts,
-15 in one `ray start` started): when the CPU is free they run at full speed, when it is contended
+scheduling priority, below the dispatch loop and below the actors (nice 0 for NPU and simulated devices
+in a Ray npueval starts, Ray's 15 otherwise): when the CPU is free they run at full speed, when it is contended
 they go last. Linux
 applies a nice value per thread; elsewhere the priority is left as it is (it changes no result,
 only who waits).
