@@ -12,6 +12,7 @@ Run from the repository root, in the project's virtual environment (the `build` 
 
     python benchmarks/bench_loss_head.py --shape tiny
     python benchmarks/bench_loss_head.py --shape full --repeat 3     # GPT2-Chinese: 12 × 768, vocab 21128
+    python benchmarks/bench_loss_head.py --shape vocab-150k --batches 8   # Qwen2's vocabulary, ~10 GB of RAM
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import numpy as np
 SHAPES = {
     "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 21128},
     "full": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 21128},
+    # Qwen2's vocabulary (151,936) on the tiny body: the head's cost grows with the vocabulary alone.
+    "vocab-150k": {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 151936},
 }
 SEQ_LEN = 512
 PORT_SAMPLES_PER_S_B8 = 189.0  # the port's readme, 310P3, batch 8
