@@ -285,7 +285,6 @@ class Dispatcher:
         slot = self.slots[k]
         if _died_while_starting(ref):
             log.warning("%s died while starting: waiting for Ray to restart it", slot.name)
-            slot.accepted = False
             self._probe(k)
             return
         self._take_up(k, self._accept(k, ref))

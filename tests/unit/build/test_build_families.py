@@ -68,19 +68,23 @@ def test_every_stage_of_the_build_matches_pytorch(tmp_path, family, tie, monkeyp
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["family"] == family
 
 
-def test_a_family_npueval_does_not_build_is_named(tmp_path):
+def llama_with(tmp_path, **change):
+    """A tiny Llama checkpoint whose config.json has CHANGE applied."""
     folder = make_hf_checkpoint(tmp_path / "m", "llama")
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    return folder
+
+
+def test_a_family_npueval_does_not_build_is_named(tmp_path):
+    folder = llama_with(tmp_path, model_type="falcon")
     with pytest.raises(CheckpointError, match=r"model_type 'falcon' is not a family npueval builds; it builds "
                                               r"gpt2, llama, qwen2, mistral"):
         open_checkpoint(folder)
 
 
 def test_key_value_heads_that_do_not_divide_the_heads(tmp_path):
-    folder = make_hf_checkpoint(tmp_path / "m", "llama")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 3}))
+    folder = llama_with(tmp_path, num_key_value_heads=3)
     with pytest.raises(CheckpointError, match=r"num_key_value_heads 3 does not divide num_attention_heads 4"):
         open_checkpoint(folder)
 
@@ -93,9 +97,7 @@ def test_a_folder_without_a_tokenizer(tmp_path):
 
 
 def test_a_tokenizer_larger_than_the_config(tmp_path):
-    folder = make_hf_checkpoint(tmp_path / "m", "llama")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 10}))
+    folder = llama_with(tmp_path, vocab_size=10)
     with pytest.raises(CheckpointError, match=r"vocab_size 10 is smaller than tokenizer.json's \d+ tokens"):
         open_checkpoint(folder)
 
