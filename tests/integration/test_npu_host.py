@@ -59,7 +59,8 @@ def npueval_run(tmp_path: Path, model: Path, data: Path, *flags: str, **env_extr
                FAKE_AIS_BENCH_RECORD=str(record), **env_extra)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "npueval.eval", "run", "--model", str(model), "--data", str(data),
-                           "--out", str(out), "--block-windows", "16", *flags],
+                           # Every chip up before any work: these tests assert which chips ran.
+                           "--out", str(out), "--block-windows", "16", "--wait-for-devices", *flags],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
@@ -77,7 +78,7 @@ def devices(results: dict) -> list[str]:
 
 
 def test_every_chip_ray_finds_runs_the_om_and_gives_the_onnx_numbers(model, data, onnx_mean_ce, tmp_path):
-    _done, results, sessions = npueval_run(tmp_path, model, data, "--wait-for-devices")
+    _done, results, sessions = npueval_run(tmp_path, model, data)
     assert results["backend"] == "om" and results["fallback"] is None and results["ais_bench_api"] == "pipeline"
     assert devices(results) == ["npu:0", "npu:1", "npu:2", "npu:3"]
     assert all(d["ais_bench_api"] == "pipeline" and d["windows"] > 0 for d in results["per_device"])
