@@ -16,28 +16,40 @@ log = logging.getLogger("npueval")
 def _add_prepare(sub) -> None:
     p = sub.add_parser(
         "prepare",
-        help="wiki_zh corpus → tokenized windows in Parquet shards",
-        description="Turn a wiki_zh_2019 corpus (AA/wiki_00 … JSON lines) into tokenized "
-        "windows in Parquet shards plus manifest.json, as the ModelZoo GPT2 port does.",
+        help="corpus → tokenized windows in Parquet shards",
+        description="Tokenize a corpus (wiki_zh, JSONL, plain text or Parquet) with the model's tokenizer into "
+        "windows in Parquet shards plus manifest.json: GPT2-Chinese's vocab.txt as the ModelZoo GPT2 port does, "
+        "a tokenizer.json as one stream of BOS text EOS per document.",
     )
     _add_verbosity(p, default=argparse.SUPPRESS)
-    p.add_argument("corpus_dir", metavar="CORPUS_DIR", help="the wiki_zh folder (AA/, AB/, …)")
-    p.add_argument("--vocab", required=True, help="the checkpoint's vocab.txt (BERT-Chinese WordPiece)")
+    p.add_argument("corpus_dir", metavar="CORPUS", help="a corpus folder (wiki_zh's AA/, AB/, …, or .jsonl, .txt, "
+                   ".parquet files at any depth) or one file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tokenizer", metavar="MODEL", help="the model's checkpoint or build folder (its "
+                       "tokenizer.json and tokenizer_config.json, or GPT2-Chinese's vocab.txt), or the file")
+    which.add_argument("--vocab", help="GPT2-Chinese's vocab.txt (BERT-Chinese WordPiece): the port's tokenizer")
     p.add_argument("--out", required=True, help="folder for the shards and manifest.json")
-    p.add_argument("--mode", choices=("seed", "sliding"), default="seed",
-                   help="seed: the port's windows (default); sliding: every token scored once")
-    p.add_argument("--files", choices=("first", "all"), default="first",
-                   help="first file of each subfolder, as the port (default), or all files")
+    p.add_argument("--format", choices=("auto", "wiki_zh", "jsonl", "text", "parquet"), default="auto",
+                   help="how to read CORPUS (default auto: by the files' suffixes, or the wiki_zh layout)")
+    p.add_argument("--text-field", default="text",
+                   help="the JSON field (jsonl, wiki_zh) or Parquet column that holds the text (default text)")
+    p.add_argument("--mode", choices=("seed", "sliding"), default=None,
+                   help="seed: the port's windows (default with vocab.txt); sliding: every token scored once "
+                   "(default with a tokenizer.json)")
+    p.add_argument("--files", choices=("first", "all"), default=None,
+                   help="wiki_zh: the first file of each subfolder, as the port (default), or all files")
     p.add_argument("--n-ctx", type=int, default=512, help="window length L (default 512)")
     p.add_argument("--stride", type=int, default=None,
                    help="window start step (default: 768 in seed mode, n_ctx/2 in sliding mode)")
-    p.add_argument("--num-pieces", type=int, default=100, help="the port's pieces (default 100)")
-    p.add_argument("--min-length", type=int, default=128,
-                   help="drop articles of at most this many characters (default 128)")
+    p.add_argument("--num-pieces", type=int, default=None,
+                   help="the port's pieces, each its own stream (default 100 with vocab.txt, else 1)")
+    p.add_argument("--min-length", type=int, default=None,
+                   help="drop documents of at most this many characters (default 128 with vocab.txt, as the "
+                   "port; else 0)")
     p.add_argument("--shuffle", action="store_true", help="the port's seeded shuffle of each piece (seed mode)")
     p.add_argument("--rows-per-shard", type=int, default=4096, help="windows per Parquet shard (default 4096)")
     p.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip and count malformed lines instead of stopping at the first")
+                   help="skip and count malformed documents instead of stopping at the first")
     p.add_argument("--force", action="store_true", help="replace an --out folder that holds something else")
     p.add_argument("--workers", type=int, default=None,
                    help="processes that parse and tokenize (default: one per CPU; 0: this process only)")
@@ -50,7 +62,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     config = PrepareConfig(
         corpus_dir=args.corpus_dir,
         vocab=args.vocab,
+        tokenizer=args.tokenizer,
         out=args.out,
+        format=args.format,
+        text_field=args.text_field,
         mode=args.mode,
         files=args.files,
         n_ctx=args.n_ctx,
@@ -71,8 +86,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     print(
         f"{m.windows} windows, {m.scored_tokens} scored tokens "
         f"({m.mode}, n_ctx {m.n_ctx}, stride {m.inputs.stride}); "
-        f"articles kept {m.articles_kept} of {m.articles_total}"
+        f"{m.inputs.corpus_format} ({result.format_chosen_because}), "
+        f"{'articles' if m.inputs.corpus_format == 'wiki_zh' else 'documents'} kept {m.articles_kept} of "
+        f"{m.articles_total}"
         + (f", {m.bad_lines} bad lines skipped" if m.bad_lines else "")
+        + (f", {m.scored_bytes} bytes of text scored" if m.scored_bytes is not None else "")
         + f" → {result.out}"
     )
     return EXIT_OK

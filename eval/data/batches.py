@@ -1,82 +1,90 @@
-"""Ranges of corpus lines → framed token streams, on every core.
+"""Chunks of a corpus → framed token streams, on every core.
 
-The driver of `prepare` cuts the files into ranges of about a megabyte and keeps everything
-that depends on order (pieces, windows, shards). What each line becomes on its own (JSON
-parsing, [SEP] for newlines, the length filter, tokenizing, [MASK] … [CLS] framing:
-the port's protocol, docs/design.md, steps 2, 3, 5, 6, 7) happens here, in worker processes that read their
-range from the file themselves, and comes back in order.
+The driver of `prepare` cuts the files into chunks of about a megabyte (documents.py) and keeps
+everything that depends on order (pieces, windows, shards). What each document becomes on its own
+(its text read and checked, the length filter, tokenizing and framing: framing.py; for
+GPT2-Chinese the port's protocol, docs/design.md, steps 2, 3, 5, 6, 7) happens here, in worker
+processes that read their chunk from the file themselves, and comes back in order.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .corpus import LineRange, parse_text, read_lines
+from .documents import Chunk, read_documents
+from .model_tokenizer import ModelTokenizer
 
 KEPT, SHORT, BAD = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class FramedBatch:
-    lines: int  # physical lines in the range, blank ones included
-    status: np.ndarray  # int8, one per non-blank line (article): KEPT, SHORT (dropped by --min-length) or BAD
-    problems: dict[int, tuple[int, str]]  # article position → (its physical line in the range, from 0; what is wrong)
-    framed: np.ndarray  # int32: [MASK] ids [CLS] of each kept line, end to end
-    bounds: np.ndarray  # int64, kept + 1: kept line k is framed[bounds[k]:bounds[k + 1]]
+    lines: int  # physical lines (Parquet: rows) in the chunk, blank ones included
+    status: np.ndarray  # int8, one per document: KEPT, SHORT (dropped by --min-length) or BAD
+    problems: dict[int, tuple[int, str]]  # document position → (its physical line in the chunk, from 0; what is wrong)
+    framed: np.ndarray  # int32: each kept document's framed ids, end to end
+    bounds: np.ndarray  # int64, kept + 1: kept document k is framed[bounds[k]:bounds[k + 1]]
+    nbytes: np.ndarray | None  # int32 like `framed`: the UTF-8 bytes each id covers (tokenizer.json only)
 
 
-_tokenizer = None  # one per process, made by _init
+@dataclass(frozen=True)
+class Reading:
+    """How every chunk is read and framed: the same in every worker."""
+
+    tokenizer: ModelTokenizer
+    format: str
+    text_field: str
+    min_length: int
 
 
-def _init(vocab_path: str) -> None:
-    global _tokenizer
-    from npueval.core.vocab import load_vocab
-
-    from .tokenizer import BertChineseTokenizer
-
-    _tokenizer = BertChineseTokenizer(load_vocab(vocab_path))
+_framer = None  # one per process, made by _init
+_reading: Reading | None = None
 
 
-def frame_range(path: str, start: int, end: int, min_length: int) -> FramedBatch:
-    lines = read_lines(path, start, end)
-    articles = [(i, raw) for i, raw in enumerate(lines) if raw.strip()]
-    status = np.full(len(articles), KEPT, dtype=np.int8)
+def _init(reading: Reading, in_pool: bool = False) -> None:
+    global _framer, _reading
+    from .framing import ClassicFramer, JsonFramer
+
+    if in_pool:
+        _one_thread()
+    _reading = reading
+    _framer = (ClassicFramer if reading.tokenizer.classic else JsonFramer)(reading.tokenizer)
+
+
+def _one_thread() -> None:
+    """In a worker: one process per core already, so the tokenizers library's own threads would only contend."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def frame_chunk(chunk: Chunk) -> FramedBatch:
+    lines, documents = read_documents(chunk, _reading.format, _reading.text_field)
+    status = np.full(len(documents), KEPT, dtype=np.int8)
     problems: dict[int, tuple[int, str]] = {}
     texts: list[str] = []
-    for pos, (line, raw) in enumerate(articles):
-        text, problem = parse_text(raw)
+    for pos, doc in enumerate(documents):
+        text, problem = (doc.text, doc.problem) if doc.problem else _framer.clean(doc.text)
         if problem is not None:
             status[pos] = BAD
-            problems[pos] = (line, problem)
+            problems[pos] = (doc.line, problem)
             continue
-        text = text.replace("\n", " [SEP] ")
-        if len(text) <= min_length:
+        if len(text) <= _reading.min_length:
             status[pos] = SHORT
             continue
         texts.append(text)
-    ids, bounds = _tokenizer.encode_batch_flat(texts)
-    framed, framed_bounds = _frame(ids, bounds, _tokenizer.vocab.mask_id, _tokenizer.vocab.cls_id)
-    return FramedBatch(len(lines), status, problems, framed, framed_bounds)
-
-
-def _frame(ids: np.ndarray, bounds: np.ndarray, mask_id: int, cls_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Put [MASK] before and [CLS] after each text's ids (the port's protocol, step 7)."""
-    n = bounds.shape[0] - 1
-    k = np.arange(n, dtype=np.int64)
-    out = np.empty(ids.shape[0] + 2 * n, dtype=np.int32)
-    out[bounds[:-1] + 2 * k] = mask_id
-    out[bounds[1:] + 2 * k + 1] = cls_id
-    out[np.arange(ids.shape[0]) + 2 * np.repeat(k, np.diff(bounds)) + 1] = ids
-    return out, bounds + 2 * np.arange(n + 1, dtype=np.int64)
+    if not texts:
+        return FramedBatch(lines, status, problems, np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64),
+                           None if _reading.tokenizer.classic else np.empty(0, dtype=np.int32))
+    framed, bounds, nbytes = _framer.frame(texts)
+    return FramedBatch(lines, status, problems, framed, bounds, nbytes)
 
 
 def _ray_running() -> bool:
@@ -86,8 +94,8 @@ def _ray_running() -> bool:
 
 
 @contextmanager
-def batch_framer(vocab_path: Path, workers: int, min_length: int):
-    """A function that maps LineRanges to FramedBatches in order.
+def batch_framer(reading: Reading, workers: int):
+    """A function that maps Chunks to FramedBatches in order.
 
     `workers` processes, or the calling process itself with 0. At most two batches per
     worker are in flight, so memory stays bounded. The tokenizer is built here first; on
@@ -95,27 +103,27 @@ def batch_framer(vocab_path: Path, workers: int, min_length: int):
     tokenizing 10 MB of text); elsewhere, or inside a Ray driver, they are spawned and build
     their own.
     """
-    _init(str(vocab_path))
+    _init(reading)
     if workers == 0:
 
-        def run_here(ranges: Iterable[LineRange]) -> Iterator[FramedBatch]:
-            for r in ranges:
-                yield frame_range(str(r.file.path), r.start, r.end, min_length)
+        def run_here(chunks: Iterable[Chunk]) -> Iterator[FramedBatch]:
+            for chunk in chunks:
+                yield frame_chunk(chunk)
 
         yield run_here
         return
 
     if sys.platform == "linux" and not _ray_running():
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread)
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init, initargs=(str(vocab_path),))
+                                   initializer=_init, initargs=(reading, True))
     with pool:
 
-        def run(ranges: Iterable[LineRange]) -> Iterator[FramedBatch]:
+        def run(chunks: Iterable[Chunk]) -> Iterator[FramedBatch]:
             pending: deque = deque()
-            for r in ranges:
-                pending.append(pool.submit(frame_range, str(r.file.path), r.start, r.end, min_length))
+            for chunk in chunks:
+                pending.append(pool.submit(frame_chunk, chunk))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:

@@ -1,7 +1,8 @@
 """The prepared data set on disk: Parquet shards of windows, and its manifest (manifest.py).
 
 One row per window (docs/results.md, "The data set"): input_ids fixed_size_list<int32>[L],
-score_from int16, n_valid int16, piece int32, window_id int64 (dense, storage order), doc_id int64.
+score_from int16, n_valid int16, piece int32, window_id int64 (dense, storage order), doc_id int64,
+and where the tokenizer gives them (a tokenizer.json), scored_bytes int64.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SHARD_ENCODING = dict(
 )
 
 
-def schema(n_ctx: int):
+def schema(n_ctx: int, with_bytes: bool = False):
     import pyarrow as pa
 
     return pa.schema(
@@ -43,6 +44,7 @@ def schema(n_ctx: int):
             ("window_id", pa.int64()),
             ("doc_id", pa.int64()),
         ]
+        + ([("scored_bytes", pa.int64())] if with_bytes else [])
     )
 
 
@@ -53,6 +55,7 @@ class ShardWriter:
         self.folder, self.n_ctx, self.rows_per_shard = folder, n_ctx, rows_per_shard
         self.shards: list[ShardEntry] = []
         self.windows = self.tokens = self.scored_tokens = 0
+        self.scored_bytes: int | None = None  # Σ over the windows, where they carry bytes
         self._pending: list[tuple[Windows, np.ndarray]] = []  # (block, its piece per row)
         self._pending_rows = 0
 
@@ -79,7 +82,10 @@ class ShardWriter:
         score_from = np.concatenate([b.score_from for b, _ in self._pending])
         piece = np.concatenate([p for _, p in self._pending])
         doc_id = np.concatenate([b.doc_id for b, _ in self._pending])
-        rest = Windows(-1, ids[rows:], n_valid[rows:], score_from[rows:], doc_id[rows:])
+        with_bytes = self._pending[0][0].scored_bytes is not None
+        nbytes = np.concatenate([b.scored_bytes for b, _ in self._pending]) if with_bytes else None
+        rest = Windows(-1, ids[rows:], n_valid[rows:], score_from[rows:], doc_id[rows:],
+                       nbytes[rows:] if with_bytes else None)
         self._pending = [(rest, piece[rows:])] if len(rest) else []
         self._pending_rows = len(rest)
 
@@ -92,8 +98,9 @@ class ShardWriter:
                 _arrow(piece[:rows]),
                 _arrow(np.arange(first, first + rows, dtype=np.int64)),
                 _arrow(doc_id[:rows]),
-            ],
-            schema=schema(self.n_ctx),
+            ]
+            + ([_arrow(nbytes[:rows])] if with_bytes else []),
+            schema=schema(self.n_ctx, with_bytes),
         )
         name = f"shard-{len(self.shards):05d}.parquet"
         path = self.folder / name
@@ -102,6 +109,8 @@ class ShardWriter:
         self.windows += rows
         self.tokens += int(n_valid[:rows].sum())
         self.scored_tokens += int((n_valid[:rows] - score_from[:rows]).sum())
+        if with_bytes:
+            self.scored_bytes = (self.scored_bytes or 0) + int(nbytes[:rows].sum())
 
 
 def _arrow(values: np.ndarray):

@@ -8,6 +8,7 @@ shards, and `dataset_key` is their sha256, by which `prepare` finds a data set a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ class ShardEntry:
     last_window_id: int
 
 
+#: DataInputs fields that a data set of format 1 made from wiki_zh with a vocab.txt did not have.
+_ADDED = ("corpus_format", "text_field", "bos_id", "eos_id")
+
+
 @dataclass(frozen=True)
 class DataInputs:
     format_version: int
@@ -48,12 +53,24 @@ class DataInputs:
     files_mode: str  # first | all
     skip_bad_lines: bool
     rows_per_shard: int
-    vocab_sha256: str
+    vocab_sha256: str  # of the tokenizer file: vocab.txt or tokenizer.json
     files: tuple[CorpusFileEntry, ...]
+    # Since GPT2-Chinese's wiki_zh alone: how the corpus is read and each document framed.
+    corpus_format: str = "wiki_zh"  # wiki_zh | jsonl | text | parquet
+    text_field: str = "text"
+    bos_id: int | None = None  # tokenizer.json: before each document (vocab.txt: [MASK], the port's)
+    eos_id: int | None = None  # … after it ([CLS])
 
     def key(self) -> str:
-        """The data set's identity: the sha256 of the inputs as canonical JSON."""
-        return hashlib.sha256(json.dumps(to_json(self), sort_keys=True).encode()).hexdigest()
+        """The data set's identity: the sha256 of the inputs as canonical JSON. The fields added
+        since GPT2-Chinese's wiki_zh alone count only where they differ from their defaults, so
+        that a data set made before keeps its key."""
+        obj = to_json(self)
+        for f in dataclasses.fields(self):
+            if f.name in _ADDED and obj[f.name] == f.default:
+                del obj[f.name]
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,7 @@ class DataManifest:
     tokens: int
     scored_tokens: int
     shards: tuple[ShardEntry, ...]
+    scored_bytes: int | None = None  # UTF-8 bytes of the scored tokens' text (tokenizer.json); None: not recorded
 
     @property
     def n_ctx(self) -> int:

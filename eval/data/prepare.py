@@ -1,9 +1,11 @@
-"""`npueval prepare`: a wiki_zh corpus → tokenized windows in Parquet shards + manifest.json.
+"""`npueval prepare`: a corpus → tokenized windows in Parquet shards + manifest.json.
 
-Follows docs/design.md, "The port's protocol", steps 1–9 (get_data_json.py, pre_data.py and compare_loss.py's
-windows), streaming: articles are read, tokenized in batches and cut into windows as they
-come, so memory does not grow with the corpus (with --shuffle it holds one piece's windows,
-since the port shuffles each piece as a whole).
+With GPT2-Chinese's vocab.txt it follows docs/design.md, "The port's protocol", steps 1–9
+(get_data_json.py, pre_data.py and compare_loss.py's windows); with a model's tokenizer.json,
+"Any causal LM": one stream of BOS ids EOS per document, cut into sliding windows. Streaming
+either way: documents are read, tokenized in batches and cut into windows as they come, so
+memory does not grow with the corpus (with --shuffle it holds one piece's windows, since the
+port shuffles each piece as a whole).
 """
 
 from __future__ import annotations
@@ -14,18 +16,19 @@ import random
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from npueval.core.errors import CorpusError, DatasetError, UserError
-from npueval.core.vocab import Vocab, load_vocab
 
-from .batches import BAD, KEPT, FramedBatch, batch_framer
-from .corpus import FILES_CHOICES, CorpusFile, LineRange, bad_line_error, iter_line_ranges, scan_files, select_files
+from .batches import BAD, KEPT, FramedBatch, Reading, batch_framer
+from .corpus import FILES_CHOICES, FORMAT_CHOICES, WIKI_ZH, Corpus, CorpusFile, open_corpus
 from .dataset import ShardWriter
+from .documents import Chunk, bad_line_error, iter_chunks
 from .manifest import FORMAT_VERSION, CorpusFileEntry, DataInputs, DataManifest
+from .model_tokenizer import ModelTokenizer, model_tokenizer
 from .windows import MODES, WindowMaker, Windows
 
 log = logging.getLogger(__name__)
@@ -37,15 +40,23 @@ ProgressFn = Callable[[int, int], None]  # (bytes done so far, bytes in all)
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    corpus_dir: Path
-    vocab: Path
-    out: Path
-    mode: str = "seed"
-    files: str = "first"
+    """What `npueval prepare` was asked for. mode, stride, num_pieces and min_length left None
+    take the tokenizer's defaults (`for_tokenizer`): the port's for GPT2-Chinese's vocab.txt
+    (seed, 768, 100, 128), one sliding stream of every document for a tokenizer.json
+    (sliding, n_ctx / 2, 1, 0)."""
+
+    corpus_dir: Path  # a folder or one file
+    vocab: Path | None = None  # GPT2-Chinese's vocab.txt …
+    out: Path = Path("data")
+    tokenizer: Path | None = None  # … or the model's folder (checkpoint or build) or tokenizer file
+    format: str = "auto"
+    text_field: str = "text"
+    mode: str | None = None
+    files: str | None = None  # wiki_zh only; None: first
     n_ctx: int = 512
-    stride: int | None = None  # seed: 768; sliding: n_ctx // 2
-    num_pieces: int = 100
-    min_length: int = 128
+    stride: int | None = None
+    num_pieces: int | None = None
+    min_length: int | None = None
     shuffle: bool = False
     rows_per_shard: int = 4096
     skip_bad_lines: bool = False
@@ -53,27 +64,22 @@ class PrepareConfig:
     workers: int | None = None  # tokenizing processes; 0: this process; None: one per CPU
 
     def __post_init__(self) -> None:
-        for name in ("corpus_dir", "vocab", "out"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
-        if self.mode not in MODES:
+        for name in ("corpus_dir", "vocab", "out", "tokenizer"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.mode is not None and self.mode not in MODES:
             raise UserError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.files not in FILES_CHOICES:
+        if self.format not in FORMAT_CHOICES:
+            raise UserError(f"--format {self.format!r}: choose one of {', '.join(FORMAT_CHOICES)}")
+        if self.files is not None and self.files not in FILES_CHOICES:
             raise UserError(f"--files {self.files!r}: choose one of {', '.join(FILES_CHOICES)}")
         if not 2 <= self.n_ctx <= 32767:
             raise UserError(f"--n-ctx {self.n_ctx}: must be between 2 and 32767")
-        if self.stride is None:
-            object.__setattr__(self, "stride", 768 if self.mode == "seed" else self.n_ctx // 2)
-        if self.stride < 1:
+        if self.stride is not None and self.stride < 1:
             raise UserError(f"--stride {self.stride}: must be at least 1")
-        if self.mode == "sliding" and self.stride >= self.n_ctx:
-            raise UserError(
-                f"--stride {self.stride}: in sliding mode it must be less than --n-ctx "
-                f"{self.n_ctx}, so that every window but the first has context for its first "
-                "scored token"
-            )
-        if self.num_pieces < 1:
+        if self.num_pieces is not None and self.num_pieces < 1:
             raise UserError(f"--num-pieces {self.num_pieces}: must be at least 1")
-        if self.min_length < 0:
+        if self.min_length is not None and self.min_length < 0:
             raise UserError(f"--min-length {self.min_length}: must be 0 or more")
         if self.rows_per_shard < 1:
             raise UserError(f"--rows-per-shard {self.rows_per_shard}: must be at least 1")
@@ -81,8 +87,28 @@ class PrepareConfig:
             object.__setattr__(self, "workers", os.cpu_count() or 1)
         if self.workers < 0:
             raise UserError(f"--workers {self.workers}: must be 0 (tokenize in this process) or more")
-        if self.shuffle and self.mode != "seed":
+        if not self.text_field:
+            raise UserError("--text-field: name the JSON field or Parquet column that holds the text")
+
+    def for_tokenizer(self, classic: bool) -> PrepareConfig:
+        """This config with every default filled in for a classic (vocab.txt) or tokenizer.json
+        tokenizer, and the combination checked."""
+        mode = self.mode or ("seed" if classic else "sliding")
+        if mode == "seed" and not classic:
+            raise UserError("--mode seed: the port's protocol, for GPT2-Chinese's vocab.txt; with a tokenizer.json "
+                            "use --mode sliding (the default)")
+        stride = self.stride or (768 if mode == "seed" else self.n_ctx // 2)
+        if mode == "sliding" and stride >= self.n_ctx:
+            raise UserError(
+                f"--stride {stride}: in sliding mode it must be less than --n-ctx "
+                f"{self.n_ctx}, so that every window but the first has context for its first "
+                "scored token"
+            )
+        if self.shuffle and mode != "seed":
             raise UserError("--shuffle reproduces the port's seed protocol: use it with --mode seed")
+        return replace(self, mode=mode, stride=stride,
+                       num_pieces=self.num_pieces or (100 if classic else 1),
+                       min_length=self.min_length if self.min_length is not None else (128 if classic else 0))
 
 
 @dataclass(frozen=True)
@@ -90,20 +116,24 @@ class PrepareResult:
     out: Path
     manifest: DataManifest = field(repr=False)
     reused: bool  # True when `out` already held this data set and nothing was done
+    format_chosen_because: str = ""  # how the corpus format was picked: a suffix, the layout, or --format
 
 
 def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> PrepareResult:
     if config.out.exists() and not config.out.is_dir():
         raise DatasetError(f"--out {config.out} is a file; name a folder")
-    vocab = load_vocab(config.vocab)
-    files = scan_files(config.corpus_dir, select_files(config.corpus_dir, config.files))
-    inputs = _inputs(config, files, vocab)
+    tokenizer = model_tokenizer(config.vocab, config.tokenizer)
+    config = config.for_tokenizer(tokenizer.classic)
+    corpus = open_corpus(config.corpus_dir, config.format, config.files, config.text_field)
+    log.debug("CORPUS %s: %s (%s), %d file(s), %d documents; tokenizer %s", corpus.root, corpus.format,
+              corpus.chosen_because, len(corpus.files), corpus.articles, tokenizer.file.path)
+    inputs = _inputs(config, corpus, tokenizer)
     key = inputs.key()
 
     existing = DataManifest.read(config.out) if config.out.is_dir() else None
     if existing is not None and existing.dataset_key == key:
         log.info("%s already holds this data set (%d windows); nothing to do", config.out, existing.windows)
-        return PrepareResult(config.out, existing, reused=True)
+        return PrepareResult(config.out, existing, reused=True, format_chosen_because=corpus.chosen_because)
     if config.out.exists() and not config.force and not _is_empty_dir(config.out):
         what = "another data set" if existing is not None else "files that are not an npueval data set"
         raise DatasetError(
@@ -118,10 +148,10 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
         raise DatasetError(f"--out {config.out}: cannot make the folder ({exc.strerror or exc}); "
                            "choose another --out") from None
     try:
-        manifest = _build(config, files, vocab, inputs, key, partial, progress)
+        manifest = _build(config, corpus, tokenizer, inputs, key, partial, progress)
         if not manifest.windows:  # `run` would refuse it: say so now, and leave --out as it was
             raise DatasetError(
-                f"CORPUS_DIR {config.corpus_dir}: not one window could be made (articles kept: "
+                f"CORPUS {config.corpus_dir}: not one window could be made (articles kept: "
                 f"{manifest.articles_kept} of {manifest.articles_total}, mode {config.mode}, n_ctx "
                 f"{config.n_ctx}); give it more text, or pass a smaller --n-ctx or --min-length")
         manifest.write(partial)
@@ -137,16 +167,19 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
         manifest.articles_total,
         config.out,
     )
-    return PrepareResult(config.out, manifest, reused=False)
+    return PrepareResult(config.out, manifest, reused=False, format_chosen_because=corpus.chosen_because)
 
 
-def _inputs(config: PrepareConfig, files: list[CorpusFile], vocab: Vocab) -> DataInputs:
+def _inputs(config: PrepareConfig, corpus: Corpus, tokenizer: ModelTokenizer) -> DataInputs:
     """Everything that decides the data set's content: equal inputs, equal shards."""
     return DataInputs(
         format_version=FORMAT_VERSION, mode=config.mode, n_ctx=config.n_ctx, stride=config.stride,
-        num_pieces=config.num_pieces, min_length=config.min_length, shuffle=config.shuffle, files_mode=config.files,
-        skip_bad_lines=config.skip_bad_lines, rows_per_shard=config.rows_per_shard, vocab_sha256=vocab.sha256,
-        files=tuple(CorpusFileEntry(f.rel, f.sha256, f.lines) for f in files),
+        num_pieces=config.num_pieces, min_length=config.min_length, shuffle=config.shuffle,
+        files_mode=config.files or ("first" if corpus.format == WIKI_ZH else "all"),
+        skip_bad_lines=config.skip_bad_lines, rows_per_shard=config.rows_per_shard,
+        vocab_sha256=tokenizer.file.sha256,
+        files=tuple(CorpusFileEntry(f.rel, f.sha256, f.lines) for f in corpus.files),
+        corpus_format=corpus.format, text_field=corpus.text_field, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
     )
 
 
@@ -167,14 +200,14 @@ def _publish(partial: Path, out: Path) -> None:
 
 def _build(
     config: PrepareConfig,
-    files: list[CorpusFile],
-    vocab: Vocab,
+    corpus: Corpus,
+    tokenizer: ModelTokenizer,
     inputs: DataInputs,
     key: str,
     folder: Path,
     progress: ProgressFn | None,
 ) -> DataManifest:
-    total_bytes = sum(f.size for f in files)
+    total_bytes = corpus.size
     done = [0]
 
     def on_bytes(n: int) -> None:
@@ -182,15 +215,15 @@ def _build(
         if progress is not None:
             progress(done[0], total_bytes)
 
-    stats = {"articles_total": sum(f.articles for f in files), "articles_kept": 0, "articles_dropped": 0,
+    stats = {"articles_total": corpus.articles, "articles_kept": 0, "articles_dropped": 0,
              "bad_lines": 0, "stream_tokens": 0}
-    pad_id = vocab.token_to_id.get("[PAD]", 0)
     writer = ShardWriter(folder, config.n_ctx, config.rows_per_shard)
-    maker = WindowMaker(config.mode, config.n_ctx, config.stride, pad_id)
+    maker = WindowMaker(config.mode, config.n_ctx, config.stride, tokenizer.pad_id)
 
-    with batch_framer(config.vocab, config.workers, config.min_length) as frame:
-        ranges = iter_line_ranges(files, BATCH_BYTES)
-        framed = _framed_articles(ranges, frame, config, stats, on_bytes)
+    reading = Reading(tokenizer, corpus.format, corpus.text_field, config.min_length)
+    with batch_framer(reading, config.workers) as frame:
+        chunks = iter_chunks(corpus, BATCH_BYTES)
+        framed = _framed_articles(chunks, frame, config, corpus.format, stats, on_bytes)
         windows = _windows(framed, maker)
         if config.shuffle:
             windows = _shuffled_by_piece(windows, random.Random(0))
@@ -199,8 +232,9 @@ def _build(
 
     return DataManifest(
         inputs=inputs, dataset_key=key, corpus_dir=str(config.corpus_dir.resolve()),
-        vocab_path=str(config.vocab.resolve()), vocab_size=vocab.size, pad_id=pad_id, **stats,
-        windows=writer.windows, tokens=writer.tokens, scored_tokens=writer.scored_tokens, shards=tuple(shards),
+        vocab_path=str(tokenizer.file.path.resolve()), vocab_size=tokenizer.file.size, pad_id=tokenizer.pad_id,
+        **stats, windows=writer.windows, tokens=writer.tokens, scored_tokens=writer.scored_tokens,
+        shards=tuple(shards), scored_bytes=writer.scored_bytes,
     )
 
 
@@ -213,15 +247,16 @@ def _pieces_of(indices: np.ndarray, n: int, num_pieces: int) -> np.ndarray:
 
 
 def _framed_articles(
-    ranges: Iterable[LineRange], frame, config: PrepareConfig, stats: dict, on_bytes: Callable[[int], None]
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(piece, framed ids, article index of each id) in stream order, a run per piece and range."""
-    submitted: deque[LineRange] = deque()
+    chunks: Iterable[Chunk], frame, config: PrepareConfig, fmt: str, stats: dict, on_bytes: Callable[[int], None]
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(piece, framed ids, article index of each id, bytes of each id or None) in stream order,
+    a run per piece and chunk."""
+    submitted: deque[Chunk] = deque()
 
-    def submit() -> Iterator[LineRange]:
-        for r in ranges:
-            submitted.append(r)
-            yield r
+    def submit() -> Iterator[Chunk]:
+        for chunk in chunks:
+            submitted.append(chunk)
+            yield chunk
 
     first_index = 0
     lines_before: dict[str, int] = {}  # physical lines of each file in the ranges done so far
@@ -231,9 +266,9 @@ def _framed_articles(
         if r.file is not current:
             _check_unchanged(current, lines_before)
             current = r.file
-        _count(result, r, lines_before.get(r.file.rel, 0), config, stats)
+        _count(result, r, lines_before.get(r.file.rel, 0), config, fmt, stats)
         lines_before[r.file.rel] = lines_before.get(r.file.rel, 0) + result.lines
-        on_bytes(r.end - r.start)
+        on_bytes(r.size)
         kept = first_index + np.flatnonzero(result.status == KEPT)
         first_index += result.status.shape[0]
         lengths = np.diff(result.bounds)
@@ -244,7 +279,8 @@ def _framed_articles(
         run_ends = np.append(run_starts[1:], pieces.shape[0])
         for a, b in zip(run_starts.tolist(), run_ends.tolist()):
             lo, hi = result.bounds[a], result.bounds[b]
-            yield int(pieces[a]), result.framed[lo:hi], docs[lo:hi]
+            nbytes = None if result.nbytes is None else result.nbytes[lo:hi]
+            yield int(pieces[a]), result.framed[lo:hi], docs[lo:hi], nbytes
     _check_unchanged(current, lines_before)
 
 
@@ -255,11 +291,11 @@ def _check_unchanged(file: CorpusFile | None, lines_before: dict[str, int]) -> N
                           f"{lines_before.get(file.rel, 0)} when read); run prepare again once it is written")
 
 
-def _count(result: FramedBatch, r: LineRange, lines_before: int, config: PrepareConfig, stats: dict) -> None:
+def _count(result: FramedBatch, r: Chunk, lines_before: int, config: PrepareConfig, fmt: str, stats: dict) -> None:
     bad = np.flatnonzero(result.status == BAD)
     if bad.size and not config.skip_bad_lines:
         line, problem = result.problems[int(bad[0])]
-        raise bad_line_error(r.file, lines_before + line + 1, problem)
+        raise bad_line_error(r.file, lines_before + line + 1, problem, fmt)
     kept = int((result.status == KEPT).sum())
     stats["bad_lines"] += int(bad.size)
     stats["articles_kept"] += kept
@@ -267,9 +303,10 @@ def _count(result: FramedBatch, r: LineRange, lines_before: int, config: Prepare
     stats["stream_tokens"] += int(result.framed.shape[0])
 
 
-def _windows(framed: Iterable[tuple[int, np.ndarray, np.ndarray]], maker: WindowMaker) -> Iterator[Windows]:
-    for piece, ids, docs in framed:
-        yield from maker.add(piece, ids, docs)
+def _windows(framed: Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]],
+             maker: WindowMaker) -> Iterator[Windows]:
+    for piece, ids, docs, nbytes in framed:
+        yield from maker.add(piece, ids, docs, nbytes)
     yield from maker.finish()
 
 

@@ -32,6 +32,7 @@ class Windows:
     n_valid: np.ndarray  # int64 (k,)
     score_from: np.ndarray  # int64 (k,): first scored position, >= 1
     doc_id: np.ndarray  # int64 (k,): the article of the first scored token
+    scored_bytes: np.ndarray | None = None  # int64 (k,): UTF-8 bytes of the scored tokens, where known
 
     def __len__(self) -> int:
         return int(self.n_valid.shape[0])
@@ -41,16 +42,20 @@ class Windows:
         return self.n_valid - self.score_from
 
     def take(self, rows) -> Windows:
-        return Windows(self.piece, self.ids[rows], self.n_valid[rows], self.score_from[rows], self.doc_id[rows])
+        nbytes = None if self.scored_bytes is None else self.scored_bytes[rows]
+        return Windows(self.piece, self.ids[rows], self.n_valid[rows], self.score_from[rows], self.doc_id[rows],
+                       nbytes)
 
     @staticmethod
     def concat(blocks: list[Windows]) -> Windows:
+        nbytes = None if blocks[0].scored_bytes is None else np.concatenate([b.scored_bytes for b in blocks])
         return Windows(
             blocks[0].piece,
             np.concatenate([b.ids for b in blocks]),
             np.concatenate([b.n_valid for b in blocks]),
             np.concatenate([b.score_from for b in blocks]),
             np.concatenate([b.doc_id for b in blocks]),
+            nbytes,
         )
 
 
@@ -67,6 +72,7 @@ class WindowMaker:
         self.piece = piece
         self._ids = np.empty(0, dtype=np.int32)
         self._docs = np.empty(0, dtype=np.int64)
+        self._bytes: np.ndarray | None = None  # int64 like _ids, where the stream carries them
         self._base = 0  # stream position of self._ids[0]
         self._next = 0  # stream position where the next window starts
         self._count = 0  # windows made in this piece
@@ -75,15 +81,18 @@ class WindowMaker:
     def _end(self) -> int:
         return self._base + self._ids.shape[0]
 
-    def add(self, piece: int, ids: np.ndarray, docs: np.ndarray) -> list[Windows]:
-        """Append framed ids of piece `piece`, with the article of each id; returns the
-        windows now complete."""
+    def add(self, piece: int, ids: np.ndarray, docs: np.ndarray, nbytes: np.ndarray | None = None) -> list[Windows]:
+        """Append framed ids of piece `piece`, with the article of each id (and the UTF-8 bytes
+        it covers, where known); returns the windows now complete."""
         out = []
         if piece != self.piece:
             out.extend(self.finish())
             self._reset(piece)
         self._ids = np.concatenate([self._ids, ids.astype(np.int32, copy=False)])
         self._docs = np.concatenate([self._docs, docs.astype(np.int64, copy=False)])
+        if nbytes is not None:
+            kept = self._bytes if self._bytes is not None else np.empty(0, dtype=np.int64)
+            self._bytes = np.concatenate([kept, nbytes.astype(np.int64, copy=False)])
         # A full window is certain once the stream reaches past it (seed: by one token).
         need = self.n_ctx + (1 if self.mode == "seed" else 0)
         if self._end >= self._next + need:
@@ -118,6 +127,7 @@ class WindowMaker:
             n_valid=np.full(k, self.n_ctx, dtype=np.int64),
             score_from=score_from,
             doc_id=self._docs[starts + score_from],
+            scored_bytes=self._scored_bytes(starts + score_from, starts + self.n_ctx),
         )
         self._count += k
         self._next += k * self.stride
@@ -134,14 +144,25 @@ class WindowMaker:
         ids = np.full((1, self.n_ctx), self.pad_id, dtype=np.int32)
         ids[0, :n_valid] = self._ids[lo: lo + n_valid]
         score_from = self._score_from(1)
-        windows = Windows(self.piece, ids, np.array([n_valid]), score_from, self._docs[lo + score_from])
+        windows = Windows(self.piece, ids, np.array([n_valid]), score_from, self._docs[lo + score_from],
+                          self._scored_bytes(lo + score_from, np.array([lo + n_valid])))
         self._count += 1
         self._next += self.stride
         return windows
+
+    def _scored_bytes(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
+        """Σ bytes of buffered positions [lo, hi) per window, where the stream carries bytes."""
+        if self._bytes is None:
+            return None
+        total = np.zeros(self._bytes.shape[0] + 1, dtype=np.int64)
+        np.cumsum(self._bytes, out=total[1:])
+        return total[hi] - total[lo]
 
     def _trim(self) -> None:
         drop = min(self._next, self._end) - self._base
         if drop > 0:
             self._ids = self._ids[drop:]
             self._docs = self._docs[drop:]
+            if self._bytes is not None:
+                self._bytes = self._bytes[drop:]
             self._base += drop

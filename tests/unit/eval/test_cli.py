@@ -41,13 +41,13 @@ def test_prepare_end_to_end_then_no_op(tmp_path, vocab_path):
 @pytest.mark.parametrize(
     "args, culprit",
     [
-        (["prepare", "{tmp}/nowhere", "--vocab", "{vocab}", "--out", "{tmp}/o"], "CORPUS_DIR {tmp}/nowhere"),
+        (["prepare", "{tmp}/nowhere", "--vocab", "{vocab}", "--out", "{tmp}/o"], "CORPUS {tmp}/nowhere"),
         (["prepare", "{tmp}/wiki", "--vocab", "{tmp}/none.txt", "--out", "{tmp}/o"], "--vocab {tmp}/none.txt"),
         (["prepare", "{tmp}/wiki", "--vocab", "{vocab}", "--out", "{tmp}/o", "--mode", "sliding", "--stride", "600"],
          "--stride 600"),
         (["prepare", "{tmp}/wiki", "--vocab", "{vocab}", "--out", "{tmp}/o", "--n-ctx", "many"], "--n-ctx"),
         (["prepare", "{tmp}/bad", "--vocab", "{vocab}", "--out", "{tmp}/o"], "{tmp}/bad/AA/wiki_00:2"),
-        (["prepare", "{tmp}/wiki"], "--vocab"),
+        (["prepare", "{tmp}/wiki", "--out", "{tmp}/o"], "one of the arguments --tokenizer --vocab is required"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(tmp_path, vocab_path, args, culprit):

@@ -49,6 +49,34 @@ def ray_never_starts(monkeypatch):
 
 # -- the bad inputs, each made in the test's own folder (TMP) from the good fixtures -------------
 
+def corpus_of(files: dict[str, bytes]):
+    def make(tmp: Path, fx) -> None:
+        for rel, data in files.items():
+            (tmp / "corpus" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "corpus" / rel).write_bytes(data)
+    return make
+
+
+def a_parquet_without_text(tmp: Path, fx) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp / "corpus").mkdir()
+    pq.write_table(pa.table({"content": ["a"]}), tmp / "corpus" / "part-0.parquet")
+
+
+def a_model_and_jsonl(tmp: Path, fx) -> None:
+    from checkpoints import write_tokenizer_json
+
+    write_tokenizer_json(tmp / "model")
+    corpus_of({"a.jsonl": b'{"text": "x"}\n'})(tmp, fx)
+
+
+def a_tokenizer_config_naming_no_token(tmp: Path, fx) -> None:
+    a_model_and_jsonl(tmp, fx)
+    (tmp / "model" / "tokenizer_config.json").write_text('{"bos_token": "<|begin_of_text|>"}')
+
+
 def a_file(tmp: Path, fx) -> None:
     (tmp / "a-file").write_text("not a folder\n")
 
@@ -145,12 +173,12 @@ CASES = {
     "devices: an unknown flag": (
         nothing, ["devices", "--all"], "unrecognized arguments: --all", "see `npueval --help`"),
     # prepare
-    "prepare: a CORPUS_DIR whose subfolders hold no file": (
+    "prepare: a CORPUS whose subfolders hold no file": (
         empty_subfolders, ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
-        "CORPUS_DIR {tmp}/corpus: empty corpus, no files in its subfolders", "expected the wiki_zh layout"),
+        "CORPUS {tmp}/corpus: empty corpus, no files in it", "pass the folder that holds the corpus"),
     "prepare: corpus files with blank lines only": (
         corpus_line(b"\n\n"), ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
-        "CORPUS_DIR {tmp}/corpus: empty corpus, its 1 selected file(s) hold no articles",
+        "CORPUS {tmp}/corpus: empty corpus, its 1 selected file(s) hold no articles",
         "expected one JSON object per line"),
     "prepare: a line without a text field": (
         corpus_line(b'{"id": "1", "title": "t"}\n'),
@@ -171,13 +199,37 @@ CASES = {
     "prepare: a --vocab that is not text": (
         vocab_file(b"\xff\xfe\x00\x01"), ["prepare", "{wiki}", "--vocab", "{tmp}/vocab.txt", "--out", "{tmp}/out"],
         "--vocab {tmp}/vocab.txt: not UTF-8 text (byte 0)", "pass the checkpoint's vocab.txt"),
-    "prepare: a CORPUS_DIR that is a file": (
+    "prepare: a CORPUS file of no known suffix": (
         a_file, ["prepare", "{tmp}/a-file", "--vocab", "{vocab}", "--out", "{tmp}/out"],
-        "CORPUS_DIR {tmp}/a-file: a file, not a folder", "pass the wiki_zh folder"),
+        "CORPUS {tmp}/a-file: cannot tell its format from the suffix (none)", "pass --format jsonl, text or parquet"),
     "prepare: a corpus too short for one window": (
         short_articles, ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
-        "CORPUS_DIR {tmp}/corpus: not one window could be made (articles kept: 0 of 2, mode seed, n_ctx 512)",
+        "CORPUS {tmp}/corpus: not one window could be made (articles kept: 0 of 2, mode seed, n_ctx 512)",
         "give it more text, or pass a smaller --n-ctx or --min-length"),
+    "prepare: a corpus folder of both .jsonl and .txt files": (
+        corpus_of({"a.jsonl": b'{"text": "x"}\n', "b.txt": b"x\n"}),
+        ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "CORPUS {tmp}/corpus: holds 1 jsonl file(s) and 1 text file(s)", "pass --format to choose one"),
+    "prepare: --files with a corpus that is not wiki_zh": (
+        corpus_of({"a.jsonl": b'{"text": "x"}\n'}),
+        ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out", "--files", "all"],
+        "--files all: chooses files of the wiki_zh layout", "leave --files out"),
+    "prepare: a Parquet corpus without the --text-field column": (
+        a_parquet_without_text, ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
+        "{tmp}/corpus/part-0.parquet: no column 'text' (its columns: content)", "pass --text-field"),
+    "prepare: a --tokenizer that is not there": (
+        nothing, ["prepare", "{wiki}", "--tokenizer", "{tmp}/model", "--out", "{tmp}/out"],
+        "--tokenizer {tmp}/model: no such file or folder", "pass the model's checkpoint or build folder"),
+    "prepare: a tokenizer_config.json whose BOS the tokenizer.json lacks": (
+        a_tokenizer_config_naming_no_token,
+        ["prepare", "{tmp}/corpus", "--tokenizer", "{tmp}/model", "--out", "{tmp}/out"],
+        "{tmp}/model/tokenizer_config.json: bos_token '<|begin_of_text|>' is not a token of tokenizer.json",
+        "restore the model's tokenizer_config.json and tokenizer.json together"),
+    "prepare: --mode seed with a tokenizer.json": (
+        a_model_and_jsonl,
+        ["prepare", "{tmp}/corpus", "--tokenizer", "{tmp}/model/tokenizer.json", "--out", "{tmp}/out", "--mode",
+         "seed", "--format", "jsonl"],
+        "--mode seed: the port's protocol, for GPT2-Chinese's vocab.txt", "use --mode sliding"),
     "prepare: an --out that is a file": (
         a_file, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/a-file"],
         "--out {tmp}/a-file is a file", "name a folder"),

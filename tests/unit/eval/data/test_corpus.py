@@ -6,7 +6,8 @@ import pytest
 from textgen import write_jsonl
 
 from npueval.core.errors import CorpusError
-from npueval.eval.data.corpus import bad_line_error, iter_line_ranges, parse_text, read_lines, scan_files, select_files
+from npueval.eval.data.corpus import Corpus, scan_files, select_files
+from npueval.eval.data.documents import bad_line_error, iter_chunks, parse_text, read_lines
 
 
 def make(tmp_path, layout):
@@ -32,7 +33,7 @@ def test_first_file_of_each_sorted_subfolder(tmp_path):
 def lines_of(files, batch_bytes=1 << 20):
     """(file, line number, raw) of every non-blank line, read range by range as the workers do."""
     out, line_in_file = [], {}
-    for r in iter_line_ranges(files, batch_bytes):
+    for r in iter_chunks(Corpus(files[0].path.parents[1], "wiki_zh", "text", tuple(files), ""), batch_bytes):
         for raw in read_lines(r.file.path, r.start, r.end):
             line_in_file[r.file.rel] = line_in_file.get(r.file.rel, 0) + 1
             if raw.strip():
@@ -98,7 +99,7 @@ def test_empty_corpus(tmp_path, layout):
 
 
 def test_missing_corpus_folder(tmp_path):
-    with pytest.raises(CorpusError, match="CORPUS_DIR .*nowhere: no such folder"):
+    with pytest.raises(CorpusError, match="CORPUS .*nowhere: no such folder"):
         select_files(tmp_path / "nowhere", "first")
 
 

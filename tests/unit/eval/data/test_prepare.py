@@ -197,12 +197,20 @@ def test_skip_bad_lines_counts_them_and_keeps_positions(tmp_path, vocab_path):
 )
 def test_bad_flags(tmp_path, vocab_path, kw, message):
     with pytest.raises(UserError, match=message):
-        config(tmp_path, vocab_path, tmp_path / "o", **kw)
+        config(tmp_path, vocab_path, tmp_path / "o", **kw).for_tokenizer(classic=True)
 
 
-def test_default_strides():
-    assert PrepareConfig("c", "v", "o").stride == 768
-    assert PrepareConfig("c", "v", "o", mode="sliding", n_ctx=512).stride == 256
+def test_defaults_are_the_ports_for_vocab_txt_and_one_sliding_stream_for_tokenizer_json():
+    def defaults(classic, **kw):
+        c = PrepareConfig("c", "v", "o", **kw).for_tokenizer(classic)
+        return c.mode, c.stride, c.num_pieces, c.min_length
+
+    assert defaults(True) == ("seed", 768, 100, 128)
+    assert defaults(True, mode="sliding", n_ctx=512) == ("sliding", 256, 100, 128)
+    assert defaults(False, n_ctx=1024) == ("sliding", 512, 1, 0)
+    assert defaults(False, stride=100, num_pieces=3, min_length=5) == ("sliding", 100, 3, 5)
+    with pytest.raises(UserError, match="--mode seed: the port's protocol, for GPT2-Chinese's vocab.txt"):
+        defaults(False, mode="seed")
 
 
 def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monkeypatch):
@@ -218,20 +226,20 @@ def test_spawned_workers_give_the_same_shards(corpus, vocab_path, tmp_path, monk
 def test_a_file_that_shrinks_after_the_scan_is_named_and_nothing_is_written(corpus, vocab_path, tmp_path, monkeypatch):
     import shutil
 
-    import npueval.eval.data.prepare as prepare_module
+    import npueval.eval.data.corpus as corpus_module
 
     root = tmp_path / "wiki"
     shutil.copytree(corpus, root)
-    scan = prepare_module.scan_files
+    scan = corpus_module.scan_files
 
-    def scan_then_truncate(corpus_dir, paths):
-        files = scan(corpus_dir, paths)
+    def scan_then_truncate(corpus_dir, paths, *args):
+        files = scan(corpus_dir, paths, *args)
         victim = files[-1].path
         data = victim.read_bytes()
         victim.write_bytes(data[: data.index(b"\n", len(data) // 2) + 1])  # its last lines gone while prepare runs
         return files
 
-    monkeypatch.setattr(prepare_module, "scan_files", scan_then_truncate)
+    monkeypatch.setattr(corpus_module, "scan_files", scan_then_truncate)
     out = tmp_path / "out"
     with pytest.raises(CorpusError, match=r"changed while prepare read it"):
         prepare(config(root, vocab_path, out, workers=0))
