@@ -113,6 +113,7 @@ _COMPARED = (
     ("mean_ce", "mean cross-entropy", 4),
     ("ppl", "perplexity", 4),
     ("seed_ppl", "seed_ppl (the port)", 4),
+    ("bits_per_byte", "bits per byte", 4),
     ("windows", "windows", 0),
     ("tokens", "scored tokens", 0),
     ("samples_per_s", "samples/s", 1),
@@ -172,7 +173,8 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 # ------------------------------------------------------------------------------------------
 def headline(r: Results) -> str:
     return (f"mean CE {fmt(r.mean_ce, 4)} nats · ppl {fmt(r.ppl, 3)} · seed_ppl {fmt(r.seed_ppl, 3)} · "
-            f"{r.windows} windows · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
+            + (f"{fmt(r.bits_per_byte, 4)} bits/byte · " if r.bits_per_byte is not None else "")
+            + f"{r.windows} windows · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
 
 
 #: The picture formats --plot writes, chosen by the file's suffix.

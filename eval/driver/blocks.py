@@ -86,22 +86,26 @@ PLAN_FORMAT = 1
 
 @dataclass(frozen=True)
 class WindowIndex:
-    """piece and doc_id of every window, in window_id order: for --drop-last, seed_ppl and windows.parquet."""
+    """piece, doc_id (and scored bytes, where recorded) of every window, in window_id order: for
+    --drop-last, seed_ppl, bits per byte and windows.parquet."""
 
     piece: np.ndarray  # int32 (W,)
     doc_id: np.ndarray  # int64 (W,)
+    scored_bytes: np.ndarray | None = None  # int64 (W,); None: the data set does not record bytes
 
 
 def read_index(data_dir: Path, manifest: DataManifest) -> WindowIndex:
     """Reads every shard once, checking it against the manifest's sha256 before any block is sent."""
-    pieces, docs = [], []
+    with_bytes = manifest.scored_bytes is not None
+    columns = ["piece", "doc_id"] + (["scored_bytes"] if with_bytes else [])
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
     for shard in manifest.shards:
-        table = read_shard(data_dir, shard, ["piece", "doc_id"], verify=True)
-        pieces.append(table.column("piece").to_numpy())
-        docs.append(table.column("doc_id").to_numpy())
-    if not pieces:
-        return WindowIndex(np.zeros(0, np.int32), np.zeros(0, np.int64))
-    return WindowIndex(np.concatenate(pieces).astype(np.int32), np.concatenate(docs).astype(np.int64))
+        table = read_shard(data_dir, shard, columns, verify=True)
+        for name in columns:
+            parts[name].append(table.column(name).to_numpy())
+    joined = {name: np.concatenate(arrays) if arrays else np.zeros(0, np.int64) for name, arrays in parts.items()}
+    return WindowIndex(joined["piece"].astype(np.int32), joined["doc_id"].astype(np.int64),
+                       joined["scored_bytes"].astype(np.int64) if with_bytes else None)
 
 
 class BlockReader:

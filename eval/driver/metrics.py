@@ -22,11 +22,25 @@ class LossMetrics:
     perplexity: float
     seed_ppl: float  # the port's batch-mean perplexity
     seed_batches: int
+    scored_bytes: int | None = None  # UTF-8 bytes of text the scored tokens cover, where the data set records them
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        """Σ NLL / (Σ bytes · ln 2): lm-evaluation-harness's unit for rolling perplexity."""
+        if not self.scored_bytes:
+            return None
+        return self.nll_sum / (self.scored_bytes * math.log(2))
+
+    @property
+    def byte_perplexity(self) -> float | None:
+        """exp(Σ NLL / Σ bytes) = 2 ** bits_per_byte."""
+        return math.exp(self.nll_sum / self.scored_bytes) if self.scored_bytes else None
 
 
 def reduce_loss(window_ids: np.ndarray, nll_sums: np.ndarray, n_scored: np.ndarray, pieces: np.ndarray,
-                batch_size: int) -> LossMetrics:
-    """Per-window sums (any order) → the run's loss metrics.
+                batch_size: int, scored_bytes: np.ndarray | None = None) -> LossMetrics:
+    """Per-window sums (any order) → the run's loss metrics; `scored_bytes`, per window, adds the
+    bytes the scored tokens cover (bits per byte).
 
     `seed_ppl` batches windows as the port does: per piece, `batch_size` consecutive windows in
     stored (window_id) order; a short last batch counts over its real targets.
@@ -54,7 +68,8 @@ def reduce_loss(window_ids: np.ndarray, nll_sums: np.ndarray, n_scored: np.ndarr
                 batch_means.append(math.fsum(sums[rows].tolist()) / batch_tokens)
     seed_ppl = math.exp(math.fsum(batch_means) / len(batch_means)) if batch_means else float("nan")
     return LossMetrics(nll_sum, tokens, int(window_ids.size), mean_ce, math.exp(mean_ce) if tokens else float("nan"),
-                       seed_ppl, len(batch_means))
+                       seed_ppl, len(batch_means),
+                       None if scored_bytes is None else int(scored_bytes.astype(np.int64, copy=False).sum()))
 
 
 def is_increasing(ids: np.ndarray) -> bool:

@@ -88,8 +88,9 @@ def finite_only(collected: Collected) -> Collected:
 
 
 def loss(collected: Collected, index: WindowIndex, batch_size: int) -> LossMetrics:
+    nbytes = None if index.scored_bytes is None else index.scored_bytes[collected.window_ids]
     return reduce_loss(collected.window_ids, collected.nll, collected.scored, index.piece[collected.window_ids],
-                       batch_size)
+                       batch_size, nbytes)
 
 
 def per_device(blocks: list[BlockResult], batch_size: int, devices: list[DeviceInfo] = ()) -> list[DeviceRow]:
@@ -143,7 +144,7 @@ def windows_table(collected: Collected, index: WindowIndex):
     def names(k: int) -> pa.DictionaryArray:  # dictionary-encoded: a code per window, each name once
         return pa.DictionaryArray.from_arrays(source, pa.array([pair[k] for pair in collected.sources], pa.string()))
 
-    return pa.table({
+    columns = {
         "window_id": ids,
         "piece": index.piece[rows],
         "doc_id": index.doc_id[rows],
@@ -151,13 +152,18 @@ def windows_table(collected: Collected, index: WindowIndex):
         "n_scored": scored,
         "node": names(0),
         "device": names(1),
-    })
+    }
+    if index.scored_bytes is not None:
+        columns["scored_bytes"] = index.scored_bytes[rows]
+    return pa.table(columns)
 
 
 def result_txt(results: Results) -> str:
     """The port's number where the port prints it, for drop-in comparison."""
     return (f"seed_ppl {fmt(results.seed_ppl)}\nppl {fmt(results.ppl)}\nmean_ce {fmt(results.mean_ce)}\n"
-            f"tokens {results.tokens}\nwindows {results.windows}\n")
+            f"tokens {results.tokens}\nwindows {results.windows}\n"
+            + (f"bits_per_byte {fmt(results.bits_per_byte)}\nbyte_perplexity {fmt(results.byte_perplexity)}\n"
+               f"bytes {results.bytes}\n" if results.bytes else ""))
 
 
 def summary_table(results: Results) -> str:
@@ -172,6 +178,8 @@ def summary_table(results: Results) -> str:
         f"  mean cross-entropy   {fmt(r.mean_ce)} nats/token",
         f"  perplexity           {fmt(r.ppl)}",
         f"  seed_ppl (the port)  {fmt(r.seed_ppl)}",
+        *([f"  bits per byte        {fmt(r.bits_per_byte)} (byte perplexity {fmt(r.byte_perplexity)}, "
+           f"over {r.bytes} bytes of text)"] if r.bytes else []),
         f"  throughput           {fmt(speed.samples_per_s, 1)} samples/s, {fmt(speed.tokens_per_s, 0)} "
         f"tokens/s over {speed.eval_s:.1f} s",
         f"  device FPS (sum)     {fmt(speed.device_fps_sum, 1)}",

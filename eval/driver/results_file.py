@@ -104,7 +104,10 @@ class Results:
     mean_ce: float | None  # Σ NLL / Σ scored tokens, nats; null where nothing was scored
     ppl: float | None
     seed_ppl: float | None  # the port's number (docs/design.md, "Metrics")
+    bits_per_byte: float | None = None  # Σ NLL / (Σ bytes · ln 2), where the data set records bytes
+    byte_perplexity: float | None = None  # exp(Σ NLL / Σ bytes)
     tokens: int
+    bytes: int | None = None  # UTF-8 bytes of text the scored tokens cover; None: not recorded
     windows: int
     windows_dropped: int
     backend: str

@@ -230,3 +230,66 @@ def test_the_pre_2024_ais_bench_on_the_fake_chips(ray_with_fake_chips, knobs, mo
                                     devices=2, block_windows=40)).results.to_json()
     assert (old["ais_bench_api"], new["ais_bench_api"], onnx["ais_bench_api"]) == ("infer", "pipeline", None)
     assert old["mean_ce"] == new["mean_ce"] == onnx["mean_ce"]
+
+
+def causal_lm_texts(n: int = 80) -> list[str]:
+    import random
+
+    rng = random.Random(11)
+    words = ["数据", "并行", "评测", "芯片", "模型", "the", "stream", "token", "once", "北京", "，", "。", " ", "\n"]
+    return ["".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_causal_lm_with_its_own_tokenizer_through_build_prepare_and_run(ray_with_fake_chips, tmp_path, family):
+    """Issue 16's bar: a tiny Llama (BOS and EOS) and Qwen2 (EOS only, as its base models) with
+    their tokenizer.json, built, a JSONL corpus prepared with the build folder's tokenizer, and run
+    on two workers: every token of the stream scored once in order, mean CE as PyTorch's, and bits
+    per byte over exactly the corpus's bytes."""
+    import torch
+    from checkpoints import make_hf_checkpoint
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from npueval.build.pipeline import BuildConfig, build
+    from npueval.eval.data.prepare import PrepareConfig, prepare
+
+    ckpt = make_hf_checkpoint(tmp_path / "ckpt", family, tie=family == "qwen2")
+    bos = 1 if family == "llama" else None
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>" if bos else None, "eos_token": "</s>"}))
+    os.environ["PATH"], old_path = f"{FAKES}{os.pathsep}{os.environ['PATH']}", os.environ["PATH"]
+    try:
+        build(BuildConfig(ckpt, tmp_path / "build", batch_size=B, seq_len=L, soc="Ascend310P3"))
+    finally:
+        os.environ["PATH"] = old_path
+    texts = causal_lm_texts()
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    data = prepare(PrepareConfig(corpus_dir=tmp_path / "corpus", tokenizer=tmp_path / "build", out=tmp_path / "data",
+                                 n_ctx=L, rows_per_shard=20, workers=0)).out
+    results = run(RunConfig.from_flags(data=data, out=tmp_path / "out", model=tmp_path / "build", backend="onnx",
+                                       devices=2, block_windows=8)).results.to_json()
+
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    stream = [i for t in texts if t for i in [*([bos] if bos else []), *tok.encode(t, add_special_tokens=False).ids, 2]]
+    rows = read_shards(data)
+    scored = [int(x) for ids, a, b in zip(rows["input_ids"], rows["score_from"], rows["n_valid"]) for x in ids[a:b]]
+    assert scored == stream[1:]
+
+    net = AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager").eval()
+    nll_sum = 0.0
+    with torch.no_grad():
+        for ids, a, b in zip(rows["input_ids"], rows["score_from"], rows["n_valid"]):
+            x = torch.from_numpy(ids[:b][None])
+            logp = torch.log_softmax(net(x).logits.double(), dim=-1)[0]
+            nll_sum += float(-logp[a - 1: b - 1].gather(1, x[0, a:b, None]).sum())
+    n_bytes = sum(len(t.encode()) for t in texts)
+    if not bos:  # the stream's first token, unscored, is the first text's: its bytes do not count
+        first = texts[0][: tok.encode(texts[0], add_special_tokens=False).offsets[0][1]]
+        n_bytes -= len(first.encode())
+    assert results["tokens"] == len(stream) - 1 and results["bytes"] == n_bytes
+    assert results["mean_ce"] == pytest.approx(nll_sum / (len(stream) - 1), rel=1e-5)
+    assert results["bits_per_byte"] == pytest.approx(nll_sum / n_bytes / np.log(2), rel=1e-5)
+    assert results["byte_perplexity"] == pytest.approx(np.exp(nll_sum / n_bytes), rel=1e-5)
+    assert results["vocab_checked"] is True

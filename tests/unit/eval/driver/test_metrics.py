@@ -30,6 +30,22 @@ def test_mean_ce_is_sum_over_tokens_and_order_does_not_matter():
     assert again == m  # bit for bit: fsum in window order
 
 
+def test_bits_per_byte_is_lm_evaluation_harness_formula_over_the_token_bytes():
+    """bits per byte = −Σ log p / (Σ bytes · ln 2); byte perplexity = exp(−Σ log p / Σ bytes)."""
+    per_token, piece = windows(seed=4)
+    rng = np.random.default_rng(4)
+    token_bytes = [rng.integers(0, 5, size=t.size) for t in per_token]  # 0: BOS, EOS
+    ids = np.arange(len(per_token))
+    m = reduce_loss(ids, np.array([t.sum() for t in per_token]), np.array([t.size for t in per_token]), piece, 4,
+                    np.array([b.sum() for b in token_bytes]))
+    nats, n_bytes = np.concatenate(per_token).sum(), np.concatenate(token_bytes).sum()
+    assert m.scored_bytes == n_bytes
+    assert m.bits_per_byte == pytest.approx(nats / n_bytes / math.log(2), rel=1e-12)
+    assert m.byte_perplexity == pytest.approx(2 ** m.bits_per_byte, rel=1e-12)
+    without = reduce_loss(ids, np.array([t.sum() for t in per_token]), np.array([t.size for t in per_token]), piece, 4)
+    assert (without.scored_bytes, without.bits_per_byte, without.byte_perplexity) == (None, None, None)
+
+
 def test_seed_ppl_is_the_ports_mean_of_batch_means():
     per_token, piece = windows(seed=2)
     B = 3
