@@ -58,8 +58,8 @@ class BackendKind:
 
     name: str  # the --backend value
     implementation: str  # "module:Class", imported when an actor opens the backend
-    model_file: str | None  # the build's file it runs ("om", "onnx"), None: it runs no model
-    resource: str  # what each actor holds: "NPU" (one chip), "CPU" (one core)
+    model_file: str | None  # the build's file it runs ("om", "onnx"), "checkpoint" (the folder), None: no model
+    resource: str  # what each actor holds: "NPU" (one chip), "GPU" (one), "CPU" (one core)
     on_chip: bool = False  # runs a real chip: its health is checked, its model copy obeys ais_bench's path rules
     stands_in: bool = False  # simulates NPUs: a Ray npueval starts gets made-up ones; --device-ms sets its time
 
@@ -77,6 +77,9 @@ BACKENDS: dict[str, BackendKind] = {
         BackendKind("om", ".om_backend:OmBackend", model_file="om", resource="NPU", on_chip=True),
         BackendKind("onnx", ".onnx_backend:OnnxBackend", model_file="onnx", resource="CPU"),
         BackendKind("simulated", ".simulated:SimulatedBackend", model_file=None, resource="NPU", stands_in=True),
+        BackendKind("torch", ".torch_backend:TorchBackend", model_file="checkpoint", resource="CPU"),
+        BackendKind("torch-cuda", ".torch_backend:TorchCudaBackend", model_file="checkpoint", resource="GPU"),
+        BackendKind("torch-npu", ".torch_backend:TorchNpuBackend", model_file="checkpoint", resource="NPU"),
     )
 }
 

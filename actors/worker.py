@@ -78,7 +78,8 @@ class BenchFigures:
 @dataclass(frozen=True)
 class WorkerSpec:
     backend: str  # a name in the backend table (actors/backend.py)
-    model: ModelFile | None = None  # None for the simulated backend
+    model: ModelFile | None = None  # None for the simulated and torch backends
+    checkpoint: str | None = None  # the torch backends: the checkpoint folder, read where it lies
     batch_size: int = 8  # simulated only: the others read it from the model
     seq_len: int = 512  # simulated only
     device_ms: float = 0.0  # simulated only: sleep per model batch
@@ -89,7 +90,8 @@ class WorkerSpec:
     pipeline: bool = True  # a block's batches in one nll_many call; False: one nll call per batch
 
     def __post_init__(self):
-        if self.kind.model_file is not None and self.model is None:
+        needed = self.checkpoint if self.kind.model_file == "checkpoint" else self.model
+        if self.kind.model_file is not None and needed is None:
             raise UserError(f"--backend {self.backend} needs --model")
 
     @property
@@ -127,6 +129,16 @@ def assigned_npu() -> str | None:
     return ids[0] if ids else None
 
 
+def assigned_gpu() -> str | None:
+    """The GPU id Ray gave this actor, or None."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return ids[0] if ids else None
+
+
 def check_chip_health(logic_id: str, allow_unhealthy: bool) -> None:
     """On a cluster npueval joined, nobody left the sick chips out: refuse to run on one (where
     npu-smi can tell; where it fails, say so and run)."""
@@ -149,7 +161,8 @@ class DeviceWorker:
 
     def __init__(self, spec: WorkerSpec, label: str, factory: BackendFactory | None = None):
         npu = assigned_npu()
-        self.device = f"npu:{npu}" if npu is not None else label
+        gpu = assigned_gpu()
+        self.device = f"npu:{npu}" if npu is not None else f"cuda:{gpu}" if gpu is not None else label
         import ray
 
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
@@ -239,7 +252,7 @@ def _loop(backend: Backend, ids: np.ndarray, warmup: int, loop: int) -> tuple[fl
 def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: BackendFactory | None = None,
                    calls_at_once: int = CALLS_AT_ONCE) -> list:
     """`count` DeviceWorker actors, each holding one of its backend's resource: {"NPU": 1} (om,
-    simulated) or one CPU (onnx).
+    simulated, torch-npu), one GPU (torch-cuda) or one CPU (onnx, torch).
 
     NPU actors ask for no CPU: the chip does the work, and 32 simulated devices must fit on a
     two-core machine. Ray restarts a dead actor up to `max_restarts` times; calls that were in
@@ -252,6 +265,8 @@ def remote_workers(spec: WorkerSpec, count: int, max_restarts: int, factory: Bac
 
     if spec.kind.resource == "CPU":
         options = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+    elif spec.kind.resource == "GPU":
+        options = {"num_cpus": 0, "num_gpus": 1}
     else:
         options = {"num_cpus": 0, "resources": {"NPU": 1}}
     actor = ray.remote(DeviceWorker).options(max_restarts=max_restarts, max_task_retries=0,

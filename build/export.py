@@ -8,7 +8,7 @@ passes of stage 3 each find their pattern once per layer. The numbers are the sa
 checks the export against transformers' own eager attention. transformers 5 needs an
 explicit all-ones attention mask for this exporter (docs/design.md, "Building a model"), so the model is wrapped;
 without padding (npueval never pads inside a window's context) the causal mask is all there is.
-The other families (build/families.py) are exported at the build's static (B, L), logits only.
+The other families (core/families.py) are exported at the build's static (B, L), logits only.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class BuildManifest:
     tolerance_loosened: bool
     stages: dict
     atc: dict
-    family: str = "gpt2"  # config.json's model_type (build/families.py)
+    family: str = "gpt2"  # config.json's model_type (core/families.py)
     tokenizer: str = "vocab.txt"  # the tokenizer file in the build folder, whose sha256 is vocab_sha256
 
     @property

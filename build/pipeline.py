@@ -1,6 +1,6 @@
 """`npueval build`: checkpoint → verified ONNX → NPU graph with the loss inside → OM.
 
-The checkpoint is GPT2-Chinese or a Llama, Qwen2 or Mistral family model (build/families.py);
+The checkpoint is GPT2-Chinese or a Llama, Qwen2 or Mistral family model (core/families.py);
 its tokenizer file is copied into DIR and its sha256 recorded.
 
 Stages (each writes its file into DIR and an entry into DIR/manifest.json):
@@ -17,12 +17,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from npueval.core.checkpoint import Checkpoint, load_model, open_checkpoint
 from npueval.core.errors import UserError
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
 from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
 from . import atc
-from .checkpoint import Checkpoint, load_model, open_checkpoint
 from .export import export_onnx, op_histogram
 from .loss_head import KEEP_FP32_NODES, add_loss_head
 from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec

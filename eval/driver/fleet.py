@@ -49,7 +49,7 @@ class DeviceConfig:
 
     backend: str = "auto"  # auto, or a name in the backend table (actors/backend.py)
     devices: int | None = None
-    batch_size: int | None = None  # the simulated backend's batch (the others: the model's)
+    batch_size: int | None = None  # the simulated and torch backends' batch (the others: the model's)
     device_ms: float = 0.0
     address: str | None = None
     max_retries: int = 3
@@ -269,6 +269,12 @@ def choose_backend(config: DeviceConfig, model: ModelSpec | None, resources: dic
         if model.om is None:
             raise UserError(f"--backend om: --model {model.name} has no OM; compile it with atc.sh on an NPU host")
         return BackendChoice("om", None)
+    if config.backend != "auto" and BACKENDS[config.backend].model_file == "checkpoint":
+        if model.checkpoint is None:
+            raise UserError(f"--backend {config.backend}: --model {model.name} names no checkpoint folder; point "
+                            "--model at the checkpoint (config.json and weights) or at a build folder made from one "
+                            "on this host")
+        return BackendChoice(config.backend, None)
     if config.backend == "onnx":
         if model.onnx is None:
             raise UserError(f"--backend onnx: --model {model.name} is an OM only; point --model at its build folder")
@@ -296,10 +302,12 @@ def device_count(config: DeviceConfig, backend: str, resources: dict) -> int:
         count = config.devices or max(1, sum(1 for n in ray.nodes() if n["Alive"]))
         ray_cluster.require(resources, {"CPU": count})
         return count
-    count = config.devices or int(resources.get("NPU", 0))
+    resource = BACKENDS[backend].resource
+    count = config.devices or int(resources.get(resource, 0))
     if count < 1:
-        raise UserError(f"--backend {backend}: the Ray cluster has no NPU; run on an NPU host, or use --backend onnx")
-    ray_cluster.require(resources, {"NPU": count})
+        raise UserError(f"--backend {backend}: the Ray cluster has no {resource}; run on a host with one, or use "
+                        "--backend onnx")
+    ray_cluster.require(resources, {resource: count})
     return count
 
 
@@ -314,7 +322,7 @@ def _ship(path: Path) -> ModelFile:
 def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int | None, count: int,
                 resources: dict) -> WorkerSpec:
     kind = BACKENDS[backend]
-    if kind.model_file is None:
+    if kind.model_file in (None, "checkpoint"):  # nothing shipped: no model, or the checkpoint where it lies
         batch = config.batch_size or (model.batch_size if model and model.batch_size else 8)
         shipped = None
     else:
@@ -326,7 +334,8 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
     reference = _ship(config.check_against) if config.check_against else None
     # onnx workers spread over the nodes: each gets its share of the cores, not all of them.
     threads = max(1, int(resources.get("CPU", 1)) // count)
-    return WorkerSpec(backend=backend, model=shipped, batch_size=batch, seq_len=seq_len or 512,
+    checkpoint = str(model.checkpoint.resolve()) if kind.model_file == "checkpoint" else None
+    return WorkerSpec(backend=backend, model=shipped, checkpoint=checkpoint, batch_size=batch, seq_len=seq_len or 512,
                       device_ms=config.device_ms, threads=threads if kind.resource == "CPU" else 1,
                       reference=reference, check_batches=config.check_batches if reference else 0,
                       allow_unhealthy=config.allow_unhealthy, pipeline=config.pipeline)

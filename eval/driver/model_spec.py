@@ -1,9 +1,11 @@
 """What `run --model` points at, and whether it fits the data set (docs/design.md, "The job, end to end").
 
 A build folder (manifest.json from `npueval build`) says everything: the OM and the verified
-ONNX, batch, sequence length, output and the checkpoint's vocab sha256. A bare model file says
-less: an ONNX model's shapes are read from it; an OM's only an NPU actor can read. The vocab
-check then needs `--vocab`, otherwise results.json says vocab_checked: false.
+ONNX, batch, sequence length, output, the checkpoint's tokenizer sha256 and its folder (which the
+torch backends run). A checkpoint folder (config.json and weights) is for the torch backends: its
+tokenizer's sha256 and its positions are checked against the data. A bare model file says less:
+an ONNX model's shapes are read from it; an OM's only an NPU actor can read. The vocab check then
+needs `--vocab`, otherwise results.json says vocab_checked: false.
 """
 
 from __future__ import annotations
@@ -33,22 +35,27 @@ class ModelSpec:
     manifest_sha256: str | None  # of the build manifest, None for a bare file
     identity: str  # what --resume compares: the manifest's sha256, or the model file's
     vocab_source: str = "its build manifest"  # where vocab_sha256 came from, for messages
+    checkpoint: Path | None = None  # the checkpoint folder the torch backends run, where it is on this host
+    positions: int | None = None  # a checkpoint's longest sequence (its position table)
 
     @property
     def name(self) -> str:
-        return str(self.om or self.onnx)
+        return str(self.om or self.onnx or self.checkpoint)
 
     def file(self, kind: str) -> Path | None:
-        """The model file a backend runs: its table row's `model_file`, "om" or "onnx"."""
-        return {"om": self.om, "onnx": self.onnx}[kind]
+        """What a backend runs: its table row's `model_file`, "om", "onnx" or "checkpoint"."""
+        return {"om": self.om, "onnx": self.onnx, "checkpoint": self.checkpoint}[kind]
 
 
 def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSpec:
     path = Path(model)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "manifest.json").is_file():
+        return _from_checkpoint(path)
     if path.is_dir():
         return _from_build(path)
     if not path.is_file():
-        raise UserError(f"--model {path}: no such file or folder; give an `npueval build` folder, a .onnx or an .om")
+        raise UserError(f"--model {path}: no such file or folder; give an `npueval build` folder, a .onnx, an .om "
+                        "or (torch backends) a checkpoint folder")
     vocab_sha = vocab_size = None
     if vocab is not None:
         v = load_vocab(vocab)
@@ -74,7 +81,21 @@ def _from_build(folder: Path) -> ModelSpec:
             raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` "
                             "again")
     sha = hashlib.sha256(raw).hexdigest()
-    return ModelSpec(om, onnx, m.batch_size, m.seq_len, m.vocab_size, m.vocab_sha256, sha, sha)
+    checkpoint = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else None  # built on another host: not here
+    return ModelSpec(om, onnx, m.batch_size, m.seq_len, m.vocab_size, m.vocab_sha256, sha, sha, checkpoint=checkpoint)
+
+
+def _from_checkpoint(folder: Path) -> ModelSpec:
+    """A checkpoint folder, for the torch backends: any batch, up to its positions; identity = its
+    weights and config."""
+    import json
+
+    from npueval.core.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(folder)
+    identity = hashlib.sha256(f"{ckpt.weights_sha256}:{json.dumps(ckpt.config, sort_keys=True)}".encode()).hexdigest()
+    return ModelSpec(None, None, None, None, int(ckpt.config["vocab_size"]), ckpt.tokenizer.sha256, None, identity,
+                     f"the checkpoint's {ckpt.tokenizer.path.name}", checkpoint=folder, positions=ckpt.positions)
 
 
 def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
@@ -99,6 +120,9 @@ def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
 def check_pair(model: ModelSpec, data_manifest: DataManifest, data_dir: Path) -> bool:
     """Refuse a model/data pair whose vocab or sequence length differ; True when the vocab was checked."""
     n_ctx = data_manifest.n_ctx
+    if model.positions is not None and n_ctx > model.positions:
+        raise UserError(f"--model {model.name} takes at most {model.positions} positions but --data {data_dir} holds "
+                        f"windows of {n_ctx}: prepare the data with --n-ctx {model.positions} or less")
     if model.seq_len is not None and model.seq_len != n_ctx:
         raise UserError(
             f"--model {model.name} takes sequences of {model.seq_len} tokens but --data {data_dir} holds windows of "

@@ -145,7 +145,7 @@ def model_nll(model, windows: np.ndarray, batch_size: int = 8) -> float:
 
 def evaluate(checkpoint: Path) -> dict:
     """The quality bar: held-out perplexity (the default run's windows) next to a unigram model's."""
-    from npueval.build.checkpoint import load_model, open_checkpoint
+    from npueval.core.checkpoint import load_model, open_checkpoint
     from npueval.eval.sample.bundled import prepare_sample
 
     ckpt = open_checkpoint(checkpoint)

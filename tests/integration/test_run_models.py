@@ -293,3 +293,15 @@ def test_a_causal_lm_with_its_own_tokenizer_through_build_prepare_and_run(ray_wi
     assert results["bits_per_byte"] == pytest.approx(nll_sum / n_bytes / np.log(2), rel=1e-5)
     assert results["byte_perplexity"] == pytest.approx(np.exp(nll_sum / n_bytes), rel=1e-5)
     assert results["vocab_checked"] is True
+
+    # The torch backend on the checkpoint itself (batches of 8 against the ONNX model's 4), checked
+    # on every worker against the build's ONNX as the OM would be.
+    eager = run(RunConfig.from_flags(data=data, out=tmp_path / "torch", model=ckpt, backend="torch", devices=2,
+                                     block_windows=8, check_against=tmp_path / "build" / "model.onnx",
+                                     check_batches=2)).results.to_json()
+    assert (eager["backend"], eager["batch_size"], eager["tokens"], eager["bytes"]) == ("torch", 8, len(stream) - 1,
+                                                                                        n_bytes)
+    assert eager["mean_ce"] == pytest.approx(nll_sum / (len(stream) - 1), rel=1e-5)
+    assert eager["vocab_checked"] is True
+    for d in eager["per_device"]:
+        assert d["check"]["batches"] == 2 and d["check"]["tokens"] > 0 and d["check"]["max_rel_err"] < 1e-4

@@ -54,11 +54,11 @@ def graphs(tmp_path_factory):
     import onnx
     from checkpoints import make_checkpoint
 
-    from npueval.build.checkpoint import load_model, open_checkpoint
     from npueval.build.export import export_onnx
     from npueval.build.loss_head import add_loss_head
     from npueval.build.passes import run_passes
     from npueval.build.simplify import simplify
+    from npueval.core.checkpoint import load_model, open_checkpoint
 
     folder = tmp_path_factory.mktemp("graphs")
     model = load_model(open_checkpoint(make_checkpoint(folder / "ckpt")))
@@ -195,13 +195,16 @@ def test_faults_land_in_their_batch_through_nll_many(monkeypatch):
 def test_the_backend_table_names_each_backend_class_and_what_it_needs():
     from npueval.actors.backend import BACKENDS, backend_kind
     from npueval.actors.om_backend import OmBackend
+    from npueval.actors.torch_backend import TorchBackend, TorchCudaBackend, TorchNpuBackend
 
     assert {name: kind.load() for name, kind in BACKENDS.items()} == {
-        "om": OmBackend, "onnx": OnnxBackend, "simulated": SimulatedBackend}
+        "om": OmBackend, "onnx": OnnxBackend, "simulated": SimulatedBackend, "torch": TorchBackend,
+        "torch-cuda": TorchCudaBackend, "torch-npu": TorchNpuBackend}
     assert [(k.name, k.model_file, k.resource, k.on_chip, k.stands_in) for k in BACKENDS.values()] == [
         ("om", "om", "NPU", True, False), ("onnx", "onnx", "CPU", False, False),
-        ("simulated", None, "NPU", False, True)]
-    with pytest.raises(UserError, match=r"--backend 'tpu': choose one of om, onnx, simulated"):
+        ("simulated", None, "NPU", False, True), ("torch", "checkpoint", "CPU", False, False),
+        ("torch-cuda", "checkpoint", "GPU", False, False), ("torch-npu", "checkpoint", "NPU", False, False)]
+    with pytest.raises(UserError, match=r"--backend 'tpu': choose one of om, onnx, simulated, torch, torch-cuda"):
         backend_kind("tpu")
 
 
@@ -217,3 +220,51 @@ def test_a_backend_opens_from_its_worker_spec(graphs):
     assert isinstance(onnx, OnnxBackend) and onnx.loss_head and (onnx.batch_size, onnx.seq_len) == (B, L)
     with pytest.raises(UserError, match="--backend onnx needs --model"):
         WorkerSpec("onnx")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_torch_backend_equals_the_transformers_model_in_float64(tmp_path, family):
+    """The checkpoint through the torch backend against the same weights through transformers,
+    log-softmax in float64: a full batch, and a short one (eager: no padding needed)."""
+    import torch
+    from checkpoints import make_checkpoint, make_hf_checkpoint, tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from npueval.actors.torch_backend import TorchBackend
+
+    if family == "gpt2":  # GPT2-Chinese's layout: old config keys, no lm_head.weight saved
+        folder = make_checkpoint(tmp_path / "ckpt")
+        from vocabs import small_vocab_tokens
+
+        reference = tiny_model(len(small_vocab_tokens()))
+    else:
+        folder = make_hf_checkpoint(tmp_path / "ckpt", family)
+        reference = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    backend = TorchBackend(folder, batch_size=B, seq_len=L)
+    assert isinstance(backend, Backend) and (backend.batch_size, backend.seq_len) == (B, L)
+    vocab = reference.config.vocab_size
+    ids = np.random.default_rng(5).integers(0, vocab, (B, L))
+    with torch.no_grad():
+        logp = torch.log_softmax(reference(torch.from_numpy(ids)).logits.double(), dim=-1)
+    expected = -logp[:, :-1].gather(2, torch.from_numpy(ids[:, 1:, None]))[..., 0].numpy()
+    got = backend.nll(ids)
+    assert got.dtype == np.float32 and got.shape == (B, L - 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(backend.nll(ids[:1]), got[:1])
+    assert [a.tolist() for a in backend.nll_many([ids, ids[1:]])] == [got.tolist(), got[1:].tolist()]
+    assert backend.device_seconds() > 0
+
+
+def test_torch_backends_say_what_their_host_lacks(tmp_path):
+    from types import SimpleNamespace
+
+    from npueval.actors.torch_backend import TorchBackend, TorchCudaBackend, TorchNpuBackend
+
+    with pytest.raises(UserError, match=r"--model: the torch backends read the checkpoint .*nowhere where it lies, "
+                                        r"and host .* has no such folder; put it at that path on every node"):
+        TorchBackend(tmp_path / "nowhere", B, L)
+    spec = SimpleNamespace(checkpoint=str(tmp_path), batch_size=B, seq_len=L, threads=1)
+    with pytest.raises(UserError, match="--backend torch-cuda: PyTorch on host .* sees no CUDA GPU"):
+        TorchCudaBackend.open(spec, None, None)  # the CPU wheel of torch here
+    with pytest.raises(UserError, match="--backend torch-npu: host .* has no torch_npu"):
+        TorchNpuBackend.open(spec, None, "0")

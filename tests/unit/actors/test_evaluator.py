@@ -62,11 +62,15 @@ class CountingBackend(SimulatedBackend):
 
 
 class Reference:
-    """A host model whose NLL differs a little from the simulated one's, so the check has errors to find."""
+    """A host model whose NLL differs a little from the simulated one's, so the check has errors to find.
+    Its batch (3) is not the device's: the check hands it the device's batches in pieces it takes."""
+
+    batch_size = 3
 
     def nll(self, input_ids):
         from npueval.actors.simulated import simulated_nll
 
+        assert input_ids.shape[0] <= self.batch_size
         return simulated_nll(input_ids) * (1 + 1e-3 * (input_ids[:, 1:] % 7))
 
     def close(self):

@@ -7,8 +7,8 @@ import pytest
 from checkpoints import make_checkpoint, tiny_model
 from vocabs import small_vocab_tokens
 
-from npueval.build.checkpoint import load_model, open_checkpoint
 from npueval.build.export import reference_logits
+from npueval.core.checkpoint import load_model, open_checkpoint
 from npueval.core.errors import CheckpointError, UserError
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import onnxruntime as ort
 from checkpoints import make_checkpoint
 
-from npueval.build.checkpoint import load_model, open_checkpoint
 from npueval.build.export import OPSET, export_onnx, reference_logits
+from npueval.core.checkpoint import load_model, open_checkpoint
 from npueval.core.model_io import INPUT, LOGITS
 
 

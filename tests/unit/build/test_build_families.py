@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 from checkpoints import make_hf_checkpoint, tiny_hf_model
 
-from npueval.build.checkpoint import load_model, open_checkpoint
 from npueval.build.export import reference_logits
 from npueval.build.pipeline import BuildConfig, build
 from npueval.build.verify import random_ids
+from npueval.core.checkpoint import load_model, open_checkpoint
 from npueval.core.errors import CheckpointError
 from npueval.core.model_io import targets_for
 

@@ -171,10 +171,10 @@ def test_share_weights_merges_repeats_and_transposes():
 def test_counts_on_npuevals_own_export(tmp_path):
     from checkpoints import make_checkpoint
 
-    from npueval.build.checkpoint import load_model, open_checkpoint
     from npueval.build.export import export_onnx
     from npueval.build.simplify import simplify
     from npueval.build.verify import check_stage, random_ids
+    from npueval.core.checkpoint import load_model, open_checkpoint
 
     model = load_model(open_checkpoint(make_checkpoint(tmp_path / "ckpt", n_layer=3)))
     export_onnx(model, tmp_path / "e.onnx", seq_len=32)

@@ -6,11 +6,11 @@ import onnxruntime as ort
 import pytest
 from checkpoints import make_checkpoint
 
-from npueval.build.checkpoint import load_model, open_checkpoint
 from npueval.build.export import export_onnx, reference_logits
 from npueval.build.loss_head import LOSS_OPS, add_loss_head
 from npueval.build.simplify import simplify
 from npueval.build.verify import check_stage, random_ids
+from npueval.core.checkpoint import load_model, open_checkpoint
 from npueval.core.errors import RunError
 from npueval.core.model_io import NLL, TARGETS, targets_for
 

@@ -294,7 +294,7 @@ CASES = {
         "prepare it again from more text, or with a smaller --n-ctx or --min-length"),
     "run: a --model that does not exist": (
         nothing, ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/model.onnx"],
-        "--model {tmp}/model.onnx: no such file or folder", "give an `npueval build` folder, a .onnx or an .om"),
+        "--model {tmp}/model.onnx: no such file or folder", "give an `npueval build` folder, a .onnx, an .om"),
     "run: a --model folder that is not a build": (
         other_files, ["run", "--data", "{data}", "--out", "{tmp}/o", "--model", "{tmp}/out"],
         "--model {tmp}/out: no manifest.json", "point it at an `npueval build` folder or a model file"),
@@ -347,7 +347,7 @@ CASES = {
     # bench
     "bench: a --model that does not exist": (
         nothing, ["bench", "--model", "{tmp}/model.onnx"], "--model {tmp}/model.onnx: no such file or folder",
-        "give an `npueval build` folder, a .onnx or an .om"),
+        "give an `npueval build` folder, a .onnx, an .om"),
     "bench: a --data that does not exist": (
         nothing, ["bench", "--backend", "simulated", "--data", "{tmp}/data"], "--data {tmp}/data: no such folder",
         "make it with `npueval prepare`"),

@@ -1,7 +1,7 @@
 """A Hugging Face checkpoint folder (GPT2-Chinese, or a Llama, Qwen2 or Mistral family model):
 checked, then loaded without running its code.
 
-The folder holds config.json (its `model_type` names the family: build/families.py), the model's
+The folder holds config.json (its `model_type` names the family: core/families.py), the model's
 tokenizer (GPT2-Chinese's vocab.txt, or tokenizer.json: the data side checks its sha256 against
 the model's) and weights as model.safetensors, sharded safetensors with
 model.safetensors.index.json, or pytorch_model.bin. A .bin is loaded with
@@ -41,7 +41,7 @@ class Checkpoint:
     config: dict = field(repr=False)  # the family's config keyword arguments
     tokenizer: TokenizerFile
     weight_files: tuple[Path, ...]
-    weights_sha256: str  # over the weight files' bytes, in order
+    weights_sha256: str  # over the weight files' bytes, in order ("" where not hashed)
 
     @property
     def shape(self) -> str:
@@ -60,8 +60,9 @@ class Checkpoint:
         return load_vocab(self.tokenizer.path, flag=None)
 
 
-def open_checkpoint(folder: str | Path) -> Checkpoint:
-    """Check the folder's files and read its config and tokenizer; loads no weights."""
+def open_checkpoint(folder: str | Path, hash_weights: bool = True) -> Checkpoint:
+    """Check the folder's files and read its config and tokenizer; loads no weights. Without
+    `hash_weights` (a run that only loads them) weights_sha256 is ""."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(
@@ -76,11 +77,11 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     config = _config(family, raw, folder / "config.json", tokenizer)
     files = _weight_files(folder)
     digest = hashlib.sha256()
-    for path in files:
+    for path in files if hash_weights else ():
         with open(path, "rb") as f:
             while block := f.read(1 << 22):
                 digest.update(block)
-    return Checkpoint(folder, family, config, tokenizer, files, digest.hexdigest())
+    return Checkpoint(folder, family, config, tokenizer, files, digest.hexdigest() if hash_weights else "")
 
 
 def _read_json(path: Path) -> dict:
