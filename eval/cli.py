@@ -222,9 +222,11 @@ def _add_run(sub) -> None:
     _add_verbosity(p, default=argparse.SUPPRESS)
     p.add_argument("--data", help="a folder made by `npueval prepare`")
     p.add_argument("--out", help="the results folder (finished blocks are saved there as they come)")
-    p.add_argument("--model", help="an `npueval build` folder, a .onnx or an .om file")
+    p.add_argument("--model", help="an `npueval build` folder, a .onnx or an .om file, or (torch backends) a "
+                   "checkpoint folder")
     _add_device_flags(p)
-    p.add_argument("--batch-size", type=int, help="the simulated backend's batch (default: the model's, else 8)")
+    p.add_argument("--batch-size", type=int, help="the simulated and torch backends' batch (default: the model's, "
+                   "else 8)")
     p.add_argument("--limit", type=int, help="evaluate the first WINDOWS windows only")
     p.add_argument("--drop-last", action="store_true",
                    help="drop each piece's incomplete last batch, as the port does (default: pad and mask)")
@@ -338,9 +340,11 @@ class _window_progress:
 
 def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
-                   help="auto (default): om when the cluster has NPUs and the model an OM, else onnx")
+                   help="auto (default): om when the cluster has NPUs and the model an OM, else onnx; torch, "
+                   "torch-cuda, torch-npu: the checkpoint in eager PyTorch")
     p.add_argument("--devices", type=int,
-                   help="NPUs to use (default: all), or CPU workers for onnx (default: one per node)")
+                   help="NPUs (or GPUs) to use (default: all), or CPU workers for onnx and torch (default: one "
+                   "per node)")
     p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
     p.add_argument("--address",
                    help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")

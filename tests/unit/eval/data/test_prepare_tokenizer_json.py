@@ -211,6 +211,20 @@ def test_a_gpt2_checkpoint_keeps_the_ports_tokenizer(vocab_path, tmp_path):
     assert by_folder.scored_bytes is None
 
 
+def test_a_gpt2_build_folder_names_its_vocab_txt(tmp_path):
+    """The bundled sample's build folder: `--tokenizer BUILD` is `--vocab BUILD/vocab.txt`."""
+    from textgen import write_wiki_corpus
+
+    from npueval.eval.sample.bundled import BUILD
+
+    corpus = tmp_path / "wiki"
+    write_wiki_corpus(corpus, [[["中文" * 200, "文字" * 100]]])
+    by_build = prepare(PrepareConfig(corpus_dir=corpus, tokenizer=BUILD, out=tmp_path / "a", workers=0)).manifest
+    by_vocab = prepare(PrepareConfig(corpus_dir=corpus, vocab=BUILD / "vocab.txt", out=tmp_path / "b",
+                                     workers=0)).manifest
+    assert by_build.dataset_key == by_vocab.dataset_key and by_build.vocab_path == str((BUILD / "vocab.txt").resolve())
+
+
 def test_seed_mode_and_vocab_json_are_refused_with_a_tokenizer_json(model, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", "jsonl", ["text"])
     with pytest.raises(UserError, match="--mode seed: the port's protocol"):
