@@ -267,3 +267,19 @@ def test_bytes_no_token_covers_go_to_the_next_token_and_the_tail_to_eos(tmp_path
     ends = [1 + sum(spans[: k + 1]) for k in range(len(spans))]
     assert [w["scored_bytes"] for w in windows] == [sum(expected[e - n: e]) for n, e in zip(spans, ends)]
     assert result.manifest.scored_bytes == sum(len(t.encode()) for t in docs)
+
+
+def test_a_data_set_made_before_any_tokenizer_json_keeps_its_key():
+    """The key of a wiki_zh + vocab.txt data set is the sha256 of the inputs it always had: the
+    fields added for other corpora and tokenizers count only where they are not the defaults."""
+    import hashlib
+
+    from npueval.eval.data.manifest import CorpusFileEntry, DataInputs
+
+    old = {"format_version": 1, "mode": "seed", "n_ctx": 512, "stride": 768, "num_pieces": 100, "min_length": 128,
+           "shuffle": False, "files_mode": "first", "skip_bad_lines": False, "rows_per_shard": 4096,
+           "vocab_sha256": "ab" * 32, "files": [{"path": "AA/wiki_00", "sha256": "cd" * 32, "lines": 3}]}
+    inputs = DataInputs(**{**old, "files": (CorpusFileEntry("AA/wiki_00", "cd" * 32, 3),)})
+    assert inputs.key() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    for change in ({"corpus_format": "jsonl"}, {"text_field": "body"}, {"bos_id": 1}, {"eos_id": 2}):
+        assert DataInputs(**{**inputs.__dict__, **change}).key() != inputs.key()
