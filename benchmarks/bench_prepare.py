@@ -6,14 +6,16 @@ way: the whole corpus read into one list, 100 pieces cut by position, short arti
 one article at a time through the pure-Python classic BERT tokenizer
 (tests/reference/classic_bert.py), [MASK] ids [CLS] per article, windows of 512 every 768.
 
-Two generated wiki_zh-layout corpora are used (tests/reference/textgen.py): "1x" of
---size-mb MB and "4x", four times larger. They are kept in the work folder and reused when
-present. Every measured run is a fresh process, started by a small launcher process so that
-its peak RSS (ru_maxrss) is its own (the launcher's ~12 MB is the floor); wall time includes
-interpreter start-up and imports. Ours runs --repeat times (median wall, largest peak RSS),
-into a fresh output folder each time; the port runs once. In full mode the port's window
-count, token-id sum and stream length must equal ours (read from our Parquet shards), which
-shows both did the same job.
+Generated wiki_zh-layout corpora are used (tests/reference/textgen.py): "1x" of --size-mb MB and
+"4x", four times larger, and of each a "-removed-chars" copy: the same articles with characters
+that the tokenizer's cleaning removes put into 60% of them (zero-width spaces, direction marks,
+soft hyphens, …: textgen.with_removed_characters; the port is not run on them). They are kept in
+the work folder and reused when present; ours runs on each in turn. Every measured run is a
+fresh process, started by a small launcher process so that its peak RSS (ru_maxrss) is its own
+(the launcher's ~12 MB is the floor); wall time includes interpreter start-up and imports. Ours
+runs --repeat times (median wall, largest peak RSS), into a fresh output folder each time; the
+port runs once. In full mode the port's window count, token-id sum and stream length must equal
+ours (read from our Parquet shards), which shows both did the same job.
 
 Run from the repository root, in the project's virtual environment:
 
@@ -66,6 +68,20 @@ def ensure_corpus(work: Path, vocab: Path, target_mb: int, seed: int) -> Path:
     print(f"generating {target_mb} MB corpus in {root} ...", file=sys.stderr)
     textgen.generate_wiki_corpus(root, tokens, target_mb * 10**6, seed)
     done.write_text(json.dumps({"target_mb": target_mb, "seed": seed, "vocab": str(vocab)}) + "\n")
+    return root
+
+
+def ensure_dirty_corpus(clean: Path, seed: int) -> Path:
+    """The clean corpus with characters cleaning removes put into 60% of its articles
+    (textgen.with_removed_characters), generated unless already complete."""
+    root = clean.with_name(clean.name + "-removed-chars")
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"copying {clean} with removed characters into {root} ...", file=sys.stderr)
+    textgen.dirty_copy(clean, root, seed)
+    done.write_text(json.dumps({"from": str(clean), "seed": seed}) + "\n")
     return root
 
 
@@ -153,23 +169,28 @@ def npueval_command() -> str:
     return str(beside) if beside.exists() else (shutil.which("npueval") or "npueval")
 
 
-def bench_ours(corpus: Path, vocab: Path, work: Path, label: str, repeat: int) -> dict:
-    """`npueval prepare` `repeat` times, each into a fresh folder; the last output is kept."""
-    out = work / f"prepared-{label}"
-    walls, rss, sources = [], [], []
+def bench_ours(corpora: dict[str, Path], vocab: Path, work: Path, repeat: int) -> dict[str, dict]:
+    """`npueval prepare` `repeat` times on each corpus (label → folder), the corpora in turn within
+    each round, so that a slower spell of the shared machine falls on all of them; each run into a
+    fresh folder, the last output kept."""
+    runs: dict[str, dict] = {label: {"walls_s": [], "peak_rss_mb_runs": [], "eval_sources": []} for label in corpora}
     for r in range(repeat):
-        shutil.rmtree(out, ignore_errors=True)
-        sources.append(source_fingerprint())
-        cmd = [npueval_command(), "prepare", str(corpus), "--vocab", str(vocab), "--out", str(out), "--force"]
-        wall, peak = measure(cmd, work / f"ours-{label}-{r}.log")
-        walls.append(wall)
-        rss.append(peak)
-        print(f"  ours {label} run {r + 1}/{repeat}: {wall:.2f} s, {peak:.0f} MB", file=sys.stderr)
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    return {"walls_s": walls, "wall_s": statistics.median(walls), "peak_rss_mb": max(rss), "out": str(out),
-            "peak_rss_mb_runs": rss, "eval_sources": sources,
-            "stream_tokens": manifest["stream_tokens"], "windows": manifest["windows"],
-            "id_sum": shard_id_sum(out, manifest)}
+        for label, corpus in corpora.items():
+            out = work / f"prepared-{label}"
+            shutil.rmtree(out, ignore_errors=True)
+            runs[label]["eval_sources"].append(source_fingerprint())
+            cmd = [npueval_command(), "prepare", str(corpus), "--vocab", str(vocab), "--out", str(out), "--force"]
+            wall, peak = measure(cmd, work / f"ours-{label}-{r}.log")
+            runs[label]["walls_s"].append(wall)
+            runs[label]["peak_rss_mb_runs"].append(peak)
+            print(f"  ours {label} run {r + 1}/{repeat}: {wall:.2f} s, {peak:.0f} MB", file=sys.stderr)
+    for label, run in runs.items():
+        out = work / f"prepared-{label}"
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        run.update(wall_s=statistics.median(run["walls_s"]), peak_rss_mb=max(run["peak_rss_mb_runs"]), out=str(out),
+                   stream_tokens=manifest["stream_tokens"], windows=manifest["windows"],
+                   id_sum=shard_id_sum(out, manifest))
+    return runs
 
 
 def shard_id_sum(out: Path, manifest: dict) -> int:
@@ -284,13 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     vocab = (args.vocab or gen_wiki_zh.default_vocab()).resolve()
     rows, raw = [], {"env": environment(), "args": {k: str(v) for k, v in vars(args).items()}, "sizes": {}}
+    corpora = {}
     for label, factor in (("1x", 1), ("4x", 4)):
-        corpus = ensure_corpus(args.work, vocab, args.size_mb * factor, args.seed)
+        clean = ensure_corpus(args.work, vocab, args.size_mb * factor, args.seed)
+        corpora.update({label: clean, f"{label}-removed-chars": ensure_dirty_corpus(clean, args.seed)})
+    for label, corpus in corpora.items():
+        print(f"{label}: {corpus} ({corpus_bytes(corpus) / 1e6:.1f} MB)", file=sys.stderr)
+    measured = bench_ours(corpora, vocab, args.work, args.repeat)
+    for label, corpus in corpora.items():
         mb = corpus_bytes(corpus) / 1e6
-        print(f"{label}: {corpus} ({mb:.1f} MB)", file=sys.stderr)
-        ours = bench_ours(corpus, vocab, args.work, label, args.repeat)
+        ours = measured[label]
         port = None
-        if not (label == "4x" and args.skip_port_4x):
+        if not (label == "4x" and args.skip_port_4x) and not label.endswith("-removed-chars"):
             port = bench_port(corpus, vocab, args.work, label, args.port_sample_articles)
             if not port["sampled"]:
                 check_same_job(label, ours, port)
@@ -299,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print("\n".join(notes(raw, args)))
+    for label in ("1x", "4x"):
+        clean, dirty = raw["sizes"][label]["ours"], raw["sizes"][f"{label}-removed-chars"]["ours"]
+        ratio = (dirty["stream_tokens"] / dirty["wall_s"]) / (clean["stream_tokens"] / clean["wall_s"])
+        raw["sizes"][f"{label}-removed-chars"]["speed_ratio"] = ratio
+        print(f"{label} with characters cleaning removes in 60% of the articles: {ratio:.2f}x the clean corpus's "
+              "stream tokens/s.")
     if args.json:
         args.json.write_text(json.dumps(raw, indent=2) + "\n")
     return 0

@@ -15,14 +15,19 @@ its own pipeline, with every character class taken from Python's tables:
   "beijing") goes once through NFD, removal of combining marks (Mn), punctuation split and
   greedy longest-match WordPiece with "##" continuations ([UNK] past 100 characters); the
   result is cached.
-- Texts with control, format, unassigned or private-use characters (rare) take a slower
-  path that cleans them in Python first and runs the whole text through Rust.
+- Texts with characters that cleaning removes (control, format, unassigned, private-use,
+  U+0000, U+FFFD: common in Wikipedia as direction marks, zero-width spaces, soft hyphens) are
+  found in that numpy pass, cleaned in Python (one regex substitution per segment between special
+  tokens, before lower-casing, as the classic cleans before it lower-cases: "ΑΣ\\x01Α" has a final
+  sigma, "ΑΣΑ" not) and classified again: they stay on the fast path. No text needs a slower one:
+  nothing that cleaning keeps lower-cases into something it removes (a test checks every code
+  point), so cleaned text is text the fast path takes.
 
 One corner of the classic is kept on purpose: a whitespace-delimited word that only becomes
 a special token's spelling once control characters are removed ("[SE\\u200bP]") is neither
-lower-cased nor kept whole: it is split as punctuation ("[", "SEP", "]"). Such words are
-swapped for private-use sentinels (which cleaning guarantees the text cannot contain) and
-expanded after encoding.
+lower-cased nor kept whole: it is split as punctuation ("[", "SEP", "]"). Cleaning swaps such
+words for private-use sentinels (which it guarantees the text cannot otherwise contain), each a
+unit of its own whose ids are that split.
 """
 
 from __future__ import annotations
@@ -85,7 +90,6 @@ def _class_ranges(name: str) -> list[tuple[int, int]]:
     tables = _char_classes()
     kind = tables["kind"]
     masks = {
-        "removed": lambda: kind == REMOVED,  # dropped by cleaning
         "spaced": lambda: tables["spaced"],  # CJK and digits: the classic puts spaces around them
         "isolated": lambda: (kind == SINGLE) | (kind == SOLO),  # spaced and punctuation: a word each
         "marks": lambda: tables["marks"],  # Mn: removed after NFD
@@ -202,7 +206,7 @@ class BertChineseTokenizer:
     """Encodes texts to ids exactly as GPT2-Chinese's BertTokenizer (transformers 2.5.1 base)."""
 
     def __init__(self, vocab: Vocab):
-        from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
+        from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
         from tokenizers.models import WordPiece
 
         self.vocab = vocab
@@ -228,19 +232,8 @@ class BertChineseTokenizer:
             for s in SPECIAL_TOKENS
         }
         self._sentinels = {s: chr(_SENTINEL_BASE + i) for i, s in enumerate(SPECIAL_TOKENS)}
-        self._rust.add_special_tokens(
-            [AddedToken(s, normalized=False) for s in (*SPECIAL_TOKENS, *self._sentinels.values())]
-        )
-        # Ids the Rust side gives that the vocab does not have: a special token missing from
-        # vocab.txt (the classic maps it to [UNK]) and the sentinels (expanded after encoding).
-        self._extra_ids: dict[int, np.ndarray] = {}
-        for s in SPECIAL_TOKENS:
-            rid = self._rust.token_to_id(s)
-            if s not in token_to_id:
-                self._extra_ids[rid] = np.asarray([vocab.unk_id], dtype=np.int32)
-        for s, sentinel in self._sentinels.items():
-            self._extra_ids[self._rust.token_to_id(sentinel)] = self._never_split_ids[s]
-        self._first_extra_id = min(self._extra_ids)
+        # A sentinel is a unit of its own (SOLO, below) whose ids are its special token's verbatim pieces.
+        self._fixed_words = {self._sentinels[s]: ids.tolist() for s, ids in self._never_split_ids.items()}
 
         self._special_split = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
 
@@ -261,7 +254,13 @@ class BertChineseTokenizer:
             self._placeholders[s] = chr(cp)
             self._kind[cp] = SPECIAL
             self._single_id[cp] = token_to_id.get(s, vocab.unk_id)
-        self._word_ids: dict[str, list[int]] = {}
+        # In raw text a sentinel is a private-use character (REMOVED: the text is cleaned); in cleaned
+        # text it is one of ours. Cleaning itself goes by the classic's own table.
+        self._raw_kind = classes["kind"]
+        self._kind_cleaned = self._kind.copy()
+        for sentinel in self._fixed_words:
+            self._kind_cleaned[ord(sentinel)] = SOLO
+        self._word_ids: dict[str, list[int]] = dict(self._fixed_words)
 
     # ------------------------------------------------------------------------------------
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -274,46 +273,72 @@ class BertChineseTokenizer:
         ids are ids[bounds[i]:bounds[i + 1]]."""
         if not texts:
             return np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64)
-        lowered, n_specials = zip(*map(self._lower, texts))
-        # One array for the batch: every text followed by a space.
-        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum([len(t) + 1 for t in lowered], out=bounds[1:])
-        big = " ".join(lowered) + " "
+        lowered = list(map(self._lower, texts))
+        batch = self._classify(lowered, self._kind)
+        dirty = self._dirty(*batch[2:], lowered)
+        if dirty.size:  # clean those texts and classify the batch again
+            for i in dirty.tolist():
+                lowered[i] = self._lower(texts[i], clean=True)
+            batch = self._classify(lowered, self._kind_cleaned)
+            if self._dirty(*batch[2:], lowered).size:
+                raise RuntimeError("the tokenizer's cleaning left a character it removes; please report the text")
+        return self._encode_clean(*batch)
+
+    @staticmethod
+    def _classify(lowered: list[tuple[str, int]], table: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        """The batch as one string (every text followed by a space), its code points, what each is
+        to the classic (by `table`), and where each text starts."""
+        bounds = np.zeros(len(lowered) + 1, dtype=np.int64)
+        np.cumsum([len(t) + 1 for t, _ in lowered], out=bounds[1:])
+        big = " ".join(t for t, _ in lowered) + " "
         cps = np.frombuffer(big.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        kind = self._kind[cps]
+        return big, cps, table[cps], bounds
+
+    @staticmethod
+    def _dirty(kind: np.ndarray, bounds: np.ndarray, lowered: list[tuple[str, int]]) -> np.ndarray:
+        """The texts holding a character cleaning removes (a private-use code point among them, which
+        also makes the count of special-token placeholders wrong)."""
 
         def text_of(positions: np.ndarray) -> np.ndarray:
             return np.searchsorted(bounds, positions, side="right") - 1
 
-        slow = np.zeros(len(texts), dtype=bool)
-        slow[text_of(np.flatnonzero(kind == REMOVED))] = True
-        placeholders = np.bincount(text_of(np.flatnonzero(kind == SPECIAL)), minlength=len(texts))
-        slow |= placeholders != np.asarray(n_specials)
-        slow_idx = np.flatnonzero(slow).tolist()
-        for i in slow_idx:
-            kind[bounds[i]: bounds[i + 1]] = SPACE
-
-        ids, token_bounds = self._encode_clean(big, cps, kind, bounds)
-        if not slow_idx:
-            return ids, token_bounds
-        per_text = [ids[token_bounds[i]: token_bounds[i + 1]] for i in range(len(texts))]
-        for i, slow_ids in zip(slow_idx, self._encode_slow([texts[i] for i in slow_idx])):
-            per_text[i] = slow_ids
-        token_bounds = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum([a.shape[0] for a in per_text], out=token_bounds[1:])
-        return np.concatenate(per_text), token_bounds
+        dirty = np.zeros(len(lowered), dtype=bool)
+        dirty[text_of(np.flatnonzero(kind == REMOVED))] = True
+        placeholders = np.bincount(text_of(np.flatnonzero(kind == SPECIAL)), minlength=len(lowered))
+        dirty |= placeholders != np.fromiter((n for _, n in lowered), dtype=np.int64, count=len(lowered))
+        return np.flatnonzero(dirty)
 
     def encode(self, text: str) -> np.ndarray:
         return self.encode_batch([text])[0]
 
-    def _lower(self, text: str) -> tuple[str, int]:
-        """Lower-case the stretches between special tokens; specials become placeholders."""
+    def _lower(self, text: str, clean: bool = False) -> tuple[str, int]:
+        """Lower-case the stretches between special tokens, cleaned first with `clean`; specials
+        become placeholders. (text, number of placeholders)."""
         parts = self._special_split.split(text)
+        if clean:
+            parts = self._cleaned(text, parts)
         for i in range(0, len(parts), 2):
             parts[i] = parts[i].lower()
         for i in range(1, len(parts), 2):
             parts[i] = self._placeholders[parts[i]]
         return "".join(parts), len(parts) // 2
+
+    def _cleaned(self, text: str, parts: list[str]) -> list[str]:
+        """PARTS (TEXT split at its special tokens) without the characters cleaning removes, a
+        never-split word in each stretch swapped for its sentinel. The removal is one numpy pass
+        over the whole text (a regex of every removed code point is some 2 MB/s); special tokens
+        are ASCII and lose nothing, so each part's end moves by what was removed before it."""
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        keep = self._raw_kind[cps] != REMOVED
+        cleaned = cps[keep].tobytes().decode("utf-32-le", "surrogatepass")
+        kept_before = np.zeros(cps.shape[0] + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept_before[1:])
+        ends = kept_before[np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))].tolist()
+        out = [cleaned[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        for i in range(0, len(out), 2):
+            if "[" in out[i]:  # every special token's spelling starts with one
+                out[i] = self._never_split.sub(lambda m: self._sentinels[m.group(1)], out[i])
+        return out
 
     def _encode_clean(self, big: str, cps: np.ndarray, kind: np.ndarray, bounds: np.ndarray):
         """Ids of the whole batch, and where each text's ids start and end in them.
@@ -363,25 +388,10 @@ class BertChineseTokenizer:
         if missing:
             if len(cache) + len(missing) > _WORD_CACHE_SIZE:
                 cache.clear()
+                cache.update(self._fixed_words)
             for word, enc in zip(missing, self._rust.encode_batch_fast(missing, add_special_tokens=False)):
                 cache[word] = enc.ids
         return [cache[w] for w in words]
-
-    def _encode_slow(self, texts: list[str]) -> list[np.ndarray]:
-        """Texts with characters the classic removes: cleaned here, then all through Rust."""
-        prepared = [self._prepare(t) for t in texts]
-        out = []
-        for enc in self._rust.encode_batch_fast(prepared, add_special_tokens=False):
-            ids = np.asarray(enc.ids, dtype=np.int32)
-            if ids.size and ids.max() >= self._first_extra_id:
-                ids = self._expand_extra(ids)
-            out.append(ids)
-        return out
-
-    @functools.cached_property
-    def _removed(self) -> re.Pattern:
-        """Characters cleaning drops (compiled on the first text that needs the slow path)."""
-        return re.compile(_python_class(_class_ranges("removed")))
 
     @functools.cached_property
     def _never_split(self) -> re.Pattern:
@@ -390,25 +400,3 @@ class BertChineseTokenizer:
         edge = "\\s" + _python_class(_class_ranges("spaced"))[1:-1]
         alternatives = "|".join(re.escape(s) for s in SPECIAL_TOKENS)
         return re.compile(f"(?<![^{edge}])({alternatives})(?![^{edge}])")
-
-    def _prepare(self, text: str) -> str:
-        """Clean (if needed) and lower-case each stretch between special tokens."""
-        parts = self._special_split.split(text)
-        dirty = self._removed.search(text) is not None
-        for i in range(0, len(parts), 2):
-            segment = parts[i]
-            if dirty:
-                segment = self._removed.sub("", segment)
-                segment = self._never_split.sub(lambda m: self._sentinels[m.group(1)], segment)
-            parts[i] = segment.lower()
-        return "".join(parts)
-
-    def _expand_extra(self, ids: np.ndarray) -> np.ndarray:
-        pieces = []
-        start = 0
-        for pos in np.flatnonzero(ids >= self._first_extra_id):
-            pieces.append(ids[start:pos])
-            pieces.append(self._extra_ids[int(ids[pos])])
-            start = pos + 1
-        pieces.append(ids[start:])
-        return np.concatenate(pieces)

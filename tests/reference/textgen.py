@@ -93,6 +93,32 @@ def folder_name(i: int) -> str:
     return chr(ord("A") + i // 26) + chr(ord("A") + i % 26)
 
 
+#: Characters the classic tokenizer's cleaning removes, as Wikipedia text carries them, with a weight
+#: each: zero-width space, left-to-right and right-to-left marks, zero-width joiner and non-joiner,
+#: soft hyphen, byte order mark, word joiner, a C0 control, private use, unassigned.
+REMOVED_IN_WIKI = (("\u200b", 30), ("\u200e", 15), ("\u200f", 10), ("\u200d", 5), ("\u200c", 5), ("\u00ad", 10),
+                   ("\ufeff", 5), ("\u2060", 5), ("\x01", 5), ("\ue000", 5), ("\u0378", 5))
+
+
+def with_removed_characters(text: str, rng: random.Random, article_rate: float = 0.6, most: int = 4) -> str:
+    """TEXT, or with probability `article_rate` TEXT with 1 to `most` of REMOVED_IN_WIKI at random places."""
+    if rng.random() >= article_rate:
+        return text
+    chars, weights = zip(*REMOVED_IN_WIKI)
+    out = list(text)
+    for _ in range(rng.randint(1, most)):
+        out.insert(rng.randint(0, len(out)), rng.choices(chars, weights)[0])
+    return "".join(out)
+
+
+def dirty_copy(src: Path, dst: Path, seed: int = 0, article_rate: float = 0.6) -> None:
+    """A copy of the wiki_zh corpus SRC in DST whose articles hold such characters (`with_removed_characters`)."""
+    rng = random.Random(seed)
+    for path in sorted(src.glob("*/wiki_*")):
+        texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        write_jsonl(dst / path.relative_to(src), [with_removed_characters(t, rng, article_rate) for t in texts])
+
+
 def write_jsonl(path: Path, texts: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

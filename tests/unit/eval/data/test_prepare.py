@@ -244,3 +244,16 @@ def test_a_file_that_shrinks_after_the_scan_is_named_and_nothing_is_written(corp
     with pytest.raises(CorpusError, match=r"changed while prepare read it"):
         prepare(config(root, vocab_path, out, workers=0))
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_min_length_counts_characters_before_cleaning(vocab_path, tmp_path):
+    """The port's rule: len(text) > min_length on the text as read (newlines as " [SEP] "), before
+    the tokenizer removes zero-width spaces and the like."""
+    from textgen import write_wiki_corpus
+
+    kept = "\u200b" * 200 + "中文"  # 202 characters, 2 once cleaned
+    dropped = "中" * 100 + "\u200e" * 28  # 128 characters: not more than 128
+    write_wiki_corpus(tmp_path / "wiki", [[[kept, dropped, "文" * 600]]])
+    m = prepare(config(tmp_path / "wiki", vocab_path, tmp_path / "out", mode="sliding", n_ctx=8, stride=4)).manifest
+    assert (m.articles_kept, m.articles_dropped) == (2, 1)
+    assert m.stream_tokens == (1 + 2 + 1) + (1 + 600 + 1)  # [MASK] ids [CLS] of each kept article

@@ -72,6 +72,48 @@ def test_named_cases(fast, classic, vocab_path, text, tokens):
     assert fast.encode(text).tolist() == expected
 
 
+#: What cleaning removes, one of each kind: C0 and C1 controls, format (LRM, RLM, ZWSP, ZWJ, BOM,
+#: soft hyphen, word joiner), private use (the code points npueval uses inside among them),
+#: unassigned, U+0000 and U+FFFD.
+REMOVED_SAMPLES = ("\x01\x1f\x7f\x85\u200e\u200f\u200b\u200d\ufeff\u00ad\u2060\ue000\ue004\uf000\uf8ff\u0378"
+                   "\U000e0001\x00\ufffd")
+
+
+@pytest.mark.parametrize("text", [
+    "ΑΣ\x01Α",  # cleaned before lower-casing: not a final sigma (str.lower() on the raw text says final)
+    "ΑΣ\u200dΑ", "ΑΣ\x01", "\x01ΑΣ",
+    REMOVED_SAMPLES,  # nothing but such characters
+    "中\u200b [SEP] \u200b文", "\u200b[SEP]\u200b", "[SEP]\u200e[CLS]", "a\u00ad[SEP]\u00adb",  # at [SEP]
+    "[SE\u200bP] [CL\x01S]x [MA\ue000SK]", "中[SE\u200bP]中", "1[SE\u200bP]2",  # specials once cleaned
+    "\ue000", "\ue000[SEP]", "x \ue002 y",  # the sentinels' own code points, in raw text
+    "beij\u200bing be\u00adijing", "\u200b" * 300 + "中",
+])
+def test_text_with_characters_cleaning_removes(fast, classic, text):
+    assert fast.encode(text).tolist() == classic.encode(text)
+
+
+def test_dense_such_characters_in_a_batch_of_clean_and_dirty_texts(fast, classic):
+    rng = random.Random(7)
+    words = [t for t in small_vocab_tokens() if not t.startswith("[")] + ["[SEP]", "[CLS]", "ΑΣ", "beijing"]
+    texts = ["".join(rng.choice([rng.choice(words), rng.choice(REMOVED_SAMPLES), " "])
+                     for _ in range(rng.randint(0, 80))) for _ in range(600)]
+    assert [g.tolist() for g in fast.encode_batch(texts)] == [classic.encode(t) for t in texts]
+
+
+def test_nothing_cleaning_keeps_lower_cases_into_what_it_removes(fast):
+    """Why no text needs a slow path: cleaned, lower-cased text holds no character cleaning
+    removes and none of the code points npueval uses inside (placeholders, sentinels)."""
+    import sys
+
+    from npueval.eval.data.tokenizer import _PLACEHOLDER_BASE, _SENTINEL_BASE, REMOVED, _char_classes
+
+    kind = _char_classes()["kind"]
+    internal = set(range(_SENTINEL_BASE, _SENTINEL_BASE + 5)) | set(range(_PLACEHOLDER_BASE, _PLACEHOLDER_BASE + 5))
+    bad = [cp for cp in range(sys.maxunicode + 1) if kind[cp] != REMOVED
+           and any(kind[ord(c)] == REMOVED or ord(c) in internal for c in chr(cp).lower())]
+    assert bad == []
+
+
 def test_special_token_missing_from_vocab_maps_to_unk(tmp_path):
     tokens = [t if t != "[PAD]" else "[unused0]" for t in small_vocab_tokens()]
     path = write_vocab(tmp_path / "vocab.txt", tokens)
