@@ -238,8 +238,8 @@ class BertChineseTokenizer:
         self._special_split = re.compile("(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")")
 
         # The numpy path: per code point, what it is and (for SINGLE) its id. Special tokens
-        # stand in the lower-cased text as private-use placeholders of kind SPECIAL; a text
-        # that already had such a code point holds a REMOVED one and takes the slow path.
+        # stand in the lower-cased text as private-use placeholders of kind SPECIAL; a text that
+        # already had such a code point has the wrong count of them, and is cleaned (which removes it).
         self._kind = classes["kind"].copy()
         char_id = np.full(self._kind.shape[0], vocab.unk_id, dtype=np.int32)  # one-character tokens
         for token, token_id in token_to_id.items():
