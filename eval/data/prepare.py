@@ -160,11 +160,12 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
         shutil.rmtree(partial, ignore_errors=True)
         raise
     log.info(
-        "prepared %d windows (%d scored tokens) from %d of %d articles into %s",
+        "prepared %d windows (%d scored tokens) from %d of %d %s into %s",
         manifest.windows,
         manifest.scored_tokens,
         manifest.articles_kept,
         manifest.articles_total,
+        "articles" if corpus.format == WIKI_ZH else "documents",
         config.out,
     )
     return PrepareResult(config.out, manifest, reused=False, format_chosen_because=corpus.chosen_because)
