@@ -24,9 +24,10 @@ from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
 from . import atc
 from .export import export_onnx, op_histogram
-from .loss_head import KEEP_FP32_NODES, add_loss_head
+from .loss_head import add_loss_head
 from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec
 from .passes import run_passes
+from .precision import fp32_nodes
 from .simplify import simplify
 from .verify import DEFAULT_TOLERANCE, check_stage, random_ids
 
@@ -102,8 +103,10 @@ def build(config: BuildConfig) -> BuildResult:
     if config.output == "nll":
         inputs[TARGETS] = [config.batch_size, config.seq_len]
     output_shape = [config.batch_size, config.seq_len] + ([] if config.output == "nll" else [ckpt.config["vocab_size"]])
-    keep_dtype = atc.write_inputs(out, KEEP_FP32_NODES if config.output == "nll" else ())
+    keep = fp32_nodes(out / final, loss_head=config.output == "nll")
+    keep_dtype = atc.write_inputs(out, tuple(name for names in keep.values() for name in names))
     om, atc_info = _compile(out, final, inputs, keep_dtype, config.soc)
+    atc_info["keep_fp32"] = {part: len(names) for part, names in keep.items()}
     tokenizer = _copy_tokenizer(ckpt, out)
 
     manifest = BuildManifest(

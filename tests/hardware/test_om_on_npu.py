@@ -110,3 +110,34 @@ def test_the_chip_check_script_passes_on_every_chip(tmp_path):
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, (tmp_path / "report.txt").read_text()
     assert "every chip ok" in done.stdout
+
+
+def test_a_llama_om_keeps_its_rms_norms_in_float32_past_fp16s_range(tmp_path):
+    """Embeddings scaled so the residual stream passes 256, where x² overflows fp16: with each
+    RMSNorm's statistics in keep_dtype.cfg the OM's loss still follows onnxruntime's."""
+    ais_bench = pytest.importorskip("ais_bench.infer.interface")
+    import onnxruntime as ort
+    from checkpoints import make_hf_checkpoint
+    from safetensors.torch import load_file, save_file
+
+    from npueval.build.pipeline import BuildConfig, build
+    from npueval.build.verify import random_ids
+    from npueval.core.model_io import targets_for
+
+    folder = make_hf_checkpoint(tmp_path / "llama", "llama")
+    state = load_file(folder / "model.safetensors")
+    state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"] * 2000  # |x| in the thousands
+    save_file(state, folder / "model.safetensors")
+    result = build(BuildConfig(folder, tmp_path / "out", batch_size=4, seq_len=64))
+    assert result.manifest.atc["keep_fp32"]["rms_norm"] > 0
+    os.chmod(result.om, 0o644)
+    ids = random_ids(4, 64, result.manifest.vocab_size, seed=3)
+    targets = targets_for(ids)
+    session = ais_bench.InferSession(0, str(result.om))
+    try:
+        (nll,) = session.infer([ids, targets])
+    finally:
+        session.free_resource() if hasattr(session, "free_resource") else session.finalize()
+    ref = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(None, {"input_ids": ids,
+                                                                                "targets": targets})[0]
+    assert np.isfinite(nll).all() and np.abs(nll[:, :-1] - ref[:, :-1]).max() < 5e-2

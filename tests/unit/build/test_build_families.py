@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from checkpoints import make_hf_checkpoint, tiny_hf_model
+from checkpoints import TINY_HF, make_hf_checkpoint, tiny_hf_model
 
 from npueval.build.export import reference_logits
 from npueval.build.pipeline import BuildConfig, build
@@ -117,3 +117,11 @@ def test_a_llama_compiles_with_the_gpt2_atc_command(tmp_path, monkeypatch):
     assert result.om == tmp_path / "out" / "model.om" and result.manifest.atc["result"] == "ok"
     assert "--keep_dtype=keep_dtype.cfg" in result.manifest.atc["argv"]
     assert f"--input_shape=input_ids:{B},{L};targets:{B},{L}" in result.manifest.atc["argv"]
+    # Each RMSNorm's statistics stay in float32 too: 2 per layer and the final one, 6 nodes each,
+    # named by the exporter after the module they come from.
+    norms = 2 * TINY_HF["num_hidden_layers"] + 1
+    assert result.manifest.atc["keep_fp32"] == {"loss_head": 4, "rms_norm": 6 * norms}
+    entries = (tmp_path / "out" / "keep_dtype.cfg").read_text().splitlines()
+    rms = [e for e in entries if not e.startswith("loss_head/")]
+    assert [e.rsplit("/", 1)[1] for e in rms] == ["Pow", "ReduceMean", "Add", "Sqrt", "Div", "Mul"] * norms
+    assert {e.rsplit("/", 2)[1] for e in rms} == {"input_layernorm", "post_attention_layernorm", "norm"}
