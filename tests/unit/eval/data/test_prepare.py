@@ -257,3 +257,26 @@ def test_min_length_counts_characters_before_cleaning(vocab_path, tmp_path):
     m = prepare(config(tmp_path / "wiki", vocab_path, tmp_path / "out", mode="sliding", n_ctx=8, stride=4)).manifest
     assert (m.articles_kept, m.articles_dropped) == (2, 1)
     assert m.stream_tokens == (1 + 2 + 1) + (1 + 600 + 1)  # [MASK] ids [CLS] of each kept article
+
+
+def test_characters_cleaning_removes_at_window_article_and_sep_boundaries_equal_the_port(vocab_path, tmp_path):
+    """Articles dense with zero-width spaces, direction marks and the like (at their starts and
+    ends, beside every newline, i.e. [SEP]), windows of 8 every 5 tokens: each window boundary
+    falls beside such characters somewhere, and the windows are the port's."""
+    from textgen import REMOVED_IN_WIKI, write_wiki_corpus
+
+    rng = random.Random(17)
+    chars = [c for c, _ in REMOVED_IN_WIKI]
+    words = [t for t in small_vocab_tokens() if not t.startswith("[")]
+
+    def article():
+        lines = ["".join(rng.choice(chars) + rng.choice(words) for _ in range(rng.randint(40, 90)))
+                 for _ in range(rng.randint(1, 4))]
+        return rng.choice(chars) + (rng.choice(chars) + "\n" + rng.choice(chars)).join(lines) + rng.choice(chars)
+
+    write_wiki_corpus(tmp_path / "wiki", [[[article() for _ in range(30)]], [[article() for _ in range(30)]]])
+    out = tmp_path / "data"
+    prepare(config(tmp_path / "wiki", vocab_path, out, n_ctx=8, stride=5, num_pieces=3, min_length=20))
+    expected = port_windows(str(tmp_path / "wiki"), str(vocab_path), n_ctx=8, stride=5, num_pieces=3, min_length=20)
+    assert len(expected) > 500
+    assert [(r["piece"], r["input_ids"]) for r in read_rows(out)] == expected
