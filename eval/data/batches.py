@@ -80,9 +80,6 @@ def frame_chunk(chunk: Chunk) -> FramedBatch:
             status[pos] = SHORT
             continue
         texts.append(text)
-    if not texts:
-        return FramedBatch(lines, status, problems, np.empty(0, dtype=np.int32), np.zeros(1, dtype=np.int64),
-                           None if _reading.tokenizer.classic else np.empty(0, dtype=np.int32))
     framed, bounds, nbytes = _framer.frame(texts)
     return FramedBatch(lines, status, problems, framed, bounds, nbytes)
 

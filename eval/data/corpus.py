@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.core.errors import CorpusError, not_a_folder
+from npueval.core.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,6 @@ def _scan_parquet(path: Path, column: str) -> tuple[str, int, int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 23):
-            digest.update(block)
-            size += len(block)
     try:
         meta = pq.ParquetFile(path)
         schema, rows = meta.schema_arrow, meta.metadata.num_rows
@@ -234,4 +229,4 @@ def _scan_parquet(path: Path, column: str) -> tuple[str, int, int, int]:
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         raise CorpusError(f"{path}: column {column!r} holds {kind}, not strings; pass --text-field with the column "
                           "that holds the text")
-    return digest.hexdigest(), size, rows, rows
+    return file_sha256(path), path.stat().st_size, rows, rows

@@ -18,6 +18,18 @@ pytestmark = [
 ]
 
 
+def infer_on_chip(ais_bench, om, inputs):
+    """One ais_bench inference on chip 0, the session freed after."""
+    session = ais_bench.InferSession(0, str(om))
+    try:
+        return session.infer(inputs)
+    finally:
+        if hasattr(session, "free_resource"):  # 2024 on; the pre-2024 package has an instance finalize()
+            session.free_resource()
+        else:
+            session.finalize()
+
+
 def test_atc_compiles_the_loss_head_graph_and_the_chip_computes_the_loss_in_float32(tmp_path):
     ais_bench = pytest.importorskip("ais_bench.infer.interface")
     import onnxruntime as ort
@@ -32,14 +44,7 @@ def test_atc_compiles_the_loss_head_graph_and_the_chip_computes_the_loss_in_floa
     os.chmod(result.om, 0o644)
     ids = random_ids(4, 64, result.manifest.vocab_size, seed=11)
     targets = targets_for(ids)
-    session = ais_bench.InferSession(0, str(result.om))
-    try:
-        (nll,) = session.infer([ids, targets])
-    finally:
-        if hasattr(session, "free_resource"):  # 2024 on; the pre-2024 package has an instance finalize()
-            session.free_resource()
-        else:
-            session.finalize()
+    (nll,) = infer_on_chip(ais_bench, result.om, [ids, targets])
     ref = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(None, {"input_ids": ids,
                                                                                 "targets": targets})[0]
     assert nll.dtype == np.float32
@@ -133,11 +138,7 @@ def test_a_llama_om_keeps_its_rms_norms_in_float32_past_fp16s_range(tmp_path):
     os.chmod(result.om, 0o644)
     ids = random_ids(4, 64, result.manifest.vocab_size, seed=3)
     targets = targets_for(ids)
-    session = ais_bench.InferSession(0, str(result.om))
-    try:
-        (nll,) = session.infer([ids, targets])
-    finally:
-        session.free_resource() if hasattr(session, "free_resource") else session.finalize()
+    (nll,) = infer_on_chip(ais_bench, result.om, [ids, targets])
     ref = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(None, {"input_ids": ids,
                                                                                 "targets": targets})[0]
     assert np.isfinite(nll).all() and np.abs(nll[:, :-1] - ref[:, :-1]).max() < 5e-2
