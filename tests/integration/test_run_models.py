@@ -96,6 +96,17 @@ def test_onnx_on_two_cpu_workers_equals_pytorch(ray_with_fake_chips, model, slid
     assert results["vocab_checked"] is True and results["model_manifest_sha256"]
 
 
+def assert_checked(results: dict, check_batches: int) -> None:
+    """Each worker checked its first `check_batches` batches. Blocks go to whichever worker is
+    free, so a worker that started late may have run fewer, or none."""
+    assert sum(d["batches"] for d in results["per_device"]) >= check_batches
+    for d in results["per_device"]:
+        if d["batches"] == 0:
+            assert d["check"] is None
+        else:
+            assert d["check"]["batches"] == min(check_batches, d["batches"]) and d["check"]["tokens"] > 0
+
+
 def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sliding_data, tmp_path):
     """auto picks the OM where the cluster has NPUs; --check-against measures the fp16 drift."""
     results = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "out", model=model / "build", block_windows=40,
@@ -105,8 +116,8 @@ def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sli
     assert results["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-3)  # fp16 outputs
     devices = {d["device"]: d for d in results["per_device"]}
     assert set(devices) == {"npu:0", "npu:1"}
-    for d in devices.values():
-        assert d["check"]["batches"] == 3 and d["check"]["tokens"] > 0
+    assert_checked(results, 3)
+    for d in (d for d in devices.values() if d["batches"]):
         assert 0 < d["check"]["max_rel_err"] < 2e-3 and 0 < d["check"]["max_abs_err"] < 2e-2
         assert d["fps"] > 0  # from ais_bench's exec_time_list
 
@@ -303,5 +314,5 @@ def test_a_causal_lm_with_its_own_tokenizer_through_build_prepare_and_run(ray_wi
                                                                                         n_bytes)
     assert eager["mean_ce"] == pytest.approx(nll_sum / (len(stream) - 1), rel=1e-5)
     assert eager["vocab_checked"] is True
-    for d in eager["per_device"]:
-        assert d["check"]["batches"] == 2 and d["check"]["tokens"] > 0 and d["check"]["max_rel_err"] < 1e-4
+    assert_checked(eager, 2)
+    assert all(d["check"]["max_rel_err"] < 1e-4 for d in eager["per_device"] if d["check"])
