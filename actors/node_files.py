@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,19 +57,44 @@ def check_model_folder(root: Path | None = None) -> Path:
     return root
 
 
-def local_model_file(name: str, sha256: str, size: int, fetch, root: Path | None = None) -> Path:
-    """The model's bytes as `<root>/<sha256[:16]>/model<suffix>`, mode 0o644, written once per node.
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file's bytes in the object store (`ref`), and how to check them on arrival;
+    `weights`: its external weights (an ONNX model over 2 GiB, core/model_io.py), copied beside it
+    under the name the model gives them."""
 
-    `fetch()` returns the bytes (from Ray's object store); they are checked against `sha256`."""
-    folder = own_folder(own_folder(check_model_folder(root)) / sha256[:16])
-    path = folder / f"model{Path(name).suffix}"
-    if path.is_file() and not path.is_symlink() and path.stat().st_size == size:
+    name: str
+    sha256: str
+    size: int
+    ref: object  # ray.ObjectRef of the file's bytes
+    weights: ModelFile | None = None
+
+    @property
+    def key(self) -> str:
+        """What the node's copy is named after: the model's bytes, and its weights' with them."""
+        if self.weights is None:
+            return self.sha256
+        return hashlib.sha256(f"{self.sha256}:{self.weights.sha256}".encode()).hexdigest()
+
+
+def local_model_file(model: ModelFile, fetch: Callable[[object], bytes], root: Path | None = None) -> Path:
+    """The model as `<root>/<key[:16]>/model<suffix>`, its weights beside it, mode 0o644, written
+    once per node. `fetch(ref)` returns a file's bytes (from Ray's object store); they are checked
+    against its sha256."""
+    folder = own_folder(own_folder(check_model_folder(root)) / model.key[:16])
+    if model.weights is not None:
+        _local_copy(folder / Path(model.weights.name).name, model.weights, fetch)
+    return _local_copy(folder / f"model{Path(model.name).suffix}", model, fetch)
+
+
+def _local_copy(path: Path, file: ModelFile, fetch: Callable[[object], bytes]) -> Path:
+    if path.is_file() and not path.is_symlink() and path.stat().st_size == file.size:
         return path
-    data = fetch()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise UserError(f"model {name}: the bytes that reached this node do not match its sha256")
+    data = fetch(file.ref)
+    if hashlib.sha256(data).hexdigest() != file.sha256:
+        raise UserError(f"model {file.name}: the bytes that reached this node do not match its sha256")
     # Several actors of one node may arrive at once: each writes a temporary of its own.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".model.")
     os.close(fd)
 
     def write(temporary: Path) -> None:

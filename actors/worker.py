@@ -23,23 +23,13 @@ from . import node_files
 from .backend import Backend, BackendKind, backend_kind
 from .device_thread import DeviceThread
 from .evaluator import BlockResult, BlockRows, Evaluator
-from .node_files import CallInProgress, CallMarker
+from .node_files import CallInProgress, CallMarker, ModelFile
 
 log = logging.getLogger(__name__)
 
 #: Calls a device actor runs at once: one on the device, the next one's host work beside it
 #: (actors/device_thread.py). The driver keeps as many in flight per actor.
 CALLS_AT_ONCE = 2
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """A model's bytes in the object store (`ref`), and how to check them on arrival."""
-
-    name: str
-    sha256: str
-    size: int
-    ref: object  # ray.ObjectRef of the file's bytes
 
 
 @dataclass(frozen=True)
@@ -111,7 +101,7 @@ def local_model_file(model: ModelFile, safe: bool = False) -> Path:
     from .node_files import check_model_folder, local_root
 
     root = check_model_folder() if safe else local_root()
-    return node_files.local_model_file(model.name, model.sha256, model.size, lambda: ray.get(model.ref), root)
+    return node_files.local_model_file(model, ray.get, root)
 
 
 def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:

@@ -17,12 +17,16 @@ import collections
 import contextlib
 import logging
 import math
+import os
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from npueval.core.model_io import INPUT, LOGITS
+from npueval.core.model_io import INPUT, LOGITS, weights_file
+
+from . import onnx_files
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +99,31 @@ def export_onnx(model, path: Path, seq_len: int, port: bool = True, batch_size: 
         example = torch.zeros((batch_size, seq_len), dtype=torch.int64)
         dynamic_axes = None
         attention, patched = f"transformers eager ({model.config.model_type})", contextlib.nullcontext()
-    with warnings.catch_warnings(), patched:
-        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT],
-            output_names=outputs,
-            dynamic_axes=dynamic_axes,
-        )
+    # Over 2 GiB the exporter writes each weight to a file of its own beside the model: export into
+    # a folder of its own, and gather them into the one weights file that every stage uses.
+    scratch = path.parent / f".{path.stem}-export"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        with warnings.catch_warnings(), patched:
+            warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings
+            torch.onnx.export(
+                module,
+                (example,),
+                str(scratch / path.name),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT],
+                output_names=outputs,
+                dynamic_axes=dynamic_axes,
+            )
+        if len(list(scratch.iterdir())) > 1:
+            onnx_files.save(onnx_files.load(scratch / path.name), path)
+        else:
+            weights_file(path).unlink(missing_ok=True)
+            os.replace(scratch / path.name, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     log.info("exported %s", path)
     return {"file": path.name, "opset": OPSET, "exporter": EXPORTER, "attention": attention,
             "outputs": outputs, "ops": op_histogram(path)}

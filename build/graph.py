@@ -11,12 +11,13 @@ import itertools
 
 import numpy as np
 
+#: Tensors of this size or more are set aside while shape inference serializes the model.
+SET_ASIDE_BYTES = 1 << 20
+
 
 class Graph:
     def __init__(self, model):
-        from onnx import shape_inference
-
-        self.model = shape_inference.infer_shapes(model)
+        self.model = with_inferred_shapes(model)
         self.graph = self.model.graph
         self._names = itertools.count()
 
@@ -103,9 +104,8 @@ class Graph:
         self.graph.node.extend(keep)
 
     def finish(self):
-        """Drop dead nodes and unused initializers, sort topologically, check; returns the model."""
-        import onnx
-
+        """Drop dead nodes and unused initializers, sort topologically; returns the model (which
+        build/onnx_files.py's `save` checks)."""
         while True:
             needed = {o.name for o in self.graph.output} | {name for node in self.graph.node for name in node.input}
             dead = [n for n in self.graph.node if not any(out in needed for out in n.output)]
@@ -118,7 +118,6 @@ class Graph:
         self.graph.initializer.extend(keep)
         self._toposort()
         del self.graph.value_info[:]
-        onnx.checker.check_model(self.model)
         return self.model
 
     def _toposort(self) -> None:
@@ -136,3 +135,25 @@ class Graph:
             ordered.extend(ready)
         del self.graph.node[:]
         self.graph.node.extend(ordered)
+
+
+def with_inferred_shapes(model):
+    """`model` with the value_info of every tensor whose shape inference can tell. onnx serializes
+    the model for it, which protobuf refuses over 2 GiB: the bytes of the large initializers (the
+    weights, whose dims are all inference reads of them) are set aside meanwhile."""
+    from onnx import shape_inference
+
+    held = {}
+    for tensor in model.graph.initializer:
+        if len(tensor.raw_data) >= SET_ASIDE_BYTES:
+            held[tensor.name] = tensor.raw_data
+            tensor.ClearField("raw_data")
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    finally:
+        for tensor in model.graph.initializer:
+            if tensor.name in held:
+                tensor.raw_data = held[tensor.name]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model

@@ -16,6 +16,8 @@ import numpy as np
 
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
 
+from . import onnx_files
+
 #: The loss head's ops, in graph order.
 LOSS_OPS = ("LogSoftmax", "Unsqueeze", "GatherElements", "Squeeze", "Neg")
 #: The loss head's nodes whose float outputs ATC's --keep_dtype keeps in float32 under
@@ -26,10 +28,9 @@ KEEP_FP32_NODES = tuple(f"loss_head/{op}" for op in ("LogSoftmax", "GatherElemen
 
 
 def add_loss_head(src: Path, dst: Path) -> dict:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(src))
+    model = onnx_files.load(src)
     graph = model.graph
     (logits,) = [o for o in graph.output if o.name == LOGITS]
     batch, seq_len = (d.dim_value for d in logits.type.tensor_type.shape.dim[:2])
@@ -48,6 +49,5 @@ def add_loss_head(src: Path, dst: Path) -> dict:
     )
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(NLL, TensorProto.FLOAT, [batch, seq_len]))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(dst))
+    onnx_files.save(model, dst)
     return {"file": dst.name, "inputs": [INPUT, TARGETS], "output": NLL, "output_shape": [batch, seq_len]}

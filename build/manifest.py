@@ -51,6 +51,7 @@ class BuildManifest:
     atc: dict
     family: str = "gpt2"  # config.json's model_type (core/families.py)
     tokenizer: str = "vocab.txt"  # the tokenizer file in the build folder, whose sha256 is vocab_sha256
+    onnx_weights: str | None = None  # the ONNX model's external weights file (over 2 GiB), else None
 
     @property
     def vocab_size(self) -> int:

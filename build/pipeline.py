@@ -12,17 +12,16 @@ reads to know how to feed the model.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.core.checkpoint import Checkpoint, load_model, open_checkpoint
 from npueval.core.errors import UserError
-from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS
+from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, weights_file
 from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
-from . import atc
+from . import atc, onnx_files
 from .export import export_onnx, op_histogram
 from .loss_head import add_loss_head
 from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec
@@ -92,12 +91,11 @@ def build(config: BuildConfig) -> BuildResult:
     verified("export", export)
     verified("simplify", simplify(out / "1-export.onnx", out / "2-simplified.onnx", config.batch_size, config.seq_len,
                                   slice_free=port))
-    verified("passes", _passes(out / "2-simplified.onnx", out / "3-npu.onnx"))
     if config.output == "nll":
+        verified("passes", _passes(out / "2-simplified.onnx", out / "3-npu.onnx"))
         final = verified("loss_head", add_loss_head(out / "3-npu.onnx", out / "model.onnx"))["file"]
     else:
-        os.replace(out / "3-npu.onnx", out / "model.onnx")
-        stages["passes"]["file"] = final = "model.onnx"
+        final = verified("passes", _passes(out / "2-simplified.onnx", out / "model.onnx"))["file"]
 
     inputs = {INPUT: [config.batch_size, config.seq_len]}
     if config.output == "nll":
@@ -130,6 +128,7 @@ def build(config: BuildConfig) -> BuildResult:
         atc=atc_info,
         family=ckpt.family.model_type,
         tokenizer=tokenizer,
+        onnx_weights=weights_file(out / final).name if weights_file(out / final).is_file() else None,
     )
     manifest.write(out)
     return BuildResult(out, manifest, om)
@@ -147,10 +146,8 @@ def _copy_tokenizer(ckpt: Checkpoint, out: Path) -> str:
 
 
 def _passes(src: Path, dst: Path) -> dict:
-    import onnx
-
-    model, counts = run_passes(onnx.load(str(src)))
-    onnx.save(model, str(dst))
+    model, counts = run_passes(onnx_files.load(src))
+    onnx_files.save(model, dst)
     return {"file": dst.name, "counts": counts, "ops_after": op_histogram(dst)}
 
 

@@ -28,6 +28,7 @@ from npueval.actors.worker import (
 )
 from npueval.cluster import ray_cluster
 from npueval.core.errors import RunError, UserError, root_cause
+from npueval.core.model_io import model_files
 
 from .model_spec import ModelSpec
 from .results_file import Fallback
@@ -312,11 +313,16 @@ def device_count(config: DeviceConfig, backend: str, resources: dict) -> int:
 
 
 def _ship(path: Path) -> ModelFile:
-    """The model file's bytes into the object store: every node writes its own local copy."""
+    """The model's bytes, and its external weights' if it has them, into the object store: every
+    node writes its own local copy."""
     import ray
 
-    data = path.read_bytes()
-    return ModelFile(path.name, hashlib.sha256(data).hexdigest(), len(data), ray.put(data))
+    def put(file: Path, weights: ModelFile | None = None) -> ModelFile:
+        data = file.read_bytes()
+        return ModelFile(file.name, hashlib.sha256(data).hexdigest(), len(data), ray.put(data), weights)
+
+    model, *weights = model_files(path)
+    return put(model, put(weights[0]) if weights else None)
 
 
 def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int | None, count: int,

@@ -18,6 +18,7 @@ from pathlib import Path
 from npueval.build.manifest import BuildManifest
 from npueval.core.errors import UserError, first_line
 from npueval.core.files import file_sha256
+from npueval.core.model_io import model_files
 from npueval.core.vocab import load_vocab
 from npueval.eval.data.manifest import DataManifest
 
@@ -60,7 +61,7 @@ def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSp
     if vocab is not None:
         v = load_vocab(vocab)
         vocab_sha, vocab_size = v.sha256, v.size
-    identity = file_sha256(path)
+    identity = _identity(path)
     source = f"--vocab {vocab}"
     if path.suffix == ".om":
         return ModelSpec(path, None, None, None, vocab_size, vocab_sha, None, identity, source)
@@ -72,11 +73,17 @@ def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSp
     return ModelSpec(None, path, batch, seq_len, model_vocab or vocab_size, vocab_sha, None, identity, source)
 
 
+def _identity(path: Path) -> str:
+    """A bare model file's sha256; with external weights, the sha256 of both files' sha256s."""
+    shas = [file_sha256(p) for p in model_files(path)]
+    return shas[0] if len(shas) == 1 else hashlib.sha256(":".join(shas).encode()).hexdigest()
+
+
 def _from_build(folder: Path) -> ModelSpec:
     m, raw = BuildManifest.read(folder)
     onnx = folder / m.onnx
     om = folder / m.om if m.om else None
-    for p in (onnx, om):
+    for p in (onnx, om, folder / m.onnx_weights if m.onnx_weights else None):
         if p is not None and not p.is_file():
             raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` "
                             "again")

@@ -3,6 +3,7 @@ on simulated NPU resources against the fake ais_bench (tests/fakes), which round
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -120,6 +121,43 @@ def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sli
     for d in (d for d in devices.values() if d["batches"]):
         assert 0 < d["check"]["max_rel_err"] < 2e-3 and 0 < d["check"]["max_abs_err"] < 2e-2
         assert d["fps"] > 0  # from ais_bench's exec_time_list
+
+
+def test_a_model_with_its_weights_beside_it_runs_on_every_worker(ray_with_fake_chips, model, sliding_data, tmp_path,
+                                                                 monkeypatch):
+    """A model over protobuf's 2 GiB (the limit lowered here, build/onnx_files.py): model.onnx.data
+    travels with model.onnx to every worker, and with the --check-against reference; the OM holds
+    its weights."""
+    from npueval.build import onnx_files, simplify
+    from npueval.build.pipeline import BuildConfig, build
+
+    monkeypatch.setattr(onnx_files, "INLINE_LIMIT", 0)
+    monkeypatch.setattr(simplify, "WEIGHT_MIN_BYTES", 1024)
+    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
+    folder = build(BuildConfig(model / "ckpt", tmp_path / "build", batch_size=B, seq_len=L, soc="Ascend310P3")).out
+    assert (folder / "model.onnx.data").is_file()
+    sums, scored, _ = torch_reference(sliding_data)
+    onnx = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "onnx", model=folder, backend="onnx", devices=2,
+                                    block_windows=40)).results.to_json()
+    assert onnx["backend"] == "onnx" and onnx["tokens"] == scored.sum()
+    assert onnx["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-5)
+    om = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "om", model=folder, block_windows=40,
+                                  check_against=folder / "model.onnx", check_batches=2)).results.to_json()
+    assert om["backend"] == "om" and om["mean_ce"] == pytest.approx(sums.sum() / scored.sum(), rel=1e-3)
+    assert_checked(om, 2)
+    assert all(d["check"]["max_rel_err"] < 2e-3 for d in om["per_device"] if d["check"])
+    # The bare file takes its weights from beside it, and they are part of its identity.
+    from npueval.core.files import file_sha256
+    from npueval.eval.driver.model_spec import resolve_model
+
+    bare = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "bare", model=folder / "model.onnx",
+                                    backend="onnx", devices=1, limit=20)).results.to_json()
+    assert bare["windows"] == 20 and bare["tokens"] == scored[:20].sum()
+    shas = f"{file_sha256(folder / 'model.onnx')}:{file_sha256(folder / 'model.onnx.data')}"
+    assert resolve_model(folder / "model.onnx").identity == hashlib.sha256(shas.encode()).hexdigest()
+    (folder / "model.onnx.data").unlink()
+    with pytest.raises(UserError, match=r"the manifest names model.onnx.data, which is missing; run `npueval build`"):
+        resolve_model(folder)
 
 
 def test_a_bare_model_file_reads_its_shapes_and_says_whether_the_vocab_was_checked(

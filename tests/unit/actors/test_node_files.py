@@ -7,25 +7,61 @@ import stat
 
 import pytest
 
-from npueval.actors.node_files import CallInProgress, CallMarker, check_model_folder, local_model_file, unsafe_chars
+from npueval.actors.node_files import (
+    CallInProgress,
+    CallMarker,
+    ModelFile,
+    check_model_folder,
+    local_model_file,
+    unsafe_chars,
+)
 from npueval.core.errors import UserError
+
+
+def model_file(name: str, data: bytes, weights: ModelFile | None = None) -> ModelFile:
+    """A ModelFile whose `ref` is the bytes themselves (fetched by `fetch` below, not Ray)."""
+    return ModelFile(name, hashlib.sha256(data).hexdigest(), len(data), data, weights)
+
+
+def fetch_counting(fetched: list):
+    return lambda ref: fetched.append(ref) or ref
 
 
 def test_the_copy_is_named_after_its_bytes_whatever_the_file_was_called(tmp_path):
     data = b"model bytes"
     sha = hashlib.sha256(data).hexdigest()
     fetched = []
-    path = local_model_file("my model (final v2)!.om", sha, len(data), lambda: fetched.append(1) or data, tmp_path)
+    path = local_model_file(model_file("my model (final v2)!.om", data), fetch_counting(fetched), tmp_path)
     assert path == tmp_path / sha[:16] / "model.om" and path.read_bytes() == data
     assert unsafe_chars(path) == ""
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    again = local_model_file("other name.om", sha, len(data), lambda: fetched.append(1) or data, tmp_path)
-    assert again == path and fetched == [1]  # written once per node
+    again = local_model_file(model_file("other name.om", data), fetch_counting(fetched), tmp_path)
+    assert again == path and fetched == [data]  # written once per node
+
+
+def test_external_weights_go_beside_the_model_under_the_name_it_gives_them(tmp_path):
+    """An ONNX model over 2 GiB names its weights file; the copy is named after both files' bytes, so
+    the same graph with other weights (a fine-tune built the same way) gets a copy of its own."""
+    graph = b"graph that names big.onnx.data"
+    fetched = []
+    first = model_file("big.onnx", graph, model_file("big.onnx.data", b"weights one"))
+    path = local_model_file(first, fetch_counting(fetched), tmp_path)
+    assert path.name == "model.onnx" and (path.parent / "big.onnx.data").read_bytes() == b"weights one"
+    assert path.parent.name == first.key[:16] != first.sha256[:16]
+    second = model_file("big.onnx", graph, model_file("big.onnx.data", b"weights two"))
+    other = local_model_file(second, fetch_counting(fetched), tmp_path)
+    assert other.parent != path.parent and (other.parent / "big.onnx.data").read_bytes() == b"weights two"
+    assert (path.parent / "big.onnx.data").read_bytes() == b"weights one"
+    local_model_file(first, fetch_counting(fetched), tmp_path)
+    assert len(fetched) == 4  # each file written once per node
 
 
 def test_bytes_that_do_not_match_their_hash_are_refused(tmp_path):
-    with pytest.raises(UserError, match="do not match its sha256"):
-        local_model_file("m.om", "0" * 64, 3, lambda: b"abc", tmp_path)
+    with pytest.raises(UserError, match="model m.om: the bytes that reached this node do not match its sha256"):
+        local_model_file(ModelFile("m.om", "0" * 64, 3, b"abc"), fetch_counting([]), tmp_path)
+    weights = ModelFile("m.onnx.data", "0" * 64, 3, b"abc")
+    with pytest.raises(UserError, match="model m.onnx.data: the bytes"):
+        local_model_file(model_file("m.onnx", b"graph", weights), fetch_counting([]), tmp_path)
 
 
 def test_a_temp_folder_ais_bench_would_refuse_is_named_with_the_fix(tmp_path):
@@ -41,7 +77,7 @@ def test_a_folder_others_can_write_to_is_refused(tmp_path):
     folder.mkdir(mode=0o777)
     os.chmod(folder, 0o777)
     with pytest.raises(UserError, match="not a folder of this user that only it can write to"):
-        local_model_file("m.om", hashlib.sha256(b"x").hexdigest(), 1, lambda: b"x", folder)
+        local_model_file(model_file("m.om", b"x"), fetch_counting([]), folder)
 
 
 def test_the_call_marker_says_what_the_previous_process_died_in(tmp_path):
