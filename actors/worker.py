@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.core.errors import UserError
+from npueval.core.errors import RunError, UserError
 
 from . import node_files
 from .backend import Backend, BackendKind, backend_kind
@@ -93,15 +93,21 @@ class WorkerSpec:
 BackendFactory = Callable[[WorkerSpec, "Path | None"], Backend]
 
 
-def local_model_file(model: ModelFile, safe: bool = False) -> Path:
-    """The model's bytes as a local file of mode 0o644, written once per node and checked; `safe`:
-    in a folder whose path ais_bench takes (actors/node_files.py)."""
+def local_model_file(model: ModelFile, objects: dict, safe: bool = False) -> Path:
+    """The model's bytes (from `objects`, sha256 → object ref) as a local file of mode 0o644,
+    written once per node and checked; `safe`: in a folder whose path ais_bench takes
+    (actors/node_files.py)."""
     import ray
 
     from .node_files import check_model_folder, local_root
 
+    def fetch(file: ModelFile) -> memoryview:
+        if file.sha256 not in objects:
+            raise RunError(f"model {file.name}: its bytes were not handed to this device (describe(objects))")
+        return memoryview(ray.get(objects[file.sha256]))  # uint8s read in place from this node's object store
+
     root = check_model_folder() if safe else local_root()
-    return node_files.local_model_file(model, ray.get, root)
+    return node_files.local_model_file(model, fetch, root)
 
 
 def make_backend(spec: WorkerSpec, model_path: Path | None) -> Backend:
@@ -146,8 +152,12 @@ def check_chip_health(logic_id: str, allow_unhealthy: bool) -> None:
 
 
 class DeviceWorker:
-    """An error while setting up (a bad model, a sick chip) is kept and raised by every call, so
-    the driver gets it as it was, once, instead of Ray restarting an actor that cannot start."""
+    """One device. Its backend opens at the first `describe(objects)` after the actor (re)starts:
+    the model's bytes come as object refs in that call, not in the constructor's arguments, because
+    Ray cannot be relied on to restart an actor whose creation arguments hold object refs
+    (ray-project/ray#53727, which Ray logs as an error for every such actor). An error while
+    opening (a bad model, a sick chip) is kept and raised by every call, so the driver gets it as
+    it was, once."""
 
     def __init__(self, spec: WorkerSpec, label: str, factory: BackendFactory | None = None):
         npu = assigned_npu()
@@ -156,26 +166,34 @@ class DeviceWorker:
         import ray
 
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        self.spec, self.evaluator, self._error = spec, None, None
+        self.spec, self.factory, self.npu = spec, factory, npu
+        self.evaluator: Evaluator | None = None
+        self._error: Exception | None = None
         # A note left by this actor's previous process if it died inside a call that ends the
         # process on error (ais_bench's infer_pipeline): the driver asks for it (describe).
         self.marker = CallMarker.for_actor(ray.get_runtime_context().get_actor_id()) if ray.is_initialized() else None
         self.previous_death: CallInProgress | None = self.marker.take() if self.marker else None
-        try:
-            self.evaluator = self._evaluator(spec, npu, factory)
-        except Exception as exc:
-            self._error = exc
-        # Everything imported and built so far lives as long as the actor: take it out of Python's
-        # cyclic GC. A full collection then looks only at what the calls allocate, and takes
-        # microseconds instead of 35 ms: Ray makes every worker of the cluster collect at once when
-        # an object store passes 70% full, and every 10 minutes; with the GIL held meanwhile, the
-        # device thread could not start the next block (docs/design.md, "Dispatch: plain actors").
-        gc.freeze()
+        _freeze()
 
-    def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None) -> Evaluator:
+    def _open(self, objects: dict) -> Evaluator:
+        """The evaluator, its backend opened on the first call; `objects`: sha256 → object ref of
+        the spec's model files."""
+        if self._error is not None:
+            raise self._error
+        if self.evaluator is None:
+            try:
+                self.evaluator = self._evaluator(self.spec, self.npu, self.factory, objects)
+            except Exception as exc:
+                self._error = exc
+                raise
+            _freeze()
+        return self.evaluator
+
+    def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None,
+                   objects: dict) -> Evaluator:
         if spec.kind.on_chip and npu is not None:
             check_chip_health(npu, spec.allow_unhealthy)
-        model_path = local_model_file(spec.model, safe=spec.kind.on_chip) if spec.model is not None else None
+        model_path = local_model_file(spec.model, objects, safe=spec.kind.on_chip) if spec.model is not None else None
         device_thread = DeviceThread()
         try:
             backend = device_thread.run(factory or make_backend, spec, model_path)
@@ -186,19 +204,24 @@ class DeviceWorker:
         if spec.reference is not None:
             from .onnx_backend import OnnxBackend
 
-            reference = OnnxBackend(local_model_file(spec.reference), threads=1, providers=["CPUExecutionProvider"])
+            reference = OnnxBackend(local_model_file(spec.reference, objects), threads=1,
+                                    providers=["CPUExecutionProvider"])
         return Evaluator(backend, self.node_id, self.device, reference, spec.check_batches, spec.pipeline,
                          device_thread, self.marker)
 
     def _ready(self) -> Evaluator:
         if self._error is not None:
             raise self._error
+        if self.evaluator is None:
+            raise RunError(f"{self.device}: called before describe() opened its backend")
         return self.evaluator
 
-    def describe(self) -> DeviceInfo:
+    def describe(self, objects: dict | None = None) -> DeviceInfo:
+        """What this device runs; the first call opens the backend (`objects`: sha256 → object ref
+        of the spec's model files, as fleet.ship puts them)."""
         import socket
 
-        backend = self._ready().backend
+        backend = self._open(objects or {}).backend
         api = getattr(backend, "api", None)
         return DeviceInfo(node=self.node_id, device=self.device, batch_size=backend.batch_size,
                           seq_len=backend.seq_len, host=socket.gethostname(), pid=os.getpid(),
@@ -225,6 +248,15 @@ class DeviceWorker:
     def close(self) -> None:
         if self.evaluator is not None:
             self.evaluator.close()
+
+
+def _freeze() -> None:
+    """Everything imported and built so far lives as long as the actor: take it out of Python's
+    cyclic GC. A full collection then looks only at what the calls allocate, and takes
+    microseconds instead of 35 ms: Ray makes every worker of the cluster collect at once when an
+    object store passes 70% full, and every 10 minutes; with the GIL held meanwhile, the device
+    thread could not start the next block (docs/design.md, "Dispatch: plain actors")."""
+    gc.freeze()
 
 
 def _loop(backend: Backend, ids: np.ndarray, warmup: int, loop: int) -> tuple[float, float]:

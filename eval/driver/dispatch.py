@@ -167,13 +167,14 @@ class Dispatcher:
     soon as its own answer has come and `accept(k, ref)` has checked it (a DeviceInfo: the slot
     takes its name and whether it may abort from it; or the run's end), not when every device is
     up. The run may end before a late device has answered: it then does no work. `wait_for_all`
-    holds every block back until all have answered."""
+    holds every block back until all have answered. `describe(actor)` makes the describe() call
+    that probes a dead actor (fleet.py's, which hands it the model files again)."""
 
     def __init__(self, actors: list, names: list[str], max_retries: int, per_actor: int = PER_ACTOR,
                  block_timeout: float | None = None, hold_s: float | None = None,
                  may_abort: list[bool] | None = None, events: RunEvents | None = None,
                  starting: list | None = None, accept: Callable[[int, object], DeviceInfo] | None = None,
-                 wait_for_all: bool = False):
+                 wait_for_all: bool = False, describe: Callable[[object], object] | None = None):
         may_abort = may_abort or [False] * len(actors)
         self.events = events or RunEvents()
         self.slots = [_Slot(a, n, may_abort=m) for a, n, m in zip(actors, names, may_abort)]
@@ -183,6 +184,7 @@ class Dispatcher:
         self._stranded_since: float | None = None
         self._last_loss: str | None = None  # the last device left out, and why
         self._accept = accept
+        self._describe = describe or (lambda actor: actor.describe.remote())
         for k, ref in enumerate(starting or ()):
             self.slots[k].state, self.slots[k].accepted = SlotState.STARTING, False
             self._starting[ref] = k
@@ -356,7 +358,7 @@ class Dispatcher:
     def _probe(self, k: int) -> None:
         """Ask a dead or killed actor to describe itself: it answers once Ray has restarted it."""
         self.slots[k].state = SlotState.PROBING
-        self._probes[self.slots[k].actor.describe.remote()] = (k, time.monotonic())
+        self._probes[self._describe(self.slots[k].actor)] = (k, time.monotonic())
 
     @property
     def probe_timeout(self) -> float:

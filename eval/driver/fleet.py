@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from npueval.actors.backend import BACKENDS, BackendKind
 from npueval.actors.worker import (
     CALLS_AT_ONCE,
@@ -118,6 +120,7 @@ class Fleet:
         self.actors: list = []
         self.ready_refs: list = []
         self.answered: dict[int, DeviceInfo] = {}
+        self.objects: dict = {}  # sha256 → object ref of each model file shipped
         self.session = None
 
     def __enter__(self) -> Fleet:
@@ -129,11 +132,11 @@ class Fleet:
             count = device_count(config, self.choice.backend, self.session.resources)
             with self.phases.timed("model_shipped"):
                 spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count,
-                                   self.session.resources)
+                                   self.session.resources, self.objects)
             self.spec = spec
             self.created = time.perf_counter()
             self.actors = remote_workers(spec, count, config.max_retries, self.factory, config.calls_at_once)
-            self.ready_refs = [a.describe.remote() for a in self.actors]
+            self.ready_refs = [self.describe(a) for a in self.actors]
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -142,6 +145,11 @@ class Fleet:
     def __exit__(self, *exc) -> None:
         self.stop_devices()
         self.release()
+
+    def describe(self, actor):
+        """The actor's describe() call, which opens its backend with the shipped model files: the
+        first after it starts, and the dispatcher's probe after Ray restarts it."""
+        return actor.describe.remote(self.objects)
 
     def stop_devices(self) -> None:
         """Close the backends of the devices that answered and let every actor go (again: nothing).
@@ -312,21 +320,32 @@ def device_count(config: DeviceConfig, backend: str, resources: dict) -> int:
     return count
 
 
-def _ship(path: Path) -> ModelFile:
-    """The model's bytes, and its external weights' if it has them, into the object store: every
-    node writes its own local copy."""
+def ship(path: Path, objects: dict) -> ModelFile:
+    """The model's bytes, and its external weights' if it has them, into the object store (their
+    refs into `objects` by sha256, which each actor's describe() gets): every node writes its own
+    local copy."""
     import ray
 
     def put(file: Path, weights: ModelFile | None = None) -> ModelFile:
-        data = file.read_bytes()
-        return ModelFile(file.name, hashlib.sha256(data).hexdigest(), len(data), ray.put(data), weights)
+        # As uint8s mapped from the file: Ray copies them into the object store from the page
+        # cache, and each actor reads them there in place (bytes would be copied into each
+        # process, the driver's and every actor's).
+        size = file.stat().st_size
+        # A plain ndarray over the mapping: a memmap would be pickled in band, as a copy.
+        data = np.memmap(file, dtype=np.uint8, mode="r").view(np.ndarray) if size else np.zeros(0, np.uint8)
+        sha256 = hashlib.sha256(data).hexdigest()
+        objects[sha256] = ray.put(data)
+        return ModelFile(file.name, sha256, size, weights)
 
     model, *weights = model_files(path)
     return put(model, put(weights[0]) if weights else None)
 
 
 def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq_len: int | None, count: int,
-                resources: dict) -> WorkerSpec:
+                resources: dict, objects: dict | None = None) -> WorkerSpec:
+    """What every actor runs; the model files it names go into the object store, their refs into
+    `objects`."""
+    objects = {} if objects is None else objects
     kind = BACKENDS[backend]
     if kind.model_file in (None, "checkpoint"):  # nothing shipped: no model, or the checkpoint where it lies
         batch = config.batch_size or (model.batch_size if model and model.batch_size else 8)
@@ -336,8 +355,8 @@ def worker_spec(config: DeviceConfig, backend: str, model: ModelSpec | None, seq
             raise UserError(f"--batch-size {config.batch_size}: the model is compiled for batch {model.batch_size}; "
                             "rebuild it with `npueval build --batch-size`")
         batch = model.batch_size or 0
-        shipped = _ship(model.file(kind.model_file))
-    reference = _ship(config.check_against) if config.check_against else None
+        shipped = ship(model.file(kind.model_file), objects)
+    reference = ship(config.check_against, objects) if config.check_against else None
     # onnx workers spread over the nodes: each gets its share of the cores, not all of them.
     threads = max(1, int(resources.get("CPU", 1)) // count)
     checkpoint = str(model.checkpoint.resolve()) if kind.model_file == "checkpoint" else None

@@ -265,7 +265,7 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
     names = [f"device actor {k}" for k in range(len(fleet.actors))]  # until each answers
     dispatcher = Dispatcher(fleet.actors, names, config.device.max_retries, block_timeout=config.block_timeout,
                             events=events, starting=fleet.ready_refs, accept=accept,
-                            wait_for_all=config.wait_for_devices)
+                            wait_for_all=config.wait_for_devices, describe=fleet.describe)
     fresh: list[BlockResult] = []
     windows = sum(int(plan.keep[b.first: b.stop].sum()) for b in plan.blocks if b.block_id in plan.done)
     tokens, total = 0, int(plan.keep.sum())

@@ -161,7 +161,7 @@ def test_a_model_with_its_weights_beside_it_runs_on_every_worker(ray_with_fake_c
 
 
 def test_a_bare_model_file_reads_its_shapes_and_says_whether_the_vocab_was_checked(
-        ray_with_fake_chips, model, sliding_data, tmp_path):
+        ray_with_fake_chips, model, sliding_data, tmp_path, capfd):
     onnx = model / "build" / "model.onnx"
     unchecked = run(RunConfig.from_flags(data=sliding_data, out=tmp_path / "a", model=onnx, devices=1,
                                          limit=20)).results.to_json()
@@ -169,6 +169,8 @@ def test_a_bare_model_file_reads_its_shapes_and_says_whether_the_vocab_was_check
                                        vocab=model / "ckpt" / "vocab.txt")).results.to_json()
     assert unchecked["vocab_checked"] is False and checked["vocab_checked"] is True
     assert unchecked["mean_ce"] == checked["mean_ce"] and unchecked["model_manifest_sha256"] is None
+    # The model's bytes reach the actors through describe(), not their constructor (ray#53727).
+    assert "constructor arguments in the object store" not in capfd.readouterr().err
 
 
 def test_a_pair_that_does_not_fit_is_refused_before_any_device_work(model, sliding_data, tmp_path, vocab_path):

@@ -104,6 +104,7 @@ def test_the_worker_makes_calls_and_closes_its_backend_on_its_device_thread():
 
     worker = DeviceWorker(WorkerSpec(backend="simulated", batch_size=4, seq_len=L), "cpu:0",
                           factory=lambda spec, path: Recording(spec.batch_size, spec.seq_len))
+    worker.describe()  # opens the backend, as the driver's first call does
     worker.evaluate(0, rows_of(0))
     worker.bench(loop=2, warmup=1)
     worker.close()

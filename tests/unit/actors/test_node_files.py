@@ -17,14 +17,17 @@ from npueval.actors.node_files import (
 )
 from npueval.core.errors import UserError
 
+STORE: dict[str, bytes] = {}  # stands in for Ray's object store: sha256 → bytes
+
 
 def model_file(name: str, data: bytes, weights: ModelFile | None = None) -> ModelFile:
-    """A ModelFile whose `ref` is the bytes themselves (fetched by `fetch` below, not Ray)."""
-    return ModelFile(name, hashlib.sha256(data).hexdigest(), len(data), data, weights)
+    sha256 = hashlib.sha256(data).hexdigest()
+    STORE[sha256] = data
+    return ModelFile(name, sha256, len(data), weights)
 
 
 def fetch_counting(fetched: list):
-    return lambda ref: fetched.append(ref) or ref
+    return lambda file: fetched.append(STORE[file.sha256]) or STORE[file.sha256]
 
 
 def test_the_copy_is_named_after_its_bytes_whatever_the_file_was_called(tmp_path):
@@ -56,12 +59,48 @@ def test_external_weights_go_beside_the_model_under_the_name_it_gives_them(tmp_p
     assert len(fetched) == 4  # each file written once per node
 
 
+def test_the_actors_of_a_node_take_turns_and_only_the_first_fetches(tmp_path):
+    """Eight actors of one node arriving at once: one holds the model's bytes and writes the copy,
+    the others wait for it and find it, instead of each fetching and hashing them."""
+    import threading
+    import time
+
+    data = os.urandom(1 << 20)
+    fetched, inside, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def slow_fetch(file: ModelFile) -> bytes:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        fetched.append(file.name)
+        with lock:
+            inside[0] -= 1
+        return STORE[file.sha256]
+
+    model = model_file("model.om", data)
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(local_model_file(model, slow_fetch, tmp_path)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fetched == ["model.om"] and most[0] == 1
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == data
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == [".lock", "model.om"]  # no temporaries left
+
+
 def test_bytes_that_do_not_match_their_hash_are_refused(tmp_path):
+    def wrong_bytes(file: ModelFile) -> bytes:
+        return b"abc"
+
     with pytest.raises(UserError, match="model m.om: the bytes that reached this node do not match its sha256"):
-        local_model_file(ModelFile("m.om", "0" * 64, 3, b"abc"), fetch_counting([]), tmp_path)
-    weights = ModelFile("m.onnx.data", "0" * 64, 3, b"abc")
+        local_model_file(ModelFile("m.om", "0" * 64, 3), wrong_bytes, tmp_path)
+    weights = ModelFile("m.onnx.data", "0" * 64, 3)
     with pytest.raises(UserError, match="model m.onnx.data: the bytes"):
-        local_model_file(model_file("m.onnx", b"graph", weights), fetch_counting([]), tmp_path)
+        local_model_file(ModelFile("m.onnx", "1" * 64, 3, weights), wrong_bytes, tmp_path)
 
 
 def test_a_temp_folder_ais_bench_would_refuse_is_named_with_the_fix(tmp_path):

@@ -196,6 +196,9 @@ def test_the_device_actor_as_a_plain_class():
     assert bench.batches == 3 and bench.device_s == pytest.approx(0.003)
     assert worker.evaluator.pipeline is True
     per_batch = DeviceWorker(WorkerSpec(backend="simulated", batch_size=4, seq_len=L, pipeline=False), "cpu:1")
+    with pytest.raises(RunError, match=r"cpu:1: called before describe\(\) opened its backend"):
+        per_batch.evaluate(3, rows)
+    assert per_batch.evaluator is None and per_batch.describe().batch_size == 4
     assert per_batch.evaluator.pipeline is False
     assert per_batch.evaluate(3, rows).window_nll.tobytes() == result.window_nll.tobytes()
 
