@@ -1,22 +1,26 @@
 """`npueval build` of a model over protobuf's 2 GiB limit: a Llama-family checkpoint of random
 weights (default 664M parameters, 2.66 GB in float32), built to the verified model.onnx without
-CANN (the build stops at atc.sh). Reports the wall time, the peak memory of the build process, and
-the files it wrote; with `--before REV` the same build with the code of REV, side by side.
+CANN (the build stops at atc.sh). Reports the wall time, the peak memory of the build process, the
+most its --out folder held on disk while it built (sampled every 0.2 s) and at the end, and the
+files it wrote; with `--before REV` the same build with the code of REV, side by side.
 
     python benchmarks/bench_build_large.py [--before REV] [--keep]
 
-Needs about 6 times the model's size on disk (the checkpoint and four stages) and 5 times it in memory.
+Needs about 6 times the model's size on disk (the checkpoint and up to four stages) and 5 times it
+in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,13 +48,30 @@ def make_checkpoint(folder: Path, hidden: int, layers: int, intermediate: int, v
     return sum(p.numel() for p in model.parameters())
 
 
+def disk_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # removed while we looked
+            total += path.lstat().st_blocks * 512
+    return total
+
+
 def build_once(ckpt: Path, out: Path, pythonpath: str | None, batch: int, seq_len: int) -> dict:
-    """`npueval build` in a child process (no CANN on its PATH): wall time, the child's peak RSS, its
-    exit status and last line of stderr."""
+    """`npueval build` in a child process (no CANN on its PATH): wall time, the child's peak RSS, the
+    most `out` held on disk and what it holds at the end, its exit status and last line of stderr."""
     env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"])}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     code = "import sys; from npueval.eval.cli import main; sys.exit(main(sys.argv[1:]))"
+    peak_disk, done = [0], threading.Event()
+
+    def watch_disk() -> None:
+        while not done.wait(0.2):
+            if out.is_dir():
+                peak_disk[0] = max(peak_disk[0], disk_bytes(out))
+
+    watcher = threading.Thread(target=watch_disk, daemon=True)
+    watcher.start()
     start = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen([sys.executable, "-c", code, "build", str(ckpt), "--out", str(out), "--batch-size",
@@ -59,11 +80,21 @@ def build_once(ckpt: Path, out: Path, pythonpath: str | None, batch: int, seq_le
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
         child.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
+        done.set()
+        watcher.join()
         stderr.seek(0)
         lines = stderr.read().decode(errors="replace").strip().splitlines() or [""]
     if child.returncode:
         print("\n".join(lines[-20:]), file=sys.stderr)
-    return {"rc": child.returncode, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "last_line": lines[-1]}
+    end_disk = disk_bytes(out) if out.is_dir() else 0
+    return {"rc": child.returncode, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "last_line": lines[-1],
+            "peak_disk_gb": max(peak_disk[0], end_disk) / 1e9, "end_disk_gb": end_disk / 1e9}
+
+
+def summary(name: str, r: dict) -> str:
+    return (f"{name}: exit {r['rc']}, {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB, disk "
+            f"{r['peak_disk_gb']:.2f} GB at most, {r['end_disk_gb']:.2f} GB at the end"
+            f"{'' if r['rc'] == 0 else ': ' + r['last_line']}")
 
 
 def npueval(*args: str) -> None:
@@ -127,17 +158,18 @@ def main() -> None:
             subprocess.run(["tar", "-x", "-C", str(old / "npueval")], input=archive, check=True)
             (old / "npueval" / "__init__.py").touch()
             r = build_once(ckpt, work / "out-before", str(old), args.batch_size, args.seq_len)
-            print(f"{args.before}: exit {r['rc']}, {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB"
-                  f"{'' if r['rc'] == 0 else ': ' + r['last_line']}")
+            print(summary(args.before, r))
             shutil.rmtree(work / "out-before", ignore_errors=True)
         r = build_once(ckpt, work / "out", None, args.batch_size, args.seq_len)
-        print(f"this tree: exit {r['rc']}, {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB"
-              f"{'' if r['rc'] == 0 else ': ' + r['last_line']}")
+        print(summary("this tree", r))
         if r["rc"] == 0:
             manifest = json.loads((work / "out" / "manifest.json").read_text())
             for name, stage in manifest["stages"].items():
                 file = work / "out" / stage["file"]
                 weights = file.with_name(file.name + ".data")
+                if stage.get("removed"):
+                    print(f"  {name:10} {stage['file']:18} {'removed':34} rel err {stage['verify']['rel_err']:.2e}")
+                    continue
                 size = f"{file.stat().st_size / 1e6:.1f} MB + {weights.stat().st_size / 1e9:.2f} GB of weights" \
                     if weights.is_file() else f"{file.stat().st_size / 1e9:.2f} GB"
                 print(f"  {name:10} {stage['file']:18} {size:34} rel err {stage['verify']['rel_err']:.2e}")

@@ -7,6 +7,12 @@ Stages (each writes its file into DIR and an entry into DIR/manifest.json):
 1 export, 2 simplify, 3 NPU graph passes, 4 loss head (or the logits kept), 5 verification
 after every stage, 6 ATC (or atc.sh without CANN), 7 the manifest, which `npueval run`
 reads to know how to feed the model.
+
+A model whose weights are over protobuf's limit (build/onnx_files.py) keeps them in a file beside
+each stage, and each stage holds them whole: four copies, 112 GB for a Llama-7B in float32. Its
+earlier stages are removed once the next one is verified, unless `keep_stages`, so that the folder
+holds at most two copies while it builds and one at the end. (A stage cannot share its source's
+weights file: onnx refuses weights behind a hard or symbolic link.)
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class BuildConfig:
     output: str = "nll"
     soc: str = "auto"
     tolerance: float = DEFAULT_TOLERANCE
+    keep_stages: bool = False  # keep every stage of a model over the limit (by default only model.onnx)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -82,8 +89,10 @@ def build(config: BuildConfig) -> BuildResult:
 
     def verified(name: str, info: dict) -> dict:
         info["verify"] = check_stage(out / info["file"], model, ids, config.tolerance)
-        stages[name] = info
         log.info("stage %s: %s, rel err %.2g", name, info["file"], info["verify"]["rel_err"])
+        if stages and not config.keep_stages:
+            _drop_if_external(out, stages[list(stages)[-1]])
+        stages[name] = info
         return info
 
     port = ckpt.family.port_export
@@ -132,6 +141,20 @@ def build(config: BuildConfig) -> BuildResult:
     )
     manifest.write(out)
     return BuildResult(out, manifest, om)
+
+
+def _drop_if_external(out: Path, stage: dict) -> None:
+    """Remove a stage that the next one has replaced, where it holds its weights in a file beside
+    it; its manifest entry says so."""
+    path = out / stage["file"]
+    weights = weights_file(path)
+    if not weights.is_file():
+        return
+    log.info("removing %s and %s (%.2f GB): the next stage is verified (--keep-stages keeps them)",
+             path.name, weights.name, weights.stat().st_size / 1e9)
+    weights.unlink()
+    path.unlink()
+    stage["removed"] = True
 
 
 def _copy_tokenizer(ckpt: Checkpoint, out: Path) -> str:

@@ -192,6 +192,9 @@ def _add_build(sub) -> None:
     p.add_argument("--soc", default="auto", help="ATC's soc_version, e.g. Ascend310P3; auto: from npu-smi (default)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest relative error of any stage against PyTorch (default 1e-4)")
+    p.add_argument("--keep-stages", action="store_true",
+                   help="keep every stage's file of a model over 1.9 GB of weights (by default only model.onnx "
+                   "stays: each stage holds a copy of the weights)")
     p.set_defaults(handler=_cmd_build)
 
 
@@ -199,7 +202,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from npueval.build.pipeline import BuildConfig, build
 
     config = BuildConfig(checkpoint=args.checkpoint, out=args.out, batch_size=args.batch_size, seq_len=args.seq_len,
-                         output=args.output, soc=args.soc, tolerance=args.tolerance)
+                         output=args.output, soc=args.soc, tolerance=args.tolerance,
+                         keep_stages=args.keep_stages)
     result = build(config)
     m = result.manifest
     worst = max(stage["verify"]["rel_err"] for stage in m.stages.values())

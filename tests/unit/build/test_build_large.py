@@ -13,7 +13,7 @@ import pytest
 from checkpoints import make_checkpoint, make_hf_checkpoint
 from run_data import FAKES
 
-from npueval.build import graph, onnx_files, simplify
+from npueval.build import graph, onnx_files, pipeline, simplify
 from npueval.build.pipeline import BuildConfig, build
 from npueval.build.verify import random_ids
 from npueval.core.model_io import targets_for, weights_file
@@ -63,19 +63,35 @@ def external_weights(path) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_every_stage_keeps_its_weights_in_one_file_beside_it(tmp_path, monkeypatch, fake_atc, family):
+    """GPT-2 with --keep-stages; a Llama without, which keeps model.onnx alone, and never more than
+    two stages' weights at once."""
+    keep = family == "gpt2"
     ckpt = (make_checkpoint(tmp_path / "ckpt", n_layer=2) if family == "gpt2"
             else make_hf_checkpoint(tmp_path / "ckpt", family))
     inline = build(BuildConfig(ckpt, tmp_path / "inline", batch_size=B, seq_len=L, soc="Ascend310P3"))
+    assert sorted(p.name for p in (tmp_path / "inline").glob("*.onnx")) == sorted(STAGES)  # small: every stage
     exported = go_over_the_limit(monkeypatch)
-    result = build(BuildConfig(ckpt, tmp_path / "out", batch_size=B, seq_len=L, soc="Ascend310P3"))
-    out, m = tmp_path / "out", result.manifest
+    out = tmp_path / "out"
+    weights_at_verify = []
+    real_check = pipeline.check_stage
+
+    def check_stage(path, *args):
+        weights_at_verify.append(sorted(p.name for p in out.glob("*.data")))
+        return real_check(path, *args)
+
+    monkeypatch.setattr(pipeline, "check_stage", check_stage)
+    result = build(BuildConfig(ckpt, out, batch_size=B, seq_len=L, soc="Ascend310P3", keep_stages=keep))
+    m = result.manifest
     # The exporter's one file per tensor, gathered into one: nothing of it is left in the folder.
     assert len(exported) == 1 and len(exported[0]) > 10
-    for stage in STAGES:
+    kept = STAGES if keep else STAGES[-1:]
+    for stage in kept:
         assert external_weights(out / stage) == {weights_file(out / stage).name}
         assert (out / stage).stat().st_size < weights_file(out / stage).stat().st_size
     assert sorted(p.name for p in out.iterdir() if ".onnx" in p.name) == sorted(
-        [*STAGES, *(weights_file(out / s).name for s in STAGES)])
+        [*kept, *(weights_file(out / s).name for s in kept)])
+    assert [bool(s.get("removed")) for s in m.stages.values()] == [not keep] * 3 + [False]
+    assert max(len(names) for names in weights_at_verify) == (len(STAGES) if keep else 2)
     assert m.onnx_weights == "model.onnx.data" and inline.manifest.onnx_weights is None
     # onnxsim ran with the weights as inputs, and every stage still matches PyTorch.
     assert m.stages["simplify"]["weights_as_inputs"] > 0
