@@ -28,7 +28,7 @@ from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, weights_file
 from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
 from . import atc, onnx_files
-from .export import export_onnx, op_histogram
+from .export import export_onnx, op_histogram, reference_logits
 from .loss_head import add_loss_head
 from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec
 from .passes import run_passes
@@ -85,10 +85,11 @@ def build(config: BuildConfig) -> BuildResult:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); choose another --out") from None
     ids = random_ids(config.batch_size, config.seq_len, ckpt.config["vocab_size"])
+    reference = reference_logits(model, ids)
     stages: dict[str, dict] = {}
 
     def verified(name: str, info: dict) -> dict:
-        info["verify"] = check_stage(out / info["file"], model, ids, config.tolerance)
+        info["verify"] = check_stage(out / info["file"], ids, reference, config.tolerance)
         log.info("stage %s: %s, rel err %.2g", name, info["file"], info["verify"]["rel_err"])
         if stages and not config.keep_stages:
             _drop_if_external(out, stages[list(stages)[-1]])
@@ -97,6 +98,7 @@ def build(config: BuildConfig) -> BuildResult:
 
     port = ckpt.family.port_export
     export = export_onnx(model, out / "1-export.onnx", config.seq_len, port=port, batch_size=config.batch_size)
+    del model  # its weights are in the export now, and `reference` holds its answer: a copy less in memory
     verified("export", export)
     verified("simplify", simplify(out / "1-export.onnx", out / "2-simplified.onnx", config.batch_size, config.seq_len,
                                   slice_free=port))

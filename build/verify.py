@@ -1,5 +1,8 @@
 """Stage 5: every stage's ONNX against the PyTorch model in float32, on onnxruntime.
 
+The PyTorch logits are computed once for the build (`reference_logits`), so that the model can go
+once it is exported: a stage is checked while only its own weights are in memory.
+
 Relative error ‖out − ref‖ / ‖ref‖ and max abs error go into the manifest; a stage above the
 tolerance (1e-4 relative unless loosened) fails the build.
 """
@@ -12,8 +15,6 @@ import numpy as np
 
 from npueval.core.errors import RunError
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, targets_for
-
-from .export import reference_logits
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -30,13 +31,14 @@ def reference_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return log_norm - np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
 
 
-def check_stage(onnx_path: Path, model, input_ids: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Run the stage's ONNX; compare with PyTorch (logits, or NLL for a loss-head graph)."""
+def check_stage(onnx_path: Path, input_ids: np.ndarray, logits: np.ndarray,
+                tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """Run the stage's ONNX on `input_ids`; compare with PyTorch's `logits` for them
+    (build/export.py's `reference_logits`), or the NLL from them for a loss-head graph."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    logits = reference_logits(model, input_ids)
     feeds = {INPUT: input_ids}
     if TARGETS in names:
         targets = targets_for(input_ids)

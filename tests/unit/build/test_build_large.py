@@ -5,6 +5,7 @@ BENCHMARKS.md has a real one."""
 
 import os
 import sys
+import weakref
 
 import numpy as np
 import onnx
@@ -72,14 +73,21 @@ def test_every_stage_keeps_its_weights_in_one_file_beside_it(tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "inline").glob("*.onnx")) == sorted(STAGES)  # small: every stage
     exported = go_over_the_limit(monkeypatch)
     out = tmp_path / "out"
-    weights_at_verify = []
-    real_check = pipeline.check_stage
+    weights_at_verify, torch_models, alive_at_verify = [], [], []
+    real_check, real_load = pipeline.check_stage, pipeline.load_model
+
+    def load_model(ckpt):
+        model = real_load(ckpt)
+        torch_models.append(weakref.ref(model))
+        return model
 
     def check_stage(path, *args):
         weights_at_verify.append(sorted(p.name for p in out.glob("*.data")))
+        alive_at_verify.append(torch_models[-1]() is not None)
         return real_check(path, *args)
 
     monkeypatch.setattr(pipeline, "check_stage", check_stage)
+    monkeypatch.setattr(pipeline, "load_model", load_model)
     result = build(BuildConfig(ckpt, out, batch_size=B, seq_len=L, soc="Ascend310P3", keep_stages=keep))
     m = result.manifest
     # The exporter's one file per tensor, gathered into one: nothing of it is left in the folder.
@@ -92,6 +100,8 @@ def test_every_stage_keeps_its_weights_in_one_file_beside_it(tmp_path, monkeypat
         [*kept, *(weights_file(out / s).name for s in kept)])
     assert [bool(s.get("removed")) for s in m.stages.values()] == [not keep] * 3 + [False]
     assert max(len(names) for names in weights_at_verify) == (len(STAGES) if keep else 2)
+    # The PyTorch model's weights are gone from memory once exported: no stage is checked beside them.
+    assert alive_at_verify == [False] * len(STAGES)
     assert m.onnx_weights == "model.onnx.data" and inline.manifest.onnx_weights is None
     # onnxsim ran with the weights as inputs, and every stage still matches PyTorch.
     assert m.stages["simplify"]["weights_as_inputs"] > 0

@@ -69,10 +69,10 @@ def test_verification_passes_each_stage_and_catches_a_wrong_model(built):
     folder, model, _, _ = built
     ids = random_ids(B, L, model.config.vocab_size)
     for name in ("simplified.onnx", "nll.onnx"):
-        result = check_stage(folder / name, model, ids)
+        result = check_stage(folder / name, ids, reference_logits(model, ids))
         assert result["rel_err"] < 1e-6 and result["max_abs_err"] < 1e-4
     other = load_model(open_checkpoint(make_checkpoint(folder / "other", seed=9)))
     with pytest.raises(RunError, match=r"nll.onnx: differs from the PyTorch model by .* above the tolerance 0.0001"):
-        check_stage(folder / "nll.onnx", other, ids)
-    loose = check_stage(folder / "nll.onnx", other, ids, tolerance=10.0)
+        check_stage(folder / "nll.onnx", ids, reference_logits(other, ids))
+    loose = check_stage(folder / "nll.onnx", ids, reference_logits(other, ids), tolerance=10.0)
     assert loose["rel_err"] > 1e-2 and loose["tolerance"] == 10.0
