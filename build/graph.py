@@ -113,9 +113,10 @@ class Graph:
                 break
             self.remove(*dead)
         used = {name for node in self.graph.node for name in node.input}
-        keep = [i for i in self.graph.initializer if i.name in used]
-        del self.graph.initializer[:]
-        self.graph.initializer.extend(keep)
+        # One by one, in place: re-adding the kept ones would copy every weight (see with_inferred_shapes).
+        for k in reversed(range(len(self.graph.initializer))):
+            if self.graph.initializer[k].name not in used:
+                del self.graph.initializer[k]
         self._toposort()
         del self.graph.value_info[:]
         return self.model
@@ -138,22 +139,35 @@ class Graph:
 
 
 def with_inferred_shapes(model):
-    """`model` with the value_info of every tensor whose shape inference can tell. onnx serializes
-    the model for it, which protobuf refuses over 2 GiB: the bytes of the large initializers (the
-    weights, whose dims are all inference reads of them) are set aside meanwhile."""
-    from onnx import shape_inference
+    """`model` with the value_info of every tensor whose shape inference can tell.
 
-    held = {}
+    Inference runs on a copy of the graph whose large initializers (the weights, of which it reads
+    only type and dims) carry no bytes: onnx serializes the model for it, which protobuf refuses over
+    2 GiB. The model's own initializers are not touched: protobuf's upb keeps a message's bytes in
+    an arena that is freed only with the whole model, so every field set again is another copy of
+    the weights in memory."""
+    from onnx import ModelProto, shape_inference
+
+    light = ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions)
+    light.graph.node.extend(model.graph.node)
+    light.graph.input.extend(model.graph.input)
+    light.graph.output.extend(model.graph.output)
+    light.graph.value_info.extend(model.graph.value_info)
     for tensor in model.graph.initializer:
-        if len(tensor.raw_data) >= SET_ASIDE_BYTES:
-            held[tensor.name] = tensor.raw_data
-            tensor.ClearField("raw_data")
-    try:
-        inferred = shape_inference.infer_shapes(model)
-    finally:
-        for tensor in model.graph.initializer:
-            if tensor.name in held:
-                tensor.raw_data = held[tensor.name]
+        if tensor_bytes(tensor) >= SET_ASIDE_BYTES:
+            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        else:
+            light.graph.initializer.append(tensor)
+    inferred = shape_inference.infer_shapes(light)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return model
+
+
+def tensor_bytes(tensor) -> int:
+    """A tensor's size from its type and dims (reading raw_data would copy it)."""
+    import math
+
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    return math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
