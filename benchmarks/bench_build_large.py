@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import install_before
 
 
 def make_checkpoint(folder: Path, hidden: int, layers: int, intermediate: int, vocab: int) -> int:
@@ -151,13 +151,7 @@ def main() -> None:
             size = (ckpt / "model.safetensors").stat().st_size
             print(f"checkpoint: {params / 1e6:.0f}M parameters, {size / 1e9:.2f} GB")
         if args.before:
-            old = work / "old"
-            (old / "npueval").mkdir(parents=True)
-            archive = subprocess.run(["git", "archive", args.before, "core", "cluster", "actors", "build", "eval"],
-                                     cwd=REPO, capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(old / "npueval")], input=archive, check=True)
-            (old / "npueval" / "__init__.py").touch()
-            r = build_once(ckpt, work / "out-before", str(old), args.batch_size, args.seq_len)
+            r = build_once(ckpt, work / "out-before", str(install_before(args.before)), args.batch_size, args.seq_len)
             print(summary(args.before, r))
             shutil.rmtree(work / "out-before", ignore_errors=True)
         r = build_once(ckpt, work / "out", None, args.batch_size, args.seq_len)

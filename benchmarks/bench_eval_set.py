@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import gen_wiki_zh  # noqa: E402
-from common import OUT, REPO, header  # noqa: E402  (it sets Ray's loopback switches)
+from common import OUT, header, install_before  # noqa: E402  (it sets Ray's loopback switches)
 
 CHILD = "_one"
 BATCH = 8
@@ -72,26 +71,6 @@ def ensure_set(name: str, args) -> Path:
                     "--out", str(data), "--files", "first" if name == "port" else "all", "--force"], check=True)
     stamp.write_text(json.dumps(info))
     return data
-
-
-# -- the earlier version ---------------------------------------------------------------------------
-
-def install_before(rev: str) -> Path:
-    """npueval at `rev`, installed (without its dependencies: this venv's are used) into a folder
-    of its own; returns the folder to put on PYTHONPATH."""
-    target = OUT / f"npueval-{rev}"
-    if (target / ".complete").is_file():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(target), str(src)], check=True)
-    (target / ".complete").touch()
-    return target
 
 
 # -- one run, in a child -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from common import install_before
 
 CHILD = r'''
 import json, os, sys, tempfile, threading, time
@@ -97,13 +97,7 @@ def main() -> None:
                 f.write(os.urandom(1 << 20))
         versions = {"this tree": None}
         if args.before:
-            old = work / "old"
-            (old / "npueval").mkdir(parents=True)
-            archive = subprocess.run(["git", "archive", args.before, "core", "cluster", "actors", "build", "eval"],
-                                     cwd=REPO, capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(old / "npueval")], input=archive, check=True)
-            (old / "npueval" / "__init__.py").touch()
-            versions = {args.before: str(old), **versions}
+            versions = {args.before: str(install_before(args.before)), **versions}
         runs: dict[str, list[dict]] = {name: [] for name in versions}
         for _ in range(args.repeat):
             for name, pythonpath in versions.items():

@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,26 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "out"
 N_CTX = 512
 VOCAB = 21128
+
+
+# -- an earlier version, side by side ---------------------------------------------------------------
+
+def install_before(rev: str) -> Path:
+    """npueval at `rev`, installed (without its dependencies: this venv's are used) into a folder
+    of its own; returns the folder to put on PYTHONPATH."""
+    target = OUT / f"npueval-{rev}"
+    if (target / ".complete").is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--target", str(target), str(src)], check=True)
+    (target / ".complete").touch()
+    return target
 
 
 # -- the data set ------------------------------------------------------------------------------
