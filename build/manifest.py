@@ -1,10 +1,10 @@
 """A build folder's manifest.json: what `npueval build` made and how `npueval run` feeds it
 (docs/results.md, "The build folder").
 
-The fields `run` reads are typed (the model files, the static shape, the output kind, the
-vocabulary's sha256, the checkpoint's config for its vocabulary size); `stages` (each stage's file,
-errors against PyTorch, op histograms, pass counts) and `atc` (the command and its result) are the
-build's record, kept as they were written.
+The fields `run` reads are typed (the model files and their sha256, the static shape, the output
+kind, the vocabulary's sha256, the checkpoint's config for its vocabulary size); `stages` (each
+stage's file, errors against PyTorch, op histograms, pass counts) and `atc` (the command and its
+result) are the build's record, kept as they were written.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class FileRecord:
+    """A model file of the build folder as `npueval build` wrote it."""
+
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class BuildManifest:
     format_version: int
     checkpoint: str  # the checkpoint folder, absolute
@@ -52,10 +61,17 @@ class BuildManifest:
     family: str = "gpt2"  # config.json's model_type (core/families.py)
     tokenizer: str = "vocab.txt"  # the tokenizer file in the build folder, whose sha256 is vocab_sha256
     onnx_weights: str | None = None  # the ONNX model's external weights file (over 2 GiB), else None
+    # model.onnx, its weights file and model.om as written; () in manifests of npueval before it
+    files: tuple[FileRecord, ...] = ()
 
     @property
     def vocab_size(self) -> int:
         return int(self.config["vocab_size"])
+
+    @property
+    def model_files(self) -> tuple[str, ...]:
+        """The files of the build folder that a backend runs: the ONNX, its weights, the OM."""
+        return tuple(name for name in (self.onnx, self.onnx_weights, self.om) if name)
 
     def to_json(self) -> dict:
         return to_json(self)

@@ -24,13 +24,14 @@ from pathlib import Path
 
 from npueval.core.checkpoint import Checkpoint, load_model, open_checkpoint
 from npueval.core.errors import UserError
+from npueval.core.files import cached_sha256
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, weights_file
 from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
 from . import atc, onnx_files
 from .export import export_onnx, op_histogram, reference_logits
 from .loss_head import add_loss_head
-from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, TensorSpec
+from .manifest import FORMAT_VERSION, OUTPUTS, BuildManifest, FileRecord, TensorSpec
 from .passes import run_passes
 from .precision import fp32_nodes
 from .simplify import simplify
@@ -117,7 +118,10 @@ def build(config: BuildConfig) -> BuildResult:
     om, atc_info = _compile(out, final, inputs, keep_dtype, config.soc)
     atc_info["keep_fp32"] = {part: len(names) for part, names in keep.items()}
     tokenizer = _copy_tokenizer(ckpt, out)
+    onnx_weights = weights_file(out / final).name if weights_file(out / final).is_file() else None
 
+    # `files`: what run checks the model files against, hashed here once (and cached: the first
+    # run does not read them again).
     manifest = BuildManifest(
         format_version=FORMAT_VERSION,
         checkpoint=str(ckpt.folder.resolve()),
@@ -139,7 +143,9 @@ def build(config: BuildConfig) -> BuildResult:
         atc=atc_info,
         family=ckpt.family.model_type,
         tokenizer=tokenizer,
-        onnx_weights=weights_file(out / final).name if weights_file(out / final).is_file() else None,
+        onnx_weights=onnx_weights,
+        files=tuple(FileRecord(name, cached_sha256(out / name), (out / name).stat().st_size)
+                    for name in (final, onnx_weights, om.name if om else None) if name),
     )
     manifest.write(out)
     return BuildResult(out, manifest, om)

@@ -3,6 +3,9 @@
 `atomic_write` is the one way a file appears under its name: the bytes go to a temporary beside it
 (`.NAME.tmp`), which is renamed into place, so a process killed or a disk filled on the way
 leaves the old file or none, never half of one (RELIABILITY.md, "Faults").
+
+`cached_sha256` names a large file (a model's weights) by its bytes without reading them on every
+run: the digest is kept in npueval's cache under the file's identity on disk.
 """
 
 from __future__ import annotations
@@ -20,6 +23,37 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: The cache's folder of digests, one small file per file hashed.
+DIGESTS = "sha256"
+
+
+def cached_sha256(path: Path) -> str:
+    """`file_sha256(path)`, read from the cache while the file is the one hashed: the same path,
+    device, inode, size, mtime and ctime. Any write to the file, a replacement or a `touch`
+    changes its ctime, which no user can set back, so a changed file is hashed again. A cache
+    that cannot be written only costs the hashing."""
+    from .cache import cache_root
+
+    path = Path(path)
+    st = path.stat()
+    key = f"{path.resolve()}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+    entry = cache_root() / DIGESTS / hashlib.sha256(key.encode()).hexdigest()
+    try:
+        known = entry.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        known = ""
+    if len(known) == 64 and all(c in "0123456789abcdef" for c in known):
+        return known
+    sha = file_sha256(path)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        # A temporary of this process's own: two runs may hash the same file at once.
+        atomic_write(entry, sha + "\n", entry.with_name(f".{entry.name}.{os.getpid()}.tmp"))
+    except OSError:
+        pass
+    return sha
 
 
 def temporary_for(path: Path) -> Path:

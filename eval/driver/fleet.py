@@ -10,7 +10,6 @@ backends and lets Ray go.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from npueval.actors.worker import (
 )
 from npueval.cluster import ray_cluster
 from npueval.core.errors import RunError, UserError, root_cause
+from npueval.core.files import cached_sha256
 from npueval.core.model_io import model_files
 
 from .model_spec import ModelSpec
@@ -333,7 +333,8 @@ def ship(path: Path, objects: dict) -> ModelFile:
         size = file.stat().st_size
         # A plain ndarray over the mapping: a memmap would be pickled in band, as a copy.
         data = np.memmap(file, dtype=np.uint8, mode="r").view(np.ndarray) if size else np.zeros(0, np.uint8)
-        sha256 = hashlib.sha256(data).hexdigest()
+        # Known since the model was resolved (or built); each node checks the bytes it gets against it.
+        sha256 = cached_sha256(file)
         objects[sha256] = ray.put(data)
         return ModelFile(file.name, sha256, size, weights)
 

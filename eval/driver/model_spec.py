@@ -17,7 +17,7 @@ from pathlib import Path
 
 from npueval.build.manifest import BuildManifest
 from npueval.core.errors import UserError, first_line
-from npueval.core.files import file_sha256
+from npueval.core.files import cached_sha256
 from npueval.core.model_io import model_files
 from npueval.core.vocab import load_vocab
 from npueval.eval.data.manifest import DataManifest
@@ -75,7 +75,7 @@ def resolve_model(model: str | Path, vocab: str | Path | None = None) -> ModelSp
 
 def _identity(path: Path) -> str:
     """A bare model file's sha256; with external weights, the sha256 of both files' sha256s."""
-    shas = [file_sha256(p) for p in model_files(path)]
+    shas = [cached_sha256(p) for p in model_files(path)]
     return shas[0] if len(shas) == 1 else hashlib.sha256(":".join(shas).encode()).hexdigest()
 
 
@@ -83,13 +83,36 @@ def _from_build(folder: Path) -> ModelSpec:
     m, raw = BuildManifest.read(folder)
     onnx = folder / m.onnx
     om = folder / m.om if m.om else None
-    for p in (onnx, om, folder / m.onnx_weights if m.onnx_weights else None):
-        if p is not None and not p.is_file():
-            raise UserError(f"--model {folder}: the manifest names {p.name}, which is missing; run `npueval build` "
+    for name in m.model_files:
+        if not (folder / name).is_file():
+            raise UserError(f"--model {folder}: the manifest names {name}, which is missing; run `npueval build` "
                             "again")
     sha = hashlib.sha256(raw).hexdigest()
-    checkpoint = Path(m.checkpoint) if Path(m.checkpoint).is_dir() else None  # built on another host: not here
-    return ModelSpec(om, onnx, m.batch_size, m.seq_len, m.vocab_size, m.vocab_sha256, sha, sha, checkpoint=checkpoint)
+    # A relative checkpoint is the build folder's neighbour (the bundled sample's); an absolute one
+    # of another host is not here.
+    checkpoint = folder / m.checkpoint
+    return ModelSpec(om, onnx, m.batch_size, m.seq_len, m.vocab_size, m.vocab_sha256, sha,
+                     _build_identity(folder, m, sha), checkpoint=checkpoint if checkpoint.is_dir() else None)
+
+
+def _build_identity(folder: Path, m: BuildManifest, manifest_sha: str) -> str:
+    """What --resume compares for a build folder: its manifest's sha256, once its model files are
+    checked against the sha256 it records, so that no block of one model is ever summed with
+    another's. A manifest of an npueval that recorded none: its sha256 with the files' own."""
+    if not m.files:
+        shas = [cached_sha256(folder / name) for name in m.model_files]
+        return hashlib.sha256(":".join([manifest_sha, *shas]).encode()).hexdigest()
+    records = {r.name: r for r in m.files}
+    for name in m.model_files:
+        record, path = records.get(name), folder / name
+        if record is None:
+            raise UserError(f"--model {folder}: manifest.json records no sha256 of {name} (edited by hand?); run "
+                            "`npueval build` again")
+        if path.stat().st_size != record.size or cached_sha256(path) != record.sha256:
+            raise UserError(f"--model {folder}: {name} is not the file `npueval build` wrote there (its sha256 is not "
+                            "the one manifest.json records: replaced or changed since); run `npueval build` again, "
+                            "or put back the file it built")
+    return manifest_sha
 
 
 def _from_checkpoint(folder: Path) -> ModelSpec:

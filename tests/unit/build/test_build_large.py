@@ -17,6 +17,7 @@ from run_data import FAKES
 from npueval.build import graph, onnx_files, pipeline, simplify
 from npueval.build.pipeline import BuildConfig, build
 from npueval.build.verify import random_ids
+from npueval.core.files import file_sha256
 from npueval.core.model_io import targets_for, weights_file
 
 B, L = 2, 24
@@ -103,6 +104,8 @@ def test_every_stage_keeps_its_weights_in_one_file_beside_it(tmp_path, monkeypat
     # The PyTorch model's weights are gone from memory once exported: no stage is checked beside them.
     assert alive_at_verify == [False] * len(STAGES)
     assert m.onnx_weights == "model.onnx.data" and inline.manifest.onnx_weights is None
+    assert [f.name for f in m.files] == ["model.onnx", "model.onnx.data", "model.om"]  # each checked before a run
+    assert m.files[1].sha256 == file_sha256(out / "model.onnx.data")
     # onnxsim ran with the weights as inputs, and every stage still matches PyTorch.
     assert m.stages["simplify"]["weights_as_inputs"] > 0
     assert inline.manifest.stages["simplify"]["weights_as_inputs"] == 0

@@ -16,6 +16,7 @@ from npueval.build.loss_head import KEEP_FP32_NODES
 from npueval.build.pipeline import BuildConfig, build
 from npueval.build.verify import random_ids
 from npueval.core.errors import UserError
+from npueval.core.files import file_sha256
 from npueval.core.model_io import targets_for
 from npueval.eval.cli import main
 
@@ -89,6 +90,9 @@ def test_with_cann_atc_gets_the_documented_command(checkpoint, tmp_path, fake_ca
     assert result.om == out / "model.om" and result.om.is_file()
     assert result.manifest.atc["result"] == "ok" and result.manifest.om == "model.om"
     assert "ATC run success" in (out / "atc.log").read_text()
+    # The files run checks before it runs them, as they were written.
+    assert [(f.name, f.sha256, f.size) for f in result.manifest.files] == [
+        (name, file_sha256(out / name), (out / name).stat().st_size) for name in ("model.onnx", "model.om")]
     # atc.sh, run on the same host, makes the same call.
     subprocess.run(["bash", str(out / "atc.sh")], check=True, capture_output=True)
     first, second = calls(fake_cann)

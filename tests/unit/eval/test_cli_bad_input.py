@@ -23,17 +23,22 @@ from npueval.eval.cli import main
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory, vocab_path) -> dict[str, Path]:
-    """A corpus, a data set prepared from it (n_ctx 64) and a tiny checkpoint, all good."""
+    """A corpus, a data set prepared from it (n_ctx 64), a tiny checkpoint and two builds of its shape, all good."""
     from checkpoints import make_checkpoint
 
+    from npueval.build.pipeline import BuildConfig, build
     from npueval.eval.data.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("good")
     write_wiki_corpus(root / "wiki", [[["\u4e00\u4e01" * 300] * 6]])
     prepare(PrepareConfig(corpus_dir=root / "wiki", vocab=vocab_path, out=root / "data", n_ctx=64, stride=96,
                           workers=0))
-    return {"root": root, "vocab": vocab_path, "wiki": root / "wiki", "data": root / "data",
-            "ckpt": make_checkpoint(root / "ckpt")}
+    ckpt = make_checkpoint(root / "ckpt")
+    # Two builds of one shape for the data (n_ctx 64), of other weights: seed 0 and seed 1.
+    for name, seed in (("build", 0), ("other", 1)):
+        build(BuildConfig(make_checkpoint(root / f"ckpt-{name}", seed=seed), root / name, seq_len=64))
+    return {"root": root, "vocab": vocab_path, "wiki": root / "wiki", "data": root / "data", "ckpt": ckpt,
+            "build": root / "build", "other": root / "other"}
 
 
 @pytest.fixture(autouse=True)
@@ -140,6 +145,33 @@ def build_folder_without_its_onnx(tmp: Path, fx) -> None:
 
     (tmp / "build").mkdir()
     shutil.copy(BUILD / "manifest.json", tmp / "build" / "manifest.json")
+
+
+def a_build(older: bool = False, replaced: bool = True):
+    """A copy of the good build folder as TMP/build whose model.onnx was then replaced by the other
+    build's (the same shape, other weights); `older`: its manifest as an earlier npueval wrote it,
+    without the files' sha256."""
+    def make(tmp: Path, fx) -> None:
+        shutil.copytree(fx["build"], tmp / "build")
+        if older:
+            manifest = json.loads((tmp / "build" / "manifest.json").read_text())
+            manifest.pop("files", None)
+            (tmp / "build" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if replaced:
+            shutil.copyfile(fx["other"] / "model.onnx", tmp / "build" / "model.onnx")
+    return make
+
+
+def resumed_after_the_model_changed(tmp: Path, fx) -> None:
+    """OUT of a run of TMP/build killed after one block, then TMP/build's model.onnx replaced by
+    another model's of the same shape (the blocks left would be of another model)."""
+    from npueval.eval.driver.model_spec import resolve_model
+
+    a_build(older=True, replaced=False)(tmp, fx)
+    before = resolve_model(tmp / "build").identity
+    results_folder_with_blocks({"model": before, "seq_len": 64, "limit": None, "drop_last": False},
+                               same_data=True)(tmp, fx)
+    shutil.copyfile(fx["other"] / "model.onnx", tmp / "build" / "model.onnx")
 
 
 def results_folder_with_blocks(run_json: dict | None, same_data: bool = False):
@@ -301,6 +333,14 @@ CASES = {
     "run: a --model build folder without its ONNX": (
         build_folder_without_its_onnx, ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/build"],
         "--model {tmp}/build: the manifest names model.onnx, which is missing", "run `npueval build` again"),
+    "run: a build folder whose model.onnx was replaced after the build": (
+        a_build(), ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/build"],
+        "--model {tmp}/build: model.onnx is not the file `npueval build` wrote there",
+        "run `npueval build` again, or put back the file it built"),
+    "run: --resume after an older build's model.onnx was replaced": (
+        resumed_after_the_model_changed,
+        ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/build", "--resume"],
+        "--resume: the blocks in {tmp}/out are of another run (model: ", "use another --out, or --force to start over"),
     "run: a --vocab that does not exist": (
         a_file, ["run", "--data", "{data}", "--out", "{tmp}/out", "--model", "{tmp}/a-file", "--vocab", "{tmp}/v.txt"],
         "--vocab {tmp}/v.txt: no such file", "pass the checkpoint's vocab.txt"),
