@@ -16,13 +16,12 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from npueval.core.errors import UserError
-from npueval.core.files import atomic_write_with
+from npueval.core.files import atomic_write_with, locked
 
 #: What ais_bench refuses in a model's absolute path (PATH_WHITE_LIST_REGEX).
 UNSAFE_PATH_CHARS = re.compile(r"[^_A-Za-z0-9/.-]")
@@ -90,22 +89,10 @@ def local_model_file(model: ModelFile, fetch: Fetch, root: Path | None = None) -
     first writes the copy and the others find it, instead of each holding the model's bytes and
     hashing them (8 × 14 GB for a 7B model's OM on an 8-chip host)."""
     folder = own_folder(own_folder(check_model_folder(root)) / model.key[:16])
-    with _locked(folder / ".lock"):
+    with locked(folder / ".lock"):
         if model.weights is not None:
             _local_copy(folder / Path(model.weights.name).name, model.weights, fetch)
         return _local_copy(folder / f"model{Path(model.name).suffix}", model, fetch)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the file releases the lock
 
 
 def _local_copy(path: Path, file: ModelFile, fetch: Fetch) -> Path:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from npueval.core.errors import RunError, UserError, root_cause
+from npueval.core.signals import sigterm_kept
 
 from .devices import Device
 from .visibility import VISIBLE_ENV, check_user_list, narrowed
@@ -60,7 +61,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
         if simulated_npus:
             raise UserError("--devices with the simulated backend needs a Ray npueval starts; drop --address")
         try:
-            ray.init(address=address, log_to_driver=False)
+            with sigterm_kept():
+                ray.init(address=address, log_to_driver=False)
         except Exception as exc:
             raise UserError(f"--address {address}: cannot join that Ray cluster ({root_cause(exc)}); check the "
                             "address, or drop --address (and unset RAY_ADDRESS) for a local Ray") from None
@@ -74,7 +76,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
     if devices and not simulated_npus:
         check_user_list()
         visible = visible_devices(devices, allow_unhealthy)
-    with _loopback_only(), _environ(VISIBLE_ENV, visible), _starting_ray():
+    with _loopback_only(), _environ(VISIBLE_ENV, visible), _starting_ray(), sigterm_kept():
         ray.init(
             # "local": a Ray of our own, even where one that `ray start` left running would be found.
             address="local",

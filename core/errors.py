@@ -12,6 +12,7 @@ EXIT_OK = 0
 EXIT_RUN_FAILURE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 class NpuevalError(Exception):
@@ -46,10 +47,28 @@ class RunError(NpuevalError):
     """A device, block or stage that kept failing (exit 1)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`ray job stop`, a scheduler, `kill`), raised where Ctrl-C's KeyboardInterrupt would
+    be (core/signals.py), so that it unwinds the same way: finished work kept, temporaries removed."""
+
+
 class Interrupted(NpuevalError):
-    """Ctrl-C during a run: what was finished is kept (exit 130)."""
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during a run: what was finished is kept."""
 
     exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, message: str, by: BaseException | None = None):
+        super().__init__(message)
+        self.exit_code = interrupted_exit_code(by)
+
+
+def interrupted_exit_code(by: BaseException | None) -> int:
+    return EXIT_TERMINATED if isinstance(by, Terminated) else EXIT_INTERRUPTED
+
+
+def interrupted_by(by: BaseException | None) -> str:
+    """How a message says what stopped the command: "interrupted", or "interrupted (SIGTERM)"."""
+    return "interrupted (SIGTERM)" if isinstance(by, Terminated) else "interrupted"
 
 
 def first_line(exc: BaseException) -> str:

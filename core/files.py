@@ -5,7 +5,8 @@
 leaves the old file or none, never half of one (RELIABILITY.md, "Faults").
 
 `cached_sha256` names a large file (a model's weights) by its bytes without reading them on every
-run: the digest is kept in npueval's cache under the file's identity on disk.
+run: the digest is kept in npueval's cache under the file's identity on disk. `locked` keeps two
+processes from writing the same thing at once.
 """
 
 from __future__ import annotations
@@ -89,3 +90,61 @@ def atomic_write_with(path: Path, write: Callable[[Path], None], temporary: Path
     with atomic_path(path, temporary) as tmp:
         write(tmp)
     return path
+
+
+def lock_of(folder: Path) -> Path:
+    """The lock file of an output folder: `.NAME.lock` beside it, since the folder itself may not
+    exist yet, or is replaced whole when it is done."""
+    return folder.parent / f".{folder.name}.lock"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+class LockHeld(Exception):
+    """Another process holds the lock file; `pid` is the one it wrote there (None if unreadable)."""
+
+    def __init__(self, path: Path, pid: int | None):
+        super().__init__(f"{path} is held by process {pid}")
+        self.path, self.pid = path, pid
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True, remove: bool = False) -> Iterator[None]:
+    """An exclusive lock on the file `path` (made if missing) while the block runs; the process's
+    pid is written in it. Without `wait`, LockHeld at once if another process holds it. With
+    `remove`, the file goes at the end, while still locked: a process that opened it meanwhile then
+    holds a lock on a file no one else sees, so every taker checks that its file is still the one
+    at `path`. The lock goes with the process, however it ends (flock)."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise LockHeld(path, int(holder) if holder.isdigit() else None) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if remove:
+            path.unlink(missing_ok=True)
+        os.close(fd)

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npueval.actors.backend import BACKENDS
-from npueval.core.errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError
+from npueval.core.errors import EXIT_OK, NpuevalError, interrupted_by, interrupted_exit_code
+from npueval.core.signals import raise_on_sigterm
 
 log = logging.getLogger("npueval")
 
@@ -502,14 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser().print_help()
         return 2
+    raise_on_sigterm()
     try:
         return args.handler(args)
     except NpuevalError as exc:
         print(f"npueval {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"npueval {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (core/signals.py)
+        print(f"npueval {args.command}: {interrupted_by(exc)}", file=sys.stderr)
+        return interrupted_exit_code(exc)
     except BrokenPipeError:  # the output's reader went away (`npueval doctor | head`): nothing to say
         import os
 

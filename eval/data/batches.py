@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -50,19 +51,32 @@ _framer = None  # one per process, made by _init
 _reading: Reading | None = None
 
 
-def _init(reading: Reading, in_pool: bool = False) -> None:
+def _init(reading: Reading, parent: int | None = None) -> None:
+    """This process's framer; `parent`: the pid of the prepare that started this worker."""
     global _framer, _reading
     from .framing import ClassicFramer, JsonFramer
 
-    if in_pool:
-        _one_thread()
+    if parent is not None:
+        _worker_start(parent)
     _reading = reading
     _framer = (ClassicFramer if reading.tokenizer.classic else JsonFramer)(reading.tokenizer)
 
 
-def _one_thread() -> None:
-    """In a worker: one process per core already, so the tokenizers library's own threads would only contend."""
+def _worker_start(parent: int) -> None:
+    """In a worker. One process per core already, so the tokenizers library's own threads would
+    only contend. Ctrl-C and SIGTERM are the parent's to handle: it shuts the pool down, letting the
+    batches that run finish. A worker whose parent is gone (killed with SIGKILL, say, or by the
+    OOM killer) ends with it, where it would wait forever on a queue no one writes to."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def frame_chunk(chunk: Chunk) -> FramedBatch:
@@ -111,10 +125,11 @@ def batch_framer(reading: Reading, workers: int):
         return
 
     if sys.platform == "linux" and not _ray_running():
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
+                                   initargs=(os.getpid(),))
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init, initargs=(reading, True))
+                                   initializer=_init, initargs=(reading, os.getpid()))
     with pool:
 
         def run(chunks: Iterable[Chunk]) -> Iterator[FramedBatch]:

@@ -10,18 +10,21 @@ port shuffles each piece as a whole).
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import random
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from npueval.core.errors import CorpusError, DatasetError, UserError
+from npueval.core.files import LockHeld, lock_of, locked, pid_alive
 
 from .batches import BAD, KEPT, FramedBatch, Reading, batch_framer
 from .corpus import FILES_CHOICES, FORMAT_CHOICES, WIKI_ZH, Corpus, CorpusFile, open_corpus
@@ -130,20 +133,36 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
     inputs = _inputs(config, corpus, tokenizer)
     key = inputs.key()
 
-    existing = DataManifest.read(config.out) if config.out.is_dir() else None
-    if existing is not None and existing.dataset_key == key:
-        log.info("%s already holds this data set (%d windows); nothing to do", config.out, existing.windows)
-        return PrepareResult(config.out, existing, reused=True, format_chosen_because=corpus.chosen_because)
-    if config.out.exists() and not config.force and not _is_empty_dir(config.out):
-        what = "another data set" if existing is not None else "files that are not an npueval data set"
-        raise DatasetError(
-            f"--out {config.out}: holds {what}; choose another folder or pass --force to replace it"
-        )
+    with _writing(config.out):
+        existing = DataManifest.read(config.out) if config.out.is_dir() else None
+        if existing is not None and existing.dataset_key == key:
+            log.info("%s already holds this data set (%d windows); nothing to do", config.out, existing.windows)
+            return PrepareResult(config.out, existing, reused=True, format_chosen_because=corpus.chosen_because)
+        if config.out.exists() and not config.force and not _is_empty_dir(config.out):
+            what = "another data set" if existing is not None else "files that are not an npueval data set"
+            raise DatasetError(
+                f"--out {config.out}: holds {what}; choose another folder or pass --force to replace it"
+            )
+        manifest = _prepare_into(config, corpus, tokenizer, inputs, key, progress)
+    log.info(
+        "prepared %d windows (%d scored tokens) from %d of %d %s into %s",
+        manifest.windows,
+        manifest.scored_tokens,
+        manifest.articles_kept,
+        manifest.articles_total,
+        "articles" if corpus.format == WIKI_ZH else "documents",
+        config.out,
+    )
+    return PrepareResult(config.out, manifest, reused=False, format_chosen_because=corpus.chosen_because)
 
+
+def _prepare_into(config: PrepareConfig, corpus: Corpus, tokenizer: ModelTokenizer, inputs: DataInputs, key: str,
+                  progress: ProgressFn | None) -> DataManifest:
+    """The data set, made in a partial folder beside OUT and put in its place when complete."""
     partial = config.out.parent / f".{config.out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        partial.mkdir(parents=True)
+        partial.mkdir()
     except OSError as exc:
         raise DatasetError(f"--out {config.out}: cannot make the folder ({exc.strerror or exc}); "
                            "choose another --out") from None
@@ -159,16 +178,7 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    log.info(
-        "prepared %d windows (%d scored tokens) from %d of %d %s into %s",
-        manifest.windows,
-        manifest.scored_tokens,
-        manifest.articles_kept,
-        manifest.articles_total,
-        "articles" if corpus.format == WIKI_ZH else "documents",
-        config.out,
-    )
-    return PrepareResult(config.out, manifest, reused=False, format_chosen_because=corpus.chosen_because)
+    return manifest
 
 
 def _inputs(config: PrepareConfig, corpus: Corpus, tokenizer: ModelTokenizer) -> DataInputs:
@@ -182,6 +192,43 @@ def _inputs(config: PrepareConfig, corpus: Corpus, tokenizer: ModelTokenizer) ->
         files=tuple(CorpusFileEntry(f.rel, f.sha256, f.lines) for f in corpus.files),
         corpus_format=corpus.format, text_field=corpus.text_field, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
     )
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """OUT is this process's to write while the block runs: a second prepare into it is refused at
+    once, where it would have replaced the first one's data set when it finished; what prepares
+    that died (SIGKILL, a power cut) left beside it is cleaned up first."""
+    stack = ExitStack()
+    try:
+        if not out.parent.exists():
+            out.parent.mkdir(parents=True)
+        stack.enter_context(locked(lock_of(out), wait=False, remove=True))  # a parent that is a file fails here
+    except LockHeld as held:
+        raise DatasetError(f"--out {out}: another npueval prepare (pid {held.pid}) is writing it; wait for it to "
+                           "finish, or choose another --out") from None
+    except OSError as exc:
+        raise DatasetError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); "
+                           "choose another --out") from None
+    with stack:
+        _clean_up_after_the_dead(out)
+        yield
+
+
+def _clean_up_after_the_dead(out: Path) -> None:
+    """The folders of prepares into OUT whose process is gone: a partial one is removed; an earlier
+    data set that one set aside to publish (`_publish`) goes back in place if OUT is missing (it
+    died between the two renames), else is removed. Under OUT's lock no live prepare writes them."""
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, pid = path.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            log.warning("putting back %s as %s: the prepare that replaced it ended half-way", path, out)
+            os.rename(path, out)
+        else:
+            log.info("removing %s, left by a prepare that ended before it could", path)
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _is_empty_dir(path: Path) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, BlockRows
 from npueval.actors.worker import BackendFactory, DeviceInfo
-from npueval.core.errors import DatasetError, Interrupted, UserError
+from npueval.core.errors import DatasetError, Interrupted, UserError, interrupted_by
 from npueval.core.files import file_sha256
 from npueval.eval.data.dataset import open_data_set
 from npueval.eval.data.manifest import DataManifest
@@ -283,19 +283,19 @@ def _evaluate(config: RunConfig, fleet: Fleet, plan: Plan, prefetched: Prefetche
             progress(windows, total, tokens)
 
     start = time.perf_counter()
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     try:
         dispatcher.run(prefetched, finished)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        interrupted = exc
     finally:
         saver.close()  # whatever ends the run, every finished block reaches the disk first
         start = dispatcher.first_sent or start  # eval_s: the first block sent to the last result
         eval_s = time.perf_counter() - start
         events.evaluation_ended(time.perf_counter())
-    if interrupted:  # counted on disk: Ctrl-C may land between a block's save and its count here
-        raise Interrupted(f"interrupted: {len(plan.done) + saver.saved} of {len(plan.blocks)} blocks are saved in "
-                          f"{config.out}; continue with --resume")
+    if interrupted is not None:  # counted on disk: Ctrl-C may land between a block's save and its count here
+        raise Interrupted(f"{interrupted_by(interrupted)}: {len(plan.done) + saver.saved} of {len(plan.blocks)} "
+                          f"blocks are saved in {config.out}; continue with --resume", by=interrupted)
     if not begun:  # nothing was left to evaluate (--resume)
         begin()
     return Evaluated(fresh, start, eval_s, dispatcher.retries, dispatcher.timeouts)

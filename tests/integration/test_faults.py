@@ -137,10 +137,12 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_nothing_half_written(ray_npu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after_blocks", [1, 6])
-def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, seed_data, tmp_path, after_blocks):
+@pytest.mark.parametrize("after_blocks, sig", [(1, "SIGINT"), (6, "SIGINT"), (1, "SIGTERM")])
+def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, seed_data, tmp_path, after_blocks, sig):
     """SIGINT to a CLI run (its own local Ray) once AFTER_BLOCKS blocks are saved: exit 130, one line,
-    no half-written file; --resume (here, in this process) evaluates only the rest."""
+    no half-written file; --resume (here, in this process) evaluates only the rest. SIGTERM (what
+    `ray job stop` and schedulers send) the same, exit 143: it used to end the run at once, with
+    only Ray's own lines."""
     import signal
     import subprocess
     import sys
@@ -159,13 +161,14 @@ def test_ctrl_c_keeps_the_finished_blocks_and_resume_completes_them(ray_npu4, se
     while len(list((out / "blocks").glob("block-*.parquet"))) < after_blocks:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[sig], stderr
     last = stderr.strip().splitlines()[-1]
     saved = len(list((out / "blocks").glob("block-*.parquet")))
     blocks = -(-json.loads((seed_data / "manifest.json").read_text())["windows"] // 8)
-    assert last == (f"npueval run: error: interrupted: {saved} of {blocks} blocks are saved in {out}; "
+    why = {"SIGINT": "interrupted", "SIGTERM": "interrupted (SIGTERM)"}[sig]
+    assert last == (f"npueval run: error: {why}: {saved} of {blocks} blocks are saved in {out}; "
                     "continue with --resume")
     assert after_blocks <= saved and not (out / "results.json").exists()
     assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
