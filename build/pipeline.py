@@ -17,14 +17,16 @@ weights file: onnx refuses weights behind a hard or symbolic link.)
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from npueval.core.checkpoint import Checkpoint, load_model, open_checkpoint
 from npueval.core.errors import UserError
-from npueval.core.files import cached_sha256
+from npueval.core.files import WRITE_ERRNOS, cached_sha256
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, weights_file
 from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
@@ -80,6 +82,21 @@ def build(config: BuildConfig) -> BuildResult:
     out = config.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; name a folder")
+    made = not out.exists()
+    try:
+        return _build(config, ckpt, out)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        if made:  # nothing of this build is worth keeping, and the space it took is wanted back
+            shutil.rmtree(out, ignore_errors=True)
+        room = ("" if exc.errno == errno.EROFS else "free some space (a build holds up to four copies of the "
+                "model's float32 weights, two of one over 1.9 GB), or ")
+        raise UserError(f"--out {out}: cannot write the build ({os.strerror(exc.errno)}); {room}choose another "
+                        "--out") from None
+
+
+def _build(config: BuildConfig, ckpt: Checkpoint, out: Path) -> BuildResult:
     model = load_model(ckpt)  # a corrupt checkpoint is refused before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)

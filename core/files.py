@@ -11,10 +11,11 @@ processes from writing the same thing at once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -90,6 +91,22 @@ def atomic_write_with(path: Path, write: Callable[[Path], None], temporary: Path
     with atomic_path(path, temporary) as tmp:
         write(tmp)
     return path
+
+
+#: What only a write fails with: a full disk, a quota or file-size limit, a read-only file system.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def output_lock(folder: Path) -> ExitStack:
+    """The lock of an output folder (`lock_of`), taken now without waiting: the ExitStack that
+    holds it until it closes. Its parent is made if missing, so that taking it shows whether the
+    folder can be written at all. LockHeld if another process holds it; OSError if the parent
+    cannot be made or written (a read-only file system, a file where a folder should be)."""
+    if not folder.parent.exists():
+        folder.parent.mkdir(parents=True)
+    stack = ExitStack()
+    stack.enter_context(locked(lock_of(folder), wait=False, remove=True))  # a parent that is a file: ENOTDIR
+    return stack
 
 
 def lock_of(folder: Path) -> Path:

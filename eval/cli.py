@@ -10,7 +10,7 @@ from pathlib import Path
 
 from npueval.actors.backend import BACKENDS
 from npueval.core.errors import EXIT_OK, NpuevalError, interrupted_by, interrupted_exit_code
-from npueval.core.signals import raise_on_sigterm
+from npueval.core.signals import handle_stops
 
 log = logging.getLogger("npueval")
 
@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser().print_help()
         return 2
-    raise_on_sigterm()
+    handle_stops()
     try:
         return args.handler(args)
     except NpuevalError as exc:

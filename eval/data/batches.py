@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npueval.core.signals import shielded
+
 from .documents import Chunk, read_documents
 from .model_tokenizer import ModelTokenizer
 
@@ -130,23 +132,23 @@ def batch_framer(reading: Reading, workers: int):
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init, initargs=(reading, os.getpid()))
-    with pool:
 
-        def run(chunks: Iterable[Chunk]) -> Iterator[FramedBatch]:
-            pending: deque = deque()
-            for chunk in chunks:
+    def run(chunks: Iterable[Chunk]) -> Iterator[FramedBatch]:
+        pending: deque = deque()
+        for chunk in chunks:
+            with shielded():  # the first submit starts the workers and the pool's thread
                 pending.append(pool.submit(frame_chunk, chunk))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
-        try:
-            yield run
-        except BaseException:
-            # wait=True: a shutdown(wait=False) forgets the pool's manager thread, so the `with`'s own
-            # shutdown cannot join it, and at exit CPython 3.11's atexit hook races that thread for
-            # its wake-up pipe ("Exception ignored … Bad file descriptor" after our one-line error).
-            # Only the batches already running are waited for; the queued ones are cancelled.
+    try:
+        yield run
+    finally:
+        # wait=True: a shutdown(wait=False) forgets the pool's manager thread, and at exit CPython
+        # 3.11's atexit hook races that thread for its wake-up pipe ("Exception ignored … Bad file
+        # descriptor" after our one-line error). Only the batches already running are waited for;
+        # the queued ones are cancelled.
+        with shielded():
             pool.shutdown(wait=True, cancel_futures=True)
-            raise

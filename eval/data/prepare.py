@@ -10,6 +10,7 @@ port shuffles each piece as a whole).
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -17,14 +18,14 @@ import random
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from npueval.core.errors import CorpusError, DatasetError, UserError
-from npueval.core.files import LockHeld, lock_of, locked, pid_alive
+from npueval.core.files import WRITE_ERRNOS, LockHeld, output_lock, pid_alive
 
 from .batches import BAD, KEPT, FramedBatch, Reading, batch_framer
 from .corpus import FILES_CHOICES, FORMAT_CHOICES, WIKI_ZH, Corpus, CorpusFile, open_corpus
@@ -175,8 +176,12 @@ def _prepare_into(config: PrepareConfig, corpus: Corpus, tokenizer: ModelTokeniz
                 f"{config.n_ctx}); give it more text, or pass a smaller --n-ctx or --min-length")
         manifest.write(partial)
         _publish(partial, config.out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # pyarrow's name no file: say which folder
+            room = "" if exc.errno == errno.EROFS else "free some space, or "
+            raise DatasetError(f"--out {config.out}: cannot write the data set ({os.strerror(exc.errno)}); {room}"
+                               "choose another --out") from None
         raise
     return manifest
 
@@ -199,13 +204,10 @@ def _writing(out: Path) -> Iterator[None]:
     """OUT is this process's to write while the block runs: a second prepare into it is refused at
     once, where it would have replaced the first one's data set when it finished; what prepares
     that died (SIGKILL, a power cut) left beside it is cleaned up first."""
-    stack = ExitStack()
     try:
-        if not out.parent.exists():
-            out.parent.mkdir(parents=True)
-        stack.enter_context(locked(lock_of(out), wait=False, remove=True))  # a parent that is a file fails here
+        stack = output_lock(out)
     except LockHeld as held:
-        raise DatasetError(f"--out {out}: another npueval prepare (pid {held.pid}) is writing it; wait for it to "
+        raise DatasetError(f"--out {out}: another npueval (pid {held.pid}) is writing it; wait for it to "
                            "finish, or choose another --out") from None
     except OSError as exc:
         raise DatasetError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); "

@@ -135,7 +135,15 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     data = open_data_set(config.data)
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
-    folder = _refuse_held_out(config, model, data)
+    folder = RunFolder(config.out)
+    with folder.held():
+        return _run(config, folder, data, model, vocab_checked, factory, progress, phases, times, started_at, clock)
+
+
+def _run(config: RunConfig, folder: RunFolder, data: DataManifest, model: ModelSpec | None, vocab_checked: bool,
+         factory: BackendFactory | None, progress: Callable[[int, int, int], None] | None, phases: Phases,
+         times: BlockTimes, started_at: str, clock: float) -> RunResult:
+    _refuse_held_out(config, folder, model, data)
     stored = folder.read_plan() if config.resume else None  # the blocks a resumed run keeps
     # Every shard is checked against its sha256 while Ray and the device actors start, and before
     # any block is read.
@@ -305,13 +313,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _refuse_held_out(config: RunConfig, model: ModelSpec | None, data: DataManifest) -> RunFolder:
+def _refuse_held_out(config: RunConfig, folder: RunFolder, model: ModelSpec | None, data: DataManifest) -> None:
     """Fail before starting Ray when OUT holds blocks and neither --resume nor --force was given,
     or, with --resume, blocks of another data set, model or plan (what is known before Ray)."""
-    folder = RunFolder(config.out)
     if folder.check_free(config.resume, config.force) and config.resume:
         folder.check_same_run(_identity(config, model, data), partial=True)
-    return folder
 
 
 def _identity(config: RunConfig, model: ModelSpec | None, data: DataManifest, backend: str | None = None,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 from npueval.actors.evaluator import BlockResult, CheckStats
 from npueval.core.contracts import ContractError, NewerFormat, check_format_version, from_json, to_json
 from npueval.core.errors import DatasetError, UserError
-from npueval.core.files import atomic_write, atomic_write_with
+from npueval.core.files import LockHeld, atomic_write, atomic_write_with, output_lock
 
 from .background import lower_this_thread
 from .blocks import PLAN_FORMAT, BlockPlan
@@ -41,6 +43,23 @@ class RunFolder:
     def __init__(self, out: str | Path):
         self.out = Path(out)
         self.blocks = self.out / BLOCKS
+
+    def held(self) -> ExitStack:
+        """OUT is this run's until the returned stack closes: a second run into it is refused (their
+        blocks would mix), and an OUT that cannot be written is named before Ray starts, not when
+        the first block is saved."""
+        try:
+            stack = output_lock(self.out)
+        except LockHeld as held:
+            raise DatasetError(f"--out {self.out}: another npueval (pid {held.pid}) is writing it; wait for it to "
+                               "finish, or choose another --out") from None
+        except OSError as exc:
+            raise UserError(f"--out {self.out}: cannot write there ({exc.strerror or exc}); choose another "
+                            "--out") from None
+        if self.out.is_dir() and not os.access(self.out, os.W_OK):  # a read-only mount of its own, say
+            stack.close()
+            raise UserError(f"--out {self.out}: cannot write there (not writable); choose another --out")
+        return stack
 
     def check_free(self, resume: bool, force: bool) -> set[int]:
         """The finished blocks in OUT, refused unless --resume or --force says what to do with them."""
@@ -79,7 +98,11 @@ class RunFolder:
             shutil.rmtree(self.blocks, ignore_errors=True)
             for name in (RUN, PLAN, *OUTPUTS):
                 (self.out / name).unlink(missing_ok=True)
-        self.blocks.mkdir(parents=True, exist_ok=True)
+        try:
+            self.blocks.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {self.out}: cannot make {BLOCKS}/ there ({exc.strerror or exc}); choose another "
+                            "--out") from None
         _write_atomic(self.out / RUN, json.dumps(identity, indent=2) + "\n")
 
     def check_same_run(self, identity: dict, partial: bool = False) -> None:

@@ -347,6 +347,9 @@ CASES = {
     "run: an --out that is a file": (
         a_file, ["run", "--data", "{data}", "--out", "{tmp}/a-file", "--backend", "simulated"],
         "--out {tmp}/a-file is a file", "name a folder"),
+    "run: an --out inside a file": (
+        a_file, ["run", "--data", "{data}", "--out", "{tmp}/a-file/out", "--backend", "simulated"],
+        "--out {tmp}/a-file/out: cannot write there (Not a directory)", "choose another --out"),
     "run: an --out holding blocks, without --resume or --force": (
         results_folder_with_blocks({}), SIM_RUN,
         "--out {tmp}/out already holds 1 finished blocks of a run",
@@ -446,6 +449,71 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(fixtures, tmp_path, ca
     assert re.match(rf"npueval( {argv[0]})?: error: ", lines[0]), lines[0]  # argparse's own: "npueval: error: "
     assert culprit.format(**fill) in lines[0] and fix in lines[0], lines[0]
     assert files_under(tmp_path, fixtures["root"]) == before, "something was written before the refusal"
+
+
+# -- an --out that cannot be written: a read-only file system, a full disk --------------------------
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only file system (a tmpfs mounted ro), where this process may mount one."""
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (not root, or no CAP_SYS_ADMIN); "
+                    "'run: an --out inside a file' covers the same path")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+WRITE_ARGV = {
+    "run": ["run", "--data", "{data}", "--out", "{out}", "--backend", "simulated"],
+    "prepare": ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{out}", "--workers", "0"],
+    "build": ["build", "{ckpt}", "--out", "{out}", "--seq-len", "32"],
+}
+
+
+def one_error_line(capsys, argv: list[str], fill: dict) -> str:
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("command, says", [
+    ("run", "cannot write there (Read-only file system); choose another --out"),
+    ("prepare", "cannot make the folder (Read-only file system); choose another --out"),
+    ("build", "cannot make the folder (Read-only file system); choose another --out"),
+])
+def test_an_out_on_a_read_only_file_system_is_one_line_before_any_work(fixtures, read_only, capsys, command, says):
+    """It used to be a traceback from the run folder's mkdir, after Ray and the model had started."""
+    out = read_only / "out"
+    line = one_error_line(capsys, WRITE_ARGV[command], {**fixtures, "out": out})
+    assert line == f"npueval {command}: error: --out {out}: {says}"
+
+
+@pytest.mark.parametrize("command, says", [
+    ("prepare", "cannot write the data set (File too large); free some space, or choose another --out"),
+    ("build", "cannot write the build (File too large); free some space (a build holds up to four copies of the "
+              "model's float32 weights, two of one over 1.9 GB), or choose another --out"),
+])
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(fixtures, tmp_path, capsys, command, says):
+    """RLIMIT_FSIZE: every write past 1 KiB fails with EFBIG, as on a full disk (CPython ignores
+    SIGXFSZ). They used to end in pyarrow's or the exporter's traceback, and build left an empty
+    --out."""
+    import resource
+
+    out = tmp_path / "out"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 10, hard))
+    try:
+        line = one_error_line(capsys, WRITE_ARGV[command], {**fixtures, "out": out})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert line == f"npueval {command}: error: --out {out}: {says}"
+    assert list(tmp_path.iterdir()) == []  # no --out, no partial folder, no lock file
 
 
 # -- RELIABILITY.md's table of these cases ---------------------------------------------------------

@@ -86,8 +86,8 @@ def test_a_second_prepare_into_an_out_being_written_is_refused(small_corpus, voc
         assert holder.stdout.readline() == "held\n"
         assert main(prepare_argv(small_corpus, vocab_path, out)) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"npueval prepare: error: --out {out}: another npueval prepare (pid {holder.pid}) is writing "
-                       "it; wait for it to finish, or choose another --out")
+        assert err == (f"npueval prepare: error: --out {out}: another npueval (pid {holder.pid}) is writing it"
+                       "; wait for it to finish, or choose another --out")
         assert not out.exists() and not list(tmp_path.glob(".data.partial-*"))
     finally:
         holder.kill()
