@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,7 +212,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     print(f"{m.onnx} ({m.family}): {m.output} output, batch {m.batch_size} × {m.seq_len}, opset {m.opset}, "
           f"largest relative error {worst:.2g} against PyTorch → {result.out}")
     if result.om is None:
-        print(f"No CANN here: compile on an NPU host with {result.out / 'atc.sh'}")
+        script = shlex.quote(os.path.join(result.out, "atc.sh"))  # "./atc.sh" for --out .: a command to paste
+        print(f"No CANN here: compile on an NPU host with {script}")
     else:
         print(f"OM: {result.om}")
     return EXIT_OK
@@ -284,8 +287,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _window_progress() as progress:
         result = run(config, progress=progress)
     print(summary_table(result.results))
-    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; `npueval report {result.out} --plot "
-          "run.png`)")
+    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; "
+          f"`npueval report {shlex.quote(str(result.out))} --plot run.png`)")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ loss with the headline numbers in the title, and each run's per-device timeline.
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,11 +52,11 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
 
     folder = Path(folder)
     results_path, windows_path = folder / RESULTS, folder / "windows.parquet"
+    resume = f"`npueval run --resume --out {shlex.quote(str(folder))}`"  # a command to paste: the path quoted
     if not folder.is_dir():
         raise UserError(f"{name} {folder}: {not_a_folder(folder)}; give a results folder of `npueval run`")
     if not results_path.is_file():
-        hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its "
-                "other flags)"
+        hint = (f"it holds finished blocks: finish the run with {resume} (and its other flags)"
                 if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")
         raise UserError(f"{name} {folder}: no results.json; {hint}")
     try:
@@ -64,8 +65,7 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
     except NewerFormat as exc:
         raise UserError(f"{results_path}: {exc}") from None
     except FileNotFoundError:
-        raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it "
-                        "again") from None
+        raise UserError(f"{windows_path}: missing; rerun with {resume} to write it again") from None
     except (ValueError, OSError) as exc:  # bad JSON or UTF-8, a field of the wrong type, pyarrow.ArrowInvalid
         raise UserError(f"{name} {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with "
                         "--resume") from None

@@ -1,6 +1,9 @@
 """`npueval report`'s reading of results folders: the comparison's numbers and its errors."""
 
 
+import shlex
+import shutil
+
 import pytest
 from run_data import results_folder
 
@@ -35,6 +38,24 @@ def test_a_folder_without_results_says_how_to_finish_it(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"npueval report: error: OUT {tmp_path / 'run'}: no results.json; it holds finished blocks: finish the run "
         f"with `npueval run --resume --out {tmp_path / 'run'}` (and its other flags)")
+
+
+def test_the_commands_to_finish_a_run_quote_its_folder(tmp_path, capsys):
+    """A folder with a space: the command the hint gives is pasted as it is."""
+    folder = tmp_path / "my run"
+    (folder / "blocks").mkdir(parents=True)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"finish the run with `npueval run --resume --out {shlex.quote(str(folder))}` (and its "
+                        "other flags)")
+    assert shlex.split(err.split("`")[1]) == ["npueval", "run", "--resume", "--out", str(folder)]
+    shutil.rmtree(folder)
+    results_folder(folder, [0], [1.0], [1])
+    (folder / "windows.parquet").unlink()
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"npueval report: error: {folder / 'windows.parquet'}: missing; rerun with `")
+    assert shlex.split(err.split("`")[1]) == ["npueval", "run", "--resume", "--out", str(folder)]
 
 
 def test_plot_into_a_missing_folder_is_refused(tmp_path, capsys):
