@@ -10,6 +10,7 @@ loss with the headline numbers in the title, and each run's per-device timeline.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -191,6 +192,74 @@ def check_plot_path(path: str | Path) -> Path:
     return path
 
 
+#: Families that cover Chinese, tried first for characters the default font lacks (a run labelled in Chinese).
+_CJK_FAMILIES = ("noto sans cjk", "noto serif cjk", "source han", "wenquanyi", "droid sans fallback", "ar pl",
+                 "sarasa", "microsoft yahei", "simhei", "simsun", "pingfang", "hiragino sans gb", "unifont")
+
+
+@functools.cache
+def _glyphs(path: str, face: int = 0) -> frozenset[int]:
+    """The code points font file `path` (face `face` of a collection) has a glyph for; each file is
+    read once a process."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        font = FT2Font(path, face_index=face) if face else FT2Font(path)
+    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read covers nothing
+        return frozenset()
+    return frozenset(code for code, glyph in font.get_charmap().items() if glyph)
+
+
+@functools.cache
+def _fallback_font(missing: frozenset[int]) -> tuple[str, frozenset[int]] | None:
+    """The installed font family that has the most of the code points `missing` (the known CJK
+    families first; the first that has them all is taken), and the code points the face matplotlib
+    draws of it has; None where no installed font has any of them."""
+    from matplotlib import font_manager
+
+    families: dict[str, object] = {}
+    for entry in font_manager.fontManager.ttflist:
+        if "last resort" not in entry.name.lower():  # matplotlib's own: a box with the code point in it
+            families.setdefault(entry.name, entry)  # a family's faces cover the same characters
+    order = sorted(families.values(), key=lambda e: not any(name in e.name.lower() for name in _CJK_FAMILIES))
+    best, most = None, 0
+    for entry in order:
+        n = len(missing & _glyphs(entry.fname, getattr(entry, "index", 0)))
+        if n > most:
+            best, most = entry, n
+            if n == len(missing):
+                break
+    if best is None:
+        return None
+    path = font_manager.findfont(font_manager.FontProperties(family=[best.name]), fallback_to_default=False)
+    return best.name, _glyphs(path, getattr(path, "face_index", 0))
+
+
+def _fit_fonts(fig) -> None:
+    """Draw no text of `fig` as boxes. Where a text has characters its font lacks (DejaVu Sans has no
+    Chinese), the installed font that has them becomes its fallback (matplotlib takes each glyph from
+    the first font of the family list that has it); a character no installed font has is written as
+    its escape, `\\u7ef4`, so matplotlib has no glyph to warn about."""
+    from matplotlib import font_manager
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        content = text.get_text()
+        if content.isascii():  # every font matplotlib picks by default has ASCII
+            continue
+        path = font_manager.findfont(text.get_fontproperties())
+        have = _glyphs(path, getattr(path, "face_index", 0))
+        missing = frozenset(ord(c) for c in content if c != "\n" and ord(c) not in have)
+        if not missing:
+            continue
+        fallback = _fallback_font(missing)
+        if fallback is not None:
+            text.set_fontfamily([*text.get_fontfamily(), fallback[0]])
+            have = have | fallback[1]
+        text.set_text("".join(c if c == "\n" or ord(c) in have else c.encode("ascii", "backslashreplace").decode()
+                              for c in content))
+
+
 def plot(runs: list[RunReport], path: str | Path) -> Path:
     """Per-device throughput bars and the per-window loss distribution, one colour per run; below
     them, each run's per-device timeline where it has one."""
@@ -240,6 +309,7 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
     fig.suptitle("\n".join((f"{'AB'[k]} {run.label}: " if len(runs) > 1 else "") + headline(run.results)
                            for k, run in enumerate(runs)),
                  fontsize=10)
+    _fit_fonts(fig)  # before the layout, which measures the texts with their fonts
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

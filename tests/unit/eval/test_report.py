@@ -73,3 +73,125 @@ def test_a_damaged_folder_is_named(tmp_path, capsys, broken):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"npueval report: error: OUT {folder}: results.json or windows.parquet is unreadable")
     assert len(err.splitlines()) == 1
+
+
+# -- the plot's text in fonts that have its characters ---------------------------------------------
+
+LABEL = "维基数据 run \U00020000"  # a results folder named in Chinese (`npueval run --data 维基数据 …`)
+
+
+def write_font(path, chars: str, family: str):
+    """A TrueType font of `family` with a glyph (a square) for each of `chars` and nothing else."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    def square():
+        pen = TTGlyphPen(None)
+        pen.moveTo((100, 0))
+        pen.lineTo((100, 800))
+        pen.lineTo((900, 800))
+        pen.lineTo((900, 0))
+        pen.closePath()
+        return pen.glyph()
+
+    names = {ord(c): f"uni{ord(c):04X}" for c in chars}
+    glyphs = [".notdef", *names.values()]
+    font = FontBuilder(1000, isTTF=True)
+    font.setupGlyphOrder(glyphs)
+    font.setupCharacterMap(names)
+    font.setupGlyf({name: square() for name in glyphs})
+    font.setupHorizontalMetrics(dict.fromkeys(glyphs, (1000, 100)))
+    font.setupHorizontalHeader(ascent=880, descent=-120)
+    font.setupNameTable({"familyName": family, "styleName": "Regular"})
+    font.setupOS2()
+    font.setupPost()
+    font.save(str(path))
+    return path
+
+
+@pytest.fixture
+def fonts(monkeypatch):
+    """matplotlib's own fonts only (DejaVu, STIX, Computer Modern: none has Chinese), whatever this
+    machine has installed; a test adds the fonts it wants with fonts.addfont(PATH)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib import font_manager
+
+    import npueval.eval.report as report
+
+    def forget():
+        font_manager.fontManager._findfont_cached.cache_clear()
+        report._fallback_font.cache_clear()
+
+    own = [e for e in font_manager.fontManager.ttflist if e.fname.startswith(matplotlib.get_data_path())]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", own)
+    forget()
+    yield font_manager.fontManager
+    forget()
+
+
+def drawn_texts(monkeypatch, tmp_path, caplog, suffix=".png") -> list[tuple[str, list[str]]]:
+    """Plot two runs, A labelled in Chinese; every text the renderer drew, with its font families.
+    No warning (warnings or logging) may come of it."""
+    import logging
+    import warnings
+
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    from npueval.eval.report import plot
+
+    drawn = []
+    draw_text = RendererAgg.draw_text
+
+    def recording(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        drawn.append((s, list(prop.get_family())))
+        return draw_text(self, gc, x, y, s, prop, angle, ismath, mtext)
+
+    monkeypatch.setattr(RendererAgg, "draw_text", recording)
+    a = load_run(results_folder(tmp_path / LABEL, [0, 1], [1.0, 2.0], [1, 1]))
+    b = load_run(results_folder(tmp_path / "b", [0, 1], [1.5, 2.5], [1, 1]))
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot([a, b], tmp_path / f"p{suffix}")
+    assert [str(w.message) for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    return drawn
+
+
+def covered(text: str, families: list[str]) -> bool:
+    """Whether each character of `text` has a glyph in one of the fonts `families` names."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    have = set()
+    for family in families:
+        have |= set(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[family]))).get_charmap())
+    return all(ord(c) in have for c in text)
+
+
+def test_a_run_labelled_in_chinese_is_drawn_in_a_font_that_has_chinese(fonts, monkeypatch, tmp_path, caplog):
+    fonts.addfont(str(write_font(tmp_path / "cjk.ttf", "维基数据", "Npueval Test CJK")))
+    drawn = drawn_texts(monkeypatch, tmp_path, caplog)
+    assert all(covered(s, families) for s, families in drawn), drawn
+    chinese = [(s, families) for s, families in drawn if "维基数据" in s]
+    assert chinese and all(families[-1] == "Npueval Test CJK" for _, families in chinese)
+    # the title and the legend; the one character that font lacks too is its escape
+    assert any(s.startswith(r"A 维基数据 run \U00020000: mean CE") for s, _ in chinese)
+    assert any(s == r"A 维基数据 run \U00020000" for s, _ in chinese)
+
+
+def test_without_such_a_font_the_characters_are_written_as_escapes(fonts, monkeypatch, tmp_path, caplog):
+    drawn = drawn_texts(monkeypatch, tmp_path, caplog)
+    assert all(covered(s, families) for s, families in drawn), drawn
+    assert not any("维" in s for s, _ in drawn)
+    assert any(s.startswith(r"A \u7ef4\u57fa\u6570\u636e run \U00020000: mean CE") for s, _ in drawn)
+
+
+def test_the_fonts_are_read_once(fonts, monkeypatch, tmp_path, caplog):
+    """A second plot of the same labels reads no font file again."""
+    import npueval.eval.report as report
+
+    drawn_texts(monkeypatch, tmp_path / "1", caplog)
+    read = report._glyphs.cache_info().misses
+    drawn_texts(monkeypatch, tmp_path / "2", caplog)
+    assert report._glyphs.cache_info().misses == read
