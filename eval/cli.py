@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npueval.actors.backend import BACKENDS
-from npueval.core.errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError
+from npueval.core.errors import EXIT_INTERRUPTED, EXIT_OK, NpuevalError, counted
 
 log = logging.getLogger("npueval")
 
@@ -86,12 +86,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"{result.out} already holds this data set: nothing to do.")
     print(
-        f"{m.windows} windows, {m.scored_tokens} scored tokens "
+        f"{counted(m.windows, 'window')}, {counted(m.scored_tokens, 'scored token')} "
         f"({m.mode}, n_ctx {m.n_ctx}, stride {m.inputs.stride}); "
         f"{m.inputs.corpus_format} ({result.format_chosen_because}), "
         f"{'articles' if m.inputs.corpus_format == 'wiki_zh' else 'documents'} kept {m.articles_kept} of "
         f"{m.articles_total}"
-        + (f", {m.bad_lines} bad lines skipped" if m.bad_lines else "")
+        + (f", {counted(m.bad_lines, 'bad line')} skipped" if m.bad_lines else "")
         + (f", {m.scored_bytes} bytes of text scored" if m.scored_bytes is not None else "")
         + f" → {result.out}"
     )

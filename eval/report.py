@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.core.contracts import NewerFormat
-from npueval.core.errors import UserError, not_a_folder
+from npueval.core.errors import UserError, counted, not_a_folder
 from npueval.eval.driver.results import fmt, summary_table
 from npueval.eval.driver.results_file import RESULTS, Results
 
@@ -98,7 +98,7 @@ def describe(run: RunReport) -> str:
         worst = np.argsort(-(run.nll_sum / np.maximum(run.n_scored, 1)))[:3]
         lines += [
             "",
-            f"  per-window loss (nats/token) over {loss.size} windows: min {q[0]:.3f}  p10 {q[1]:.3f}  "
+            f"  per-window loss (nats/token) over {counted(loss.size, 'window')}: min {q[0]:.3f}  p10 {q[1]:.3f}  "
             f"median {q[2]:.3f}  p90 {q[3]:.3f}  max {q[4]:.3f}",
             "  hardest windows: " + ", ".join(
                 f"window {run.window_ids[i]} (article {run.doc_ids[i]}) {run.nll_sum[i] / max(run.n_scored[i], 1):.3f}"
@@ -155,11 +155,12 @@ def compare(a: RunReport, b: RunReport) -> str:
     ce_a, ce_b = a.nll_sum[ia][scored].sum() / tokens, b.nll_sum[ib][scored].sum() / tokens
     gap = np.abs(lb - la)
     lines += [
-        f"  over the {int(scored.sum())} windows both scored alike: mean cross-entropy A {ce_a:.6f}, B {ce_b:.6f} "
-        f"(B − A {ce_b - ce_a:+.2e}); per-window |B − A| max {gap.max():.2e}, mean {gap.mean():.2e} nats/token",
+        f"  over the {counted(int(scored.sum()), 'window')} both scored alike: mean cross-entropy A {ce_a:.6f}, "
+        f"B {ce_b:.6f} (B − A {ce_b - ce_a:+.2e}); per-window |B − A| max {gap.max():.2e}, "
+        f"mean {gap.mean():.2e} nats/token",
     ]
     if scored.sum() < max(a.window_ids.size, b.window_ids.size):
-        lines.append(f"  A has {a.window_ids.size} windows, B {b.window_ids.size}: "
+        lines.append(f"  A has {counted(a.window_ids.size, 'window')}, B {b.window_ids.size}: "
                      "the headline numbers above cover different windows")
     return "\n".join(lines)
 
@@ -175,7 +176,7 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 def headline(r: Results) -> str:
     return (f"mean CE {fmt(r.mean_ce, 4)} nats · ppl {fmt(r.ppl, 3)} · seed_ppl {fmt(r.seed_ppl, 3)} · "
             + (f"{fmt(r.bits_per_byte, 4)} bits/byte · " if r.bits_per_byte is not None else "")
-            + f"{r.windows} windows · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
+            + f"{counted(r.windows, 'window')} · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
 
 
 #: The picture formats --plot writes, chosen by the file's suffix.

@@ -40,6 +40,17 @@ def test_prepare_end_to_end_then_no_op(tmp_path, vocab_path):
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+def test_prepare_says_one_window_and_one_bad_line_in_the_singular(tmp_path, vocab_path, capsys):
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00\u4e01" * 400]]])
+    with open(tmp_path / "wiki" / "AA" / "wiki_00", "a") as f:
+        f.write('{"text": oops}\n')
+    assert main(["prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--out", str(tmp_path / "data"),
+                 "--skip-bad-lines", "--workers", "0", "-q"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("1 window, 511 scored tokens (seed, n_ctx 512, stride 768); ")
+    assert "1 bad line skipped" in said
+
+
 @pytest.mark.parametrize(
     "args, culprit",
     [

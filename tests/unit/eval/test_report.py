@@ -32,6 +32,18 @@ def test_describe_gives_the_spread_and_the_hardest_windows(tmp_path):
     assert "hardest windows: window 6 (article 1) 5.000, window 7 (article 2) 3.000, window 5 (article 0) 1.000" in text
 
 
+def test_one_window_is_said_in_the_singular(tmp_path):
+    from npueval.eval.report import headline
+
+    a = load_run(results_folder(tmp_path / "a", [0], [10.0], [10]))
+    b = load_run(results_folder(tmp_path / "b", [0, 1], [10.0, 20.0], [10, 10]))
+    assert "per-window loss (nats/token) over 1 window: min 1.000" in describe(a)
+    text = compare(a, b)
+    assert "over the 1 window both scored alike: mean cross-entropy" in text
+    assert "A has 1 window, B 2: the headline numbers above cover different windows" in text
+    assert " · 1 window · " in headline(a.results) and " · 2 windows · " in headline(b.results)
+
+
 def test_a_folder_without_results_says_how_to_finish_it(tmp_path, capsys):
     (tmp_path / "run" / "blocks").mkdir(parents=True)
     assert main(["report", str(tmp_path / "run")]) == 2
