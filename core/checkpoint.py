@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npueval.core.errors import CheckpointError, first_line, not_a_folder
+from npueval.core.errors import CheckpointError, not_a_folder
 from npueval.core.tokenizer_file import VOCAB_TXT, TokenizerFile, find_tokenizer
 from npueval.core.vocab import Vocab, load_vocab
 
@@ -160,12 +161,12 @@ def load_state_dict(ckpt: Checkpoint) -> dict:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            # No hint to unpickle it anywhere (torch's own message gives one): loading it runs its code.
             raise CheckpointError(
-                f"{path}: refused, it needs more than tensors to load "
-                f"({first_line(exc) or type(exc).__name__}); npueval never runs code "
-                "from a checkpoint. Convert it once, on a machine you trust, with "
-                "`python -c \"import torch, safetensors.torch as st; "
-                "st.save_file(torch.load('pytorch_model.bin', weights_only=False), 'model.safetensors')\"`"
+                f"{path}: refused, it needs more than tensors to load ({_unpickler_refusal(exc)}), and a pickle "
+                "like this can run code: npueval never loads one, and it must not be loaded here. Get the "
+                "weights as model.safetensors instead: ask the model's publisher for it, or convert the file "
+                "with a trusted tool in a sandbox you then throw away"
             ) from None
         except (RuntimeError, EOFError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable PyTorch file ({exc})") from None
@@ -173,6 +174,14 @@ def load_state_dict(ckpt: Checkpoint) -> dict:
             raise CheckpointError(f"{path}: holds {type(loaded).__name__}, not a state dict of tensors")
         state.update(loaded)
     return state
+
+
+def _unpickler_refusal(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused ("Unsupported global: GLOBAL io.open was not an
+    allowed global by default"), without the rest of its message, which says how to load
+    the file anyway."""
+    found = re.search(r"WeightsUnpickler error: (.*?)(?:\.\s|\.?$)", str(exc), re.MULTILINE)
+    return re.sub(r"\x1b\[[0-9;]*m", "", found.group(1)) if found else type(exc).__name__
 
 
 def load_model(ckpt: Checkpoint):

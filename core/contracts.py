@@ -13,6 +13,7 @@ nested dataclass, and `dict` or `list` for payloads kept as they are (a checkpoi
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from typing import Any, TypeVar
@@ -32,6 +33,33 @@ class ContractError(ValueError):
 
 class NewerFormat(ContractError):
     """A file written by a newer npueval than this one: its format_version is above what this one reads."""
+
+
+def json_type(value) -> str:
+    """What JSON calls the type of a parsed value: null, boolean (true or false), number, string,
+    array or object; messages about a file's JSON use these names, never Python's."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _a(name: str) -> str:
+    """`a JSON type` as a noun phrase: "an array", "a number", "null"."""
+    return name if name == "null" else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+#: The JSON spelling of each Python type a contract field can declare.
+_EXPECTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "an array",
+             dict: "an object"}
+
+
+def _shown(value) -> str:
+    """The value as JSON writes it (`null`, `true`, `"1"`), cut at 60 characters."""
+    return f"{json.dumps(value, ensure_ascii=False, default=repr):.60}"
 
 
 def check_format_version(obj, supported: int) -> None:
@@ -64,7 +92,7 @@ def _dump(value):
 
 def from_json(cls: type[T], obj: Any, where: str = "") -> T:
     if not isinstance(obj, dict):
-        raise ContractError(f"{where or cls.__name__}: an object expected, not {type(obj).__name__}")
+        raise ContractError(f"{where or cls.__name__}: an object expected, not {_a(json_type(obj))}")
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
@@ -93,10 +121,10 @@ def _load(tp, value, path: str):
                 return _load(a, value, path)
             except ContractError as exc:
                 errors.append(str(exc))
-        raise ContractError(errors[0] if len(errors) == 1 else f"{path}: {value!r} is none of {tp}")
+        raise ContractError(errors[0] if len(errors) == 1 else f"{path}: {_shown(value)} is none of {tp}")
     if origin is tuple:
         if not isinstance(value, list):
-            raise ContractError(f"{path}: a list expected, not {type(value).__name__}")
+            raise ContractError(f"{path}: an array expected, not {_a(json_type(value))}")
         return tuple(_load(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return from_json(tp, value, path)
@@ -106,5 +134,5 @@ def _load(tp, value, path: str):
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (expected is int and isinstance(value, bool)) or not isinstance(value, expected):
-        raise ContractError(f"{path}: {getattr(expected, '__name__', expected)} expected, not {value!r:.60}")
+        raise ContractError(f"{path}: {_EXPECTED.get(expected, expected)} expected, not {_shown(value)}")
     return value

@@ -86,6 +86,11 @@ def root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def counted(n: int, noun: str) -> str:
+    """`n` and `noun` for a message, the noun singular for one: "1 device", "4 devices"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def not_a_folder(path: Path) -> str:
     """Why `path` cannot be opened as a folder, for a message: it is a file, or nothing is there."""
     return "a file, not a folder" if Path(path).exists() else "no such folder"

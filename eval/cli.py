@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from npueval.actors.backend import BACKENDS
-from npueval.core.errors import EXIT_OK, NpuevalError, interrupted_by, interrupted_exit_code
+from npueval.core.errors import EXIT_OK, NpuevalError, counted, interrupted_by, interrupted_exit_code
 from npueval.core.signals import handle_stops
 
 log = logging.getLogger("npueval")
@@ -85,12 +87,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"{result.out} already holds this data set: nothing to do.")
     print(
-        f"{m.windows} windows, {m.scored_tokens} scored tokens "
+        f"{counted(m.windows, 'window')}, {counted(m.scored_tokens, 'scored token')} "
         f"({m.mode}, n_ctx {m.n_ctx}, stride {m.inputs.stride}); "
         f"{m.inputs.corpus_format} ({result.format_chosen_because}), "
         f"{'articles' if m.inputs.corpus_format == 'wiki_zh' else 'documents'} kept {m.articles_kept} of "
         f"{m.articles_total}"
-        + (f", {m.bad_lines} bad lines skipped" if m.bad_lines else "")
+        + (f", {counted(m.bad_lines, 'bad line')} skipped" if m.bad_lines else "")
         + (f", {m.scored_bytes} bytes of text scored" if m.scored_bytes is not None else "")
         + f" → {result.out}"
     )
@@ -211,7 +213,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     print(f"{m.onnx} ({m.family}): {m.output} output, batch {m.batch_size} × {m.seq_len}, opset {m.opset}, "
           f"largest relative error {worst:.2g} against PyTorch → {result.out}")
     if result.om is None:
-        print(f"No CANN here: compile on an NPU host with {result.out / 'atc.sh'}")
+        script = shlex.quote(os.path.join(result.out, "atc.sh"))  # "./atc.sh" for --out .: a command to paste
+        print(f"No CANN here: compile on an NPU host with {script}")
     else:
         print(f"OM: {result.om}")
     return EXIT_OK
@@ -285,8 +288,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _window_progress() as progress:
         result = run(config, progress=progress)
     print(summary_table(result.results))
-    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; `npueval report {result.out} --plot "
-          "run.png`)")
+    print(f"\n→ {result.out}  (results.json, windows.parquet, result.txt; "
+          f"`npueval report {shlex.quote(str(result.out))} --plot run.png`)")
     return EXIT_OK
 
 

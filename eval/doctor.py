@@ -12,6 +12,7 @@ import glob
 import importlib
 import os
 import re
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -111,7 +112,7 @@ def check_cann(facts: dict) -> Check:
         return Check("CANN", OK, f"{home} (set_env.sh sourced), version {version or 'unknown'}")
     if set_env:
         return Check("CANN", WARN, f"{set_env} found but not sourced in this shell",
-                     f"source {set_env} (atc, pyACL and ais_bench need the variables it sets)")
+                     f"source {shlex.quote(set_env)} (atc, pyACL and ais_bench need the variables it sets)")
     return Check("CANN", INFO, "no set_env.sh in the usual places, no $ASCEND_TOOLKIT_HOME",
                  "on an NPU host: install the CANN toolkit, then source its set_env.sh")
 

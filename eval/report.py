@@ -10,14 +10,16 @@ loss with the headline numbers in the title, and each run's per-device timeline.
 
 from __future__ import annotations
 
+import functools
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from npueval.core.contracts import NewerFormat
-from npueval.core.errors import UserError, not_a_folder
+from npueval.core.errors import UserError, counted, not_a_folder
 from npueval.eval.driver.results import fmt, summary_table
 from npueval.eval.driver.results_file import RESULTS, Results
 
@@ -51,11 +53,11 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
 
     folder = Path(folder)
     results_path, windows_path = folder / RESULTS, folder / "windows.parquet"
+    resume = f"`npueval run --resume --out {shlex.quote(str(folder))}`"  # a command to paste: the path quoted
     if not folder.is_dir():
         raise UserError(f"{name} {folder}: {not_a_folder(folder)}; give a results folder of `npueval run`")
     if not results_path.is_file():
-        hint = ("it holds finished blocks: finish the run with `npueval run --resume --out " f"{folder}` (and its "
-                "other flags)"
+        hint = (f"it holds finished blocks: finish the run with {resume} (and its other flags)"
                 if (folder / "blocks").is_dir() else "give a results folder of `npueval run`")
         raise UserError(f"{name} {folder}: no results.json; {hint}")
     try:
@@ -64,8 +66,7 @@ def load_run(folder: str | Path, name: str = "OUT") -> RunReport:
     except NewerFormat as exc:
         raise UserError(f"{results_path}: {exc}") from None
     except FileNotFoundError:
-        raise UserError(f"{windows_path}: missing; rerun with `npueval run --resume --out {folder}` to write it "
-                        "again") from None
+        raise UserError(f"{windows_path}: missing; rerun with {resume} to write it again") from None
     except (ValueError, OSError) as exc:  # bad JSON or UTF-8, a field of the wrong type, pyarrow.ArrowInvalid
         raise UserError(f"{name} {folder}: results.json or windows.parquet is unreadable ({exc}); rerun with "
                         "--resume") from None
@@ -97,7 +98,7 @@ def describe(run: RunReport) -> str:
         worst = np.argsort(-(run.nll_sum / np.maximum(run.n_scored, 1)))[:3]
         lines += [
             "",
-            f"  per-window loss (nats/token) over {loss.size} windows: min {q[0]:.3f}  p10 {q[1]:.3f}  "
+            f"  per-window loss (nats/token) over {counted(loss.size, 'window')}: min {q[0]:.3f}  p10 {q[1]:.3f}  "
             f"median {q[2]:.3f}  p90 {q[3]:.3f}  max {q[4]:.3f}",
             "  hardest windows: " + ", ".join(
                 f"window {run.window_ids[i]} (article {run.doc_ids[i]}) {run.nll_sum[i] / max(run.n_scored[i], 1):.3f}"
@@ -154,11 +155,12 @@ def compare(a: RunReport, b: RunReport) -> str:
     ce_a, ce_b = a.nll_sum[ia][scored].sum() / tokens, b.nll_sum[ib][scored].sum() / tokens
     gap = np.abs(lb - la)
     lines += [
-        f"  over the {int(scored.sum())} windows both scored alike: mean cross-entropy A {ce_a:.6f}, B {ce_b:.6f} "
-        f"(B − A {ce_b - ce_a:+.2e}); per-window |B − A| max {gap.max():.2e}, mean {gap.mean():.2e} nats/token",
+        f"  over the {counted(int(scored.sum()), 'window')} both scored alike: mean cross-entropy A {ce_a:.6f}, "
+        f"B {ce_b:.6f} (B − A {ce_b - ce_a:+.2e}); per-window |B − A| max {gap.max():.2e}, "
+        f"mean {gap.mean():.2e} nats/token",
     ]
     if scored.sum() < max(a.window_ids.size, b.window_ids.size):
-        lines.append(f"  A has {a.window_ids.size} windows, B {b.window_ids.size}: "
+        lines.append(f"  A has {counted(a.window_ids.size, 'window')}, B {b.window_ids.size}: "
                      "the headline numbers above cover different windows")
     return "\n".join(lines)
 
@@ -174,7 +176,7 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 def headline(r: Results) -> str:
     return (f"mean CE {fmt(r.mean_ce, 4)} nats · ppl {fmt(r.ppl, 3)} · seed_ppl {fmt(r.seed_ppl, 3)} · "
             + (f"{fmt(r.bits_per_byte, 4)} bits/byte · " if r.bits_per_byte is not None else "")
-            + f"{r.windows} windows · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
+            + f"{counted(r.windows, 'window')} · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
 
 
 #: The picture formats --plot writes, chosen by the file's suffix.
@@ -189,6 +191,74 @@ def check_plot_path(path: str | Path) -> Path:
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"--plot {path}: the suffix says the format; end the name in {', '.join(PLOT_SUFFIXES)}")
     return path
+
+
+#: Families that cover Chinese, tried first for characters the default font lacks (a run labelled in Chinese).
+_CJK_FAMILIES = ("noto sans cjk", "noto serif cjk", "source han", "wenquanyi", "droid sans fallback", "ar pl",
+                 "sarasa", "microsoft yahei", "simhei", "simsun", "pingfang", "hiragino sans gb", "unifont")
+
+
+@functools.cache
+def _glyphs(path: str, face: int = 0) -> frozenset[int]:
+    """The code points font file `path` (face `face` of a collection) has a glyph for; each file is
+    read once a process."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        font = FT2Font(path, face_index=face) if face else FT2Font(path)
+    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read covers nothing
+        return frozenset()
+    return frozenset(code for code, glyph in font.get_charmap().items() if glyph)
+
+
+@functools.cache
+def _fallback_font(missing: frozenset[int]) -> tuple[str, frozenset[int]] | None:
+    """The installed font family that has the most of the code points `missing` (the known CJK
+    families first; the first that has them all is taken), and the code points the face matplotlib
+    draws of it has; None where no installed font has any of them."""
+    from matplotlib import font_manager
+
+    families: dict[str, object] = {}
+    for entry in font_manager.fontManager.ttflist:
+        if "last resort" not in entry.name.lower():  # matplotlib's own: a box with the code point in it
+            families.setdefault(entry.name, entry)  # a family's faces cover the same characters
+    order = sorted(families.values(), key=lambda e: not any(name in e.name.lower() for name in _CJK_FAMILIES))
+    best, most = None, 0
+    for entry in order:
+        n = len(missing & _glyphs(entry.fname, getattr(entry, "index", 0)))
+        if n > most:
+            best, most = entry, n
+            if n == len(missing):
+                break
+    if best is None:
+        return None
+    path = font_manager.findfont(font_manager.FontProperties(family=[best.name]), fallback_to_default=False)
+    return best.name, _glyphs(path, getattr(path, "face_index", 0))
+
+
+def _fit_fonts(fig) -> None:
+    """Draw no text of `fig` as boxes. Where a text has characters its font lacks (DejaVu Sans has no
+    Chinese), the installed font that has them becomes its fallback (matplotlib takes each glyph from
+    the first font of the family list that has it); a character no installed font has is written as
+    its escape, `\\u7ef4`, so matplotlib has no glyph to warn about."""
+    from matplotlib import font_manager
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        content = text.get_text()
+        if content.isascii():  # every font matplotlib picks by default has ASCII
+            continue
+        path = font_manager.findfont(text.get_fontproperties())
+        have = _glyphs(path, getattr(path, "face_index", 0))
+        missing = frozenset(ord(c) for c in content if c != "\n" and ord(c) not in have)
+        if not missing:
+            continue
+        fallback = _fallback_font(missing)
+        if fallback is not None:
+            text.set_fontfamily([*text.get_fontfamily(), fallback[0]])
+            have = have | fallback[1]
+        text.set_text("".join(c if c == "\n" or ord(c) in have else c.encode("ascii", "backslashreplace").decode()
+                              for c in content))
 
 
 def plot(runs: list[RunReport], path: str | Path) -> Path:
@@ -240,6 +310,7 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
     fig.suptitle("\n".join((f"{'AB'[k]} {run.label}: " if len(runs) > 1 else "") + headline(run.results)
                            for k, run in enumerate(runs)),
                  fontsize=10)
+    _fit_fonts(fig)  # before the layout, which measures the texts with their fonts
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

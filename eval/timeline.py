@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npueval.core.errors import UserError
+from npueval.core.errors import UserError, counted
 from npueval.eval.driver.results_file import Phase
 from npueval.eval.driver.timing import TIMELINE
 
@@ -77,7 +77,7 @@ def describe_time(phases: tuple[Phase, ...], timeline: Timeline | None) -> list[
         share, n = timeline.busy_share(), len(timeline.devices)
         least = int(np.argmin(share))
         lines.append(f"  devices busy {share.mean():.1%} of the evaluation ({timeline.span[1] - timeline.span[0]:.2f} "
-                     f"s, {len(timeline.block_id)} blocks on {n} device{'s' if n != 1 else ''})"
+                     f"s, {counted(len(timeline.block_id), 'block')} on {counted(n, 'device')})"
                      + (f"; least busy {timeline.devices[least]} {share[least]:.1%}" if n > 1 else ""))
     return lines
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from npueval.core.contracts import json_type
 from npueval.core.errors import CorpusError
 
 from .corpus import PARQUET, TEXT, Corpus, CorpusFile
@@ -169,11 +170,11 @@ def _parse_text_json(raw: bytes, field: str) -> tuple[str | None, str | None]:
     except RecursionError:  # the port would crash here; npueval calls it a bad line
         return None, "JSON nested too deeply for Python's json"
     if not isinstance(obj, dict):
-        return None, f"a JSON {type(obj).__name__}, not an object"
+        return None, f"a JSON {json_type(obj)}, not an object"
     if field not in obj:
         return None, f"no {json.dumps(field)} field (--text-field names the one to read)"
     if not isinstance(obj[field], str):
-        return None, f'{json.dumps(field)} is a JSON {type(obj[field]).__name__}, not a string'
+        return None, f"{json.dumps(field)} is a JSON {json_type(obj[field])}, not a string"
     return obj[field], None
 
 

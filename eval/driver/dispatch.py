@@ -43,7 +43,7 @@ from enum import Enum
 from npueval.actors.evaluator import BlockResult, BlockRows
 from npueval.actors.node_files import CallInProgress
 from npueval.actors.worker import CALLS_AT_ONCE, DeviceInfo
-from npueval.core.errors import NpuevalError, RunError, root_cause
+from npueval.core.errors import NpuevalError, RunError, counted, root_cause
 
 from .background import lower_this_thread
 from .blocks import Block
@@ -338,7 +338,7 @@ class Dispatcher:
         if self._failures[block.block_id] > self.max_retries:
             raise RunError(
                 f"block {block.block_id} (windows {block.first}–{block.stop - 1}) failed "
-                f"{self._failures[block.block_id]} times, last on {slot.name}: {why}; "
+                f"{counted(self._failures[block.block_id], 'time')}, last on {slot.name}: {why}; "
                 "the finished blocks are saved, continue with --resume"
             ) from None
         if died and slot.may_abort and slot.state is not SlotState.DEAD:

@@ -10,7 +10,7 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
 from npueval.actors.worker import DeviceInfo
-from npueval.core.errors import RunError
+from npueval.core.errors import RunError, counted
 
 from .blocks import WindowIndex
 from .metrics import LossMetrics, is_increasing, reduce_loss, throughput
@@ -168,12 +168,13 @@ def result_txt(results: Results) -> str:
 
 def summary_table(results: Results) -> str:
     r, speed = results, results.speed
-    devices = f"{r.devices_used} devices"
+    devices = counted(r.devices_used, "device")
     if r.devices_started and r.devices_started > r.devices_used:
         devices = (f"{r.devices_used} of {r.devices_started} devices (the others were up after the last block had "
                    "gone out)")
     lines = [
-        f"npueval run: {r.windows} windows, {r.tokens} scored tokens, backend {r.backend}, {devices}",
+        f"npueval run: {counted(r.windows, 'window')}, {counted(r.tokens, 'scored token')}, backend {r.backend}, "
+        f"{devices}",
         "",
         f"  mean cross-entropy   {fmt(r.mean_ce)} nats/token",
         f"  perplexity           {fmt(r.ppl)}",
@@ -187,14 +188,14 @@ def summary_table(results: Results) -> str:
         "of device time",
     ]
     if r.windows_dropped:
-        lines.append(f"  dropped (--drop-last) {r.windows_dropped} windows")
+        lines.append(f"  dropped (--drop-last) {counted(r.windows_dropped, 'window')}")
     if r.retries:
         lines.append(f"  retries              {r.retries}")
     if r.timeouts:
         lines.append(f"  timeouts             {len(r.timeouts)} (--block-timeout): "
                      + ", ".join(sorted({t.device for t in r.timeouts})))
     if r.windows_nonfinite:
-        lines.append(f"  non-finite, skipped  {r.windows_nonfinite} windows (--on-nonfinite skip)")
+        lines.append(f"  non-finite, skipped  {counted(r.windows_nonfinite, 'window')} (--on-nonfinite skip)")
     if r.fallback:
         lines.append(f"  fallback             {r.fallback.from_} → {r.fallback.to}: {r.fallback.reason}")
     lines += ["", "  node          device    windows  batches  device s      FPS  check max rel err"]

@@ -192,6 +192,6 @@ def test_a_device_error_reaches_the_driver_as_its_root_cause(ray_npu4, inject, s
     with pytest.raises(RunError) as err:
         run(simulated(seed_data, tmp_path / "final", max_retries=0, device_ms=10))
     message = str(err.value)
-    assert "failed 1 times, last on npu:2" in message
+    assert "failed 1 time, last on npu:2" in message
     assert ": RuntimeError: simulated device error on batch 3; " in message
     assert "\n" not in message and "ray::" not in message and "repr=" not in message

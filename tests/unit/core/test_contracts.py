@@ -45,11 +45,16 @@ def test_an_int_is_a_float_and_a_missing_default_is_taken():
 
 @pytest.mark.parametrize("change, message", [
     (lambda o: o.pop("b"), "^b: missing$"),
-    (lambda o: o.update(a="1"), r"^a: int expected, not '1'$"),
-    (lambda o: o.update(a=True), "^a: int expected, not True$"),
-    (lambda o: o.update(rate="fast"), "^rate: float expected"),
+    (lambda o: o.update(a="1"), '^a: an integer expected, not "1"$'),
+    (lambda o: o.update(a=True), "^a: an integer expected, not true$"),
+    (lambda o: o.update(a=None), "^a: an integer expected, not null$"),
+    (lambda o: o.update(b=["x"]), r'^b: a string expected, not \["x"\]$'),
+    (lambda o: o.update(rate="fast"), '^rate: a number expected, not "fast"$'),
+    (lambda o: o.update(flag=1), "^flag: true or false expected, not 1$"),
+    (lambda o: o.update(payload=[]), r"^payload: an object expected, not \[\]$"),
     (lambda o: o.update(items=[{"a": 1}]), r"^items\[0\]\.b: missing$"),
-    (lambda o: o.update(items={}), "^items: a list expected"),
+    (lambda o: o.update(items={}), "^items: an array expected, not an object$"),
+    (lambda o: o.update(items=None), "^items: an array expected, not null$"),
     (lambda o: o.pop("from"), "^from: missing$"),
 ])
 def test_the_first_wrong_field_is_named(change, message):
@@ -60,8 +65,10 @@ def test_the_first_wrong_field_is_named(change, message):
 
 
 def test_not_an_object():
-    with pytest.raises(ContractError, match="Outer: an object expected, not list"):
+    with pytest.raises(ContractError, match="^Outer: an object expected, not an array$"):
         from_json(Outer, [])
+    with pytest.raises(ContractError, match=r"^Outer: an object expected, not a boolean \(false\)$"):
+        from_json(Outer, False)
 
 
 def test_results_json_reads_back_and_an_older_file_reads_with_the_defaults(tmp_path):

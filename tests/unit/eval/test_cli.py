@@ -1,9 +1,11 @@
 """The `npueval` command as a user runs it: exit codes and one-line errors."""
 
 import json
+import shlex
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from terminal import run_on_a_terminal
@@ -36,6 +38,17 @@ def test_prepare_end_to_end_then_no_op(tmp_path, vocab_path):
     assert f"{m['windows']} windows" in r.stdout and m["windows"] == 5  # 802 tokens per article → 1 window each
     again = run(*args)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_prepare_says_one_window_and_one_bad_line_in_the_singular(tmp_path, vocab_path, capsys):
+    write_wiki_corpus(tmp_path / "wiki", [[["\u4e00\u4e01" * 400]]])
+    with open(tmp_path / "wiki" / "AA" / "wiki_00", "a") as f:
+        f.write('{"text": oops}\n')
+    assert main(["prepare", str(tmp_path / "wiki"), "--vocab", str(vocab_path), "--out", str(tmp_path / "data"),
+                 "--skip-bad-lines", "--workers", "0", "-q"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("1 window, 511 scored tokens (seed, n_ctx 512, stride 768); ")
+    assert "1 bad line skipped" in said
 
 
 @pytest.mark.parametrize(
@@ -128,3 +141,34 @@ def test_no_pipeline_reaches_the_device_actors(tmp_path):
         config = RunConfig.from_flags(data=tmp_path, out=tmp_path / "out", backend="simulated", pipeline=pipeline)
         spec = worker_spec(config.device, "simulated", None, 16, 1, {"CPU": 2})
         assert config.device.pipeline is spec.pipeline is pipeline
+
+
+def pasted(line: str) -> list[str]:
+    """The words a shell makes of the command between backticks in `line`."""
+    return shlex.split(line.split("`")[1])
+
+
+def test_the_commands_printed_to_paste_quote_their_paths(monkeypatch, capsys, tmp_path):
+    """A path with a space or CJK characters, pasted from what `run` and `build` print, is still one word."""
+    from types import SimpleNamespace
+
+    import npueval.build.pipeline as pipeline
+    import npueval.eval.driver.results as results
+    import npueval.eval.driver.run as driver
+
+    out = tmp_path / "my runs" / "维基 1"
+    monkeypatch.setattr(driver, "run", lambda config, progress: SimpleNamespace(out=config.out, results=None))
+    monkeypatch.setattr(results, "summary_table", lambda r: "summary")
+    assert main(["run", "--backend", "simulated", "--data", str(tmp_path), "--out", str(out)]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint.startswith(f"→ {out}  (") and pasted(hint) == ["npueval", "report", str(out), "--plot", "run.png"]
+
+    manifest = SimpleNamespace(onnx="model.onnx", family="gpt2", output="nll", batch_size=1, seq_len=8, opset=13,
+                               stages={"export": {"verify": {"rel_err": 0.0}}})
+    for given, script in ((out, str(out / "atc.sh")), (Path("."), "./atc.sh")):
+        monkeypatch.setattr(pipeline, "build", lambda config: SimpleNamespace(out=config.out, manifest=manifest,
+                                                                                om=None))
+        assert main(["build", str(tmp_path), "--out", str(given)]) == 0
+        line = capsys.readouterr().out.splitlines()[-1]
+        assert line.startswith("No CANN here: compile on an NPU host with ")
+        assert shlex.split(line.removeprefix("No CANN here: compile on an NPU host with ")) == [script]

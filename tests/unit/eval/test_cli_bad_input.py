@@ -216,10 +216,10 @@ CASES = {
         corpus_line(b'{"id": "1", "title": "t"}\n'),
         ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
         '{tmp}/corpus/AA/wiki_00:1: no "text" field', "fix the line or pass --skip-bad-lines"),
-    "prepare: a line that is a JSON list": (
+    "prepare: a line that is a JSON array": (
         corpus_line(b'{"text": "\xe4\xb8\x80"}\n["text"]\n'),
         ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
-        "{tmp}/corpus/AA/wiki_00:2: a JSON list, not an object", "fix the line or pass --skip-bad-lines"),
+        "{tmp}/corpus/AA/wiki_00:2: a JSON array, not an object", "fix the line or pass --skip-bad-lines"),
     "prepare: a line that is not UTF-8": (
         corpus_line(b'{"text": "\xff\xfe"}\n'), ["prepare", "{tmp}/corpus", "--vocab", "{vocab}", "--out", "{tmp}/out"],
         "{tmp}/corpus/AA/wiki_00:1: malformed JSON line ('utf-8' codec can't decode",

@@ -122,3 +122,21 @@ def test_a_check_that_breaks_is_a_failed_row_not_a_traceback(monkeypatch):
     report = module.diagnose()
     (row,) = [c for c in report.checks if c.name == "npu-smi"]
     assert row.verdict in ("fail", "info") and row.found == "the check itself failed: KeyError: 'surprise'"
+
+
+def test_the_set_env_sh_to_source_is_quoted(monkeypatch, tmp_path):
+    """A set_env.sh under a home folder with a space: the fix is a command that sources that file."""
+    import shlex
+
+    import npueval.build.atc as atc
+    from npueval.eval.doctor import WARN, check_cann
+
+    set_env = tmp_path / "Jane Doe" / "Ascend" / "ascend-toolkit" / "set_env.sh"
+    set_env.parent.mkdir(parents=True)
+    set_env.write_text("")
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
+    monkeypatch.setattr(atc, "SET_ENV_CANDIDATES", (str(set_env),))
+    check = check_cann({})
+    assert check.verdict == WARN and check.fix.startswith(f"source {shlex.quote(str(set_env))} (atc")
+    assert shlex.split(check.fix.split(" (")[0]) == ["source", str(set_env)]

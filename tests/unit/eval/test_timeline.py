@@ -45,6 +45,12 @@ def test_busy_shares_use_the_device_clock_or_else_the_drivers(tmp_path):
                      "npu:2 70.0%"]
 
 
+def test_one_block_on_one_device_is_said_in_the_singular(tmp_path):
+    write_timeline(tmp_path, ROWS[:1])
+    (line,) = describe_time((), load_timeline(tmp_path, PHASES))
+    assert line == "  devices busy 47.5% of the evaluation (4.00 s, 1 block on 1 device)"
+
+
 def test_a_run_without_a_timeline_reads_as_before(tmp_path):
     assert load_timeline(tmp_path, PHASES) is None
     run = load_run(results_folder(tmp_path / "a", [0], [1.0], [1]))

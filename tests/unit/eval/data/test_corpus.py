@@ -65,8 +65,15 @@ def test_batches_cut_anywhere_give_the_same_lines(tmp_path, batch_bytes):
     [
         ('{"id": "1", "text": "unterminated\n', "malformed JSON line"),
         ('{"id": "1", "title": "no text"}\n', 'no "text" field'),
-        ('[1, 2]\n', "a JSON list, not an object"),
-        ('{"text": 5}\n', '"text" is a JSON int'),
+        ('[1, 2]\n', "a JSON array, not an object"),
+        ('null\n', "a JSON null, not an object"),
+        ('"text"\n', "a JSON string, not an object"),
+        ('{"text": 5}\n', '"text" is a JSON number, not a string'),
+        ('{"text": 2.5}\n', '"text" is a JSON number, not a string'),
+        ('{"text": {"zh": "x"}}\n', '"text" is a JSON object, not a string'),
+        ('{"text": ["x"]}\n', '"text" is a JSON array, not a string'),
+        ('{"text": true}\n', '"text" is a JSON boolean (true), not a string'),
+        ('{"text": null}\n', '"text" is a JSON null, not a string'),
     ],
 )
 def test_bad_line_is_named_file_colon_line(tmp_path, bad, message):

@@ -241,7 +241,7 @@ def test_an_actor_on_a_sick_chip_refuses_unless_allowed(sick_host, caplog):
 
 
 @pytest.mark.parametrize("started, said", [(4, "1 of 4 devices (the others were up after the last block had gone "
-                                               "out)"), (1, "1 devices"), (None, "1 devices")])
+                                               "out)"), (1, "1 device"), (None, "1 device")])
 def test_the_summary_says_how_many_of_the_devices_started_did_the_work(tmp_path, started, said):
     from run_data import results_folder
 
@@ -250,3 +250,19 @@ def test_the_summary_says_how_many_of_the_devices_started_did_the_work(tmp_path,
 
     results = Results.read(results_folder(tmp_path / "a", [0], [1.0], [1], devices_started=started) / "results.json")
     assert summary_table(results).splitlines()[0].endswith(f"backend onnx, {said}")
+
+
+@pytest.mark.parametrize("n, said", [(1, ("1 window, 1 scored token", "1 window", "1 window")),
+                                     (2, ("2 windows, 2 scored tokens", "2 windows", "2 windows"))])
+def test_the_summary_counts_in_the_singular_for_one(tmp_path, n, said):
+    from run_data import results_folder
+
+    from npueval.eval.driver.results import summary_table
+    from npueval.eval.driver.results_file import Results
+
+    folder = results_folder(tmp_path / "a", list(range(n)), [1.0] * n, [1] * n, windows_dropped=n,
+                            windows_nonfinite=n)
+    lines = summary_table(Results.read(folder / "results.json")).splitlines()
+    assert lines[0] == f"npueval run: {said[0]}, backend onnx, 1 device"
+    assert f"  dropped (--drop-last) {said[1]}" in lines
+    assert f"  non-finite, skipped  {said[2]} (--on-nonfinite skip)" in lines
