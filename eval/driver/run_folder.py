@@ -23,7 +23,7 @@ import numpy as np
 
 from npueval.actors.evaluator import BlockResult, CheckStats
 from npueval.core.contracts import ContractError, NewerFormat, check_format_version, from_json, to_json
-from npueval.core.errors import DatasetError, UserError
+from npueval.core.errors import DatasetError, UserError, counted
 from npueval.core.files import LockHeld, atomic_write, atomic_write_with, output_lock
 
 from .background import lower_this_thread
@@ -68,8 +68,8 @@ class RunFolder:
         held = self.finished()
         if held and not (resume or force):
             raise DatasetError(
-                f"--out {self.out} already holds {len(held)} finished blocks of a run: continue it with --resume, "
-                "or start over with --force"
+                f"--out {self.out} already holds {counted(len(held), 'finished block')} of a run: continue it with "
+                "--resume, or start over with --force"
             )
         return held
 

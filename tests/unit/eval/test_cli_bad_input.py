@@ -352,7 +352,7 @@ CASES = {
         "--out {tmp}/a-file/out: cannot write there (Not a directory)", "choose another --out"),
     "run: an --out holding blocks, without --resume or --force": (
         results_folder_with_blocks({}), SIM_RUN,
-        "--out {tmp}/out already holds 1 finished blocks of a run",
+        "--out {tmp}/out already holds 1 finished block of a run",
         "continue it with --resume, or start over with --force"),
     "run: --resume on the folder of another data set": (
         results_folder_with_blocks({"data_manifest_sha256": "0" * 64, "model": None, "seq_len": 64, "limit": None,

@@ -118,7 +118,7 @@ def test_the_results_folder_refuses_blocks_of_another_run(tmp_path):
     folder = RunFolder(tmp_path / "out")
     folder.start({"model": "m", "limit": 10}, resume=False, force=False)
     folder.save(block_result(0, [0], [1.0]))
-    with pytest.raises(DatasetError, match=r"holds 1 finished blocks of a run: continue it with --resume"):
+    with pytest.raises(DatasetError, match=r"holds 1 finished block of a run: continue it with --resume"):
         folder.start({"model": "m", "limit": 10}, resume=False, force=False)
     with pytest.raises(DatasetError, match=r"of another run \(model: 'm' there, 'n' now\)"):
         folder.start({"model": "n", "limit": 10}, resume=True, force=False)
