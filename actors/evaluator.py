@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from npueval.core.errors import UserError, root_cause
+
 from .backend import Backend
 from .device_thread import DeviceThread
 from .node_files import CallInProgress, CallMarker
@@ -202,8 +204,14 @@ class Evaluator:
     def _check(self, input_ids: np.ndarray, nll: np.ndarray, mask: np.ndarray) -> CheckStats:
         # In the reference's own batches: a torch backend's batch need not be the ONNX model's.
         step = self.reference.batch_size
-        expected = np.concatenate([self.reference.nll(input_ids[lo: lo + step])
-                                   for lo in range(0, input_ids.shape[0], step)]).astype(np.float64)[mask]
+        try:
+            expected = np.concatenate([self.reference.nll(input_ids[lo: lo + step])
+                                       for lo in range(0, input_ids.shape[0], step)]).astype(np.float64)[mask]
+        except Exception as exc:
+            # The user's reference does not fit the data: sent again, the block would be done on a
+            # device that checks no more, and the check asked for would silently not happen.
+            raise UserError(f"--check-against: the reference model cannot run this data's batches "
+                            f"({root_cause(exc)}); give the ONNX of the model being evaluated") from None
         error = np.abs(nll[mask] - expected)
         rel = error / np.maximum(np.abs(expected), 1e-12)
         return CheckStats(1, int(mask.sum()), float(error.max(initial=0.0)), float(rel.max(initial=0.0)))

@@ -128,7 +128,20 @@ def _from_checkpoint(folder: Path) -> ModelSpec:
                      f"the checkpoint's {ckpt.tokenizer.path.name}", checkpoint=folder, positions=ckpt.positions)
 
 
-def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
+def check_reference(path: Path, model: ModelSpec | None, n_ctx: int, data_dir: Path) -> None:
+    """Refuse a --check-against model that cannot take the data's windows, or predicts another
+    vocabulary than the model's, before any device work: its check would fail on every device."""
+    _, seq_len, vocab = _onnx_shapes(path, "--check-against")
+    if seq_len != n_ctx:
+        raise UserError(f"--check-against {path} takes sequences of {seq_len} tokens but --data {data_dir} holds "
+                        f"windows of {n_ctx}: give the ONNX of the model being evaluated (its build folder's "
+                        "model.onnx)")
+    if vocab is not None and model is not None and model.vocab_size is not None and vocab != model.vocab_size:
+        raise UserError(f"--check-against {path} predicts {vocab} tokens but --model {model.name} {model.vocab_size}: "
+                        "give the ONNX of the model being evaluated")
+
+
+def _onnx_shapes(path: Path, flag: str = "--model") -> tuple[int, int, int | None]:
     """(batch, seq_len, vocab size when the output is logits) of a static-shape ONNX model."""
     import onnxruntime as ort
 
@@ -137,11 +150,11 @@ def _onnx_shapes(path: Path) -> tuple[int, int, int | None]:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception types
-        raise UserError(f"--model {path}: onnxruntime cannot load it ({first_line(exc)})") from None
+        raise UserError(f"{flag} {path}: onnxruntime cannot load it ({first_line(exc)})") from None
     inputs = {i.name: i.shape for i in session.get_inputs()}
     shape = inputs.get("input_ids")
     if shape is None or len(shape) != 2 or not all(isinstance(d, int) for d in shape):
-        raise UserError(f"--model {path}: needs a static (batch, length) input named input_ids, has {inputs}")
+        raise UserError(f"{flag} {path}: needs a static (batch, length) input named input_ids, has {inputs}")
     out = session.get_outputs()[0].shape
     vocab = out[2] if "targets" not in inputs and len(out) == 3 and isinstance(out[2], int) else None
     return shape[0], shape[1], vocab

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from npueval.core.errors import RunError, counted
 
 from .blocks import WindowIndex
 from .metrics import LossMetrics, is_increasing, reduce_loss, throughput
-from .results_file import Check, DeviceRow, NonfiniteWindow, Results, Speed
+from .results_file import Check, DeviceRow, NonfiniteWindow, Results, RunCheck, Speed
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,16 @@ def per_device(blocks: list[BlockResult], batch_size: int, devices: list[DeviceI
     return rows
 
 
+def run_check(against: Path | None, devices: list[DeviceRow]) -> RunCheck | None:
+    """--check-against over every device's checked batches; None where it was not asked for."""
+    if against is None:
+        return None
+    checks = [d.check for d in devices if d.check is not None and d.check.batches]
+    return RunCheck(str(against), sum(c.batches for c in checks), sum(c.tokens for c in checks),
+                    max((c.max_abs_err for c in checks), default=None),
+                    max((c.max_rel_err for c in checks), default=None))
+
+
 def speed(fresh: list[BlockResult], eval_s: float, batch_size: int) -> Speed:
     """Rates over this command's blocks (a resumed run's earlier blocks have no eval_s here)."""
     devices = per_device(fresh, batch_size)
@@ -198,12 +209,24 @@ def summary_table(results: Results) -> str:
         lines.append(f"  non-finite, skipped  {counted(r.windows_nonfinite, 'window')} (--on-nonfinite skip)")
     if r.fallback:
         lines.append(f"  fallback             {r.fallback.from_} → {r.fallback.to}: {r.fallback.reason}")
-    lines += ["", "  node          device    windows  batches  device s      FPS  check max rel err"]
+    if r.check is not None:
+        lines.append(f"  check                {_check_line(r.check)}")
+    checked = r.check is not None or any(d.check for d in r.per_device)  # (a file of before RunCheck)
+    header = "  node          device    windows  batches  device s      FPS"
+    lines += ["", header + ("  check max rel err" if checked else "")]
     for d in r.per_device:
-        check = "" if d.check is None else f"{d.check.max_rel_err:.2e}"
-        lines.append(f"  {d.node[:12]:<12}  {d.device:<8} {d.windows:>8} {d.batches:>8} "
-                     f"{d.device_s:>9.2f} {fmt(d.fps, 1):>8}  {check}")
+        check = "not checked" if d.check is None else f"{d.check.max_rel_err:.2e}"
+        lines.append((f"  {d.node[:12]:<12}  {d.device:<8} {d.windows:>8} {d.batches:>8} "
+                      f"{d.device_s:>9.2f} {fmt(d.fps, 1):>8}" + (f"  {check}" if checked else "")).rstrip())
     return "\n".join(lines)
+
+
+def _check_line(check: RunCheck) -> str:
+    if not check.batches:
+        return (f"NOT DONE: no batch was compared with {check.against} (--check-against), so nothing is "
+                "known of the devices' numbers against it")
+    return (f"{counted(check.batches, 'batch', 'batches')} ({counted(check.tokens, 'token')}) against "
+            f"{check.against}: largest error {check.max_abs_err:.3g} nats, {check.max_rel_err:.2e} relative")
 
 
 def finite(x: float | None) -> float | None:

@@ -63,6 +63,18 @@ class Check:
     max_rel_err: float
 
 
+@dataclass(frozen=True)
+class RunCheck:
+    """--check-against over the whole run: what the devices were compared with, and how many of
+    their batches were (0: none, though the check was asked for)."""
+
+    against: str
+    batches: int
+    tokens: int
+    max_abs_err: float | None  # None where no batch was checked
+    max_rel_err: float | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeviceRow:
     node: str
@@ -139,6 +151,7 @@ class Results:
     provenance: Provenance
     phases: tuple[Phase, ...] = ()  # where the wall time went (eval/driver/timing.py)
     devices_started: int | None = None  # device actors this command started (None: an earlier npueval's file)
+    check: RunCheck | None = None  # None: no --check-against
 
     @property
     def devices_used(self) -> int:

@@ -34,7 +34,7 @@ from .dispatch import PER_ACTOR, Dispatcher, Prefetcher, prefetch_depth
 from .events import RunEvents
 from .fleet import DeviceConfig, Fleet
 from .metrics import drop_last_rows
-from .model_spec import ModelSpec, check_pair, resolve_model
+from .model_spec import ModelSpec, check_pair, check_reference, resolve_model
 from .provenance import provenance
 from .results_file import Results, Timeout
 from .run_folder import BackgroundSaver, RunFolder
@@ -135,6 +135,8 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     data = open_data_set(config.data)
     model = resolve_model(config.model, config.vocab) if config.model is not None else None
     vocab_checked = check_pair(model, data, config.data) if model is not None else False
+    if config.device.check_against is not None:
+        check_reference(config.device.check_against, model, data.n_ctx, config.data)
     folder = RunFolder(config.out)
     with folder.held():
         return _run(config, folder, data, model, vocab_checked, factory, progress, phases, times, started_at, clock)
@@ -346,6 +348,7 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: Dat
     answered = fleet.answered_in_order()  # a device still starting when the last block was done did nothing
     nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
     metrics = res.loss(res.finite_only(collected), plan.index, batch_size)
+    devices = res.per_device(all_blocks, batch_size, answered)
     return Results(
         mean_ce=res.finite(metrics.mean_ce),
         ppl=res.finite(metrics.perplexity),
@@ -366,7 +369,8 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: Dat
         nonfinite=tuple(nonfinite[:NONFINITE_LISTED]),
         wall_s=None,  # the caller's clock
         speed=res.speed(evaluated.fresh, evaluated.eval_s, batch_size),
-        per_device=tuple(res.per_device(all_blocks, batch_size, answered)),
+        per_device=tuple(devices),
+        check=res.run_check(config.device.check_against, devices),
         model_manifest_sha256=model.manifest_sha256 if model else None,
         data_manifest_sha256=file_sha256(config.data / "manifest.json"),
         started_at=started_at,

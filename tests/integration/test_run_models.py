@@ -106,6 +106,11 @@ def assert_checked(results: dict, check_batches: int) -> None:
             assert d["check"] is None
         else:
             assert d["check"]["batches"] == min(check_batches, d["batches"]) and d["check"]["tokens"] > 0
+    # …and the run's own record of the check is theirs, summed.
+    checks = [d["check"] for d in results["per_device"] if d["check"]]
+    assert results["check"]["batches"] == sum(c["batches"] for c in checks) >= check_batches
+    assert results["check"]["tokens"] == sum(c["tokens"] for c in checks)
+    assert results["check"]["max_rel_err"] == max(c["max_rel_err"] for c in checks)
 
 
 def test_om_on_the_fake_chips_with_check_against(ray_with_fake_chips, model, sliding_data, tmp_path):

@@ -162,6 +162,13 @@ def a_build(older: bool = False, replaced: bool = True):
     return make
 
 
+def a_reference_of_512(tmp: Path, fx) -> None:
+    """The bundled sample's ONNX (windows of 512) as TMP/ref.onnx: not the data's 64."""
+    from npueval.eval.sample.bundled import BUILD
+
+    shutil.copyfile(BUILD / "model.onnx", tmp / "ref.onnx")
+
+
 def resumed_after_the_model_changed(tmp: Path, fx) -> None:
     """OUT of a run of TMP/build killed after one block, then TMP/build's model.onnx replaced by
     another model's of the same shape (the blocks left would be of another model)."""
@@ -384,6 +391,10 @@ CASES = {
     "run: an unknown --on-nonfinite": (
         nothing, [*SIM_RUN, "--on-nonfinite", "zero"],
         "argument --on-nonfinite: invalid choice: 'zero' (choose from 'fail', 'skip')", "see `npueval run --help`"),
+    "run: a --check-against of another sequence length than the data": (
+        a_reference_of_512, [*SIM_RUN, "--check-against", "{tmp}/ref.onnx"],
+        "--check-against {tmp}/ref.onnx takes sequences of 512 tokens but --data {data} holds windows of 64",
+        "give the ONNX of the model being evaluated"),
     "run: a --check-against that does not exist": (
         nothing, [*SIM_RUN, "--check-against", "{tmp}/ref.onnx"],
         "--check-against {tmp}/ref.onnx: no such file", "give the ONNX model to compare with"),

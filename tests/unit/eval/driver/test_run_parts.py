@@ -18,6 +18,7 @@ from npueval.eval.data.dataset import ShardWriter
 from npueval.eval.data.windows import Windows
 from npueval.eval.driver.blocks import Block, BlockReader, fixed_blocks, read_index
 from npueval.eval.driver.results import collect
+from npueval.eval.driver.results_file import RunCheck
 from npueval.eval.driver.run_folder import BackgroundSaver, RunFolder
 
 L = 8
@@ -266,3 +267,47 @@ def test_the_summary_counts_in_the_singular_for_one(tmp_path, n, said):
     assert lines[0] == f"npueval run: {said[0]}, backend onnx, 1 device"
     assert f"  dropped (--drop-last) {said[1]}" in lines
     assert f"  non-finite, skipped  {said[2]} (--on-nonfinite skip)" in lines
+
+
+@pytest.mark.parametrize("check, said, column", [
+    (None, None, None),
+    (RunCheck("ref.onnx", 0, 0, None, None),
+     "  check                NOT DONE: no batch was compared with ref.onnx (--check-against), so nothing is known of "
+     "the devices' numbers against it", "not checked"),
+    (RunCheck("ref.onnx", 4, 2044, 3.1e-6, 2.5e-6),
+     "  check                4 batches (2044 tokens) against ref.onnx: largest error 3.1e-06 nats, 2.50e-06 relative",
+     "2.50e-06"),
+])
+def test_the_summary_never_claims_a_check_that_was_not_done(tmp_path, check, said, column):
+    """A --check-against of which no batch ran used to end with the check column empty and nothing
+    said; a run without one shows no check column at all."""
+    from run_data import results_folder
+
+    from npueval.eval.driver.results import summary_table
+    from npueval.eval.driver.results_file import Check, DeviceRow, Results
+
+    row = DeviceRow(node="n" * 12, device="cpu:0", windows=1, batches=1, device_s=1.0, fps=5.0,
+                    check=Check(4, 2044, 3.1e-6, 2.5e-6) if check and check.batches else None)
+    lines = summary_table(Results.read(results_folder(tmp_path / "a", [0], [1.0], [1], check=check,
+                                                      per_device=(row,)) / "results.json")).splitlines()
+    assert [line for line in lines if line.startswith("  check ")] == ([said] if said else [])
+    header, device = lines[-2:]
+    assert header.endswith("FPS" if column is None else "FPS  check max rel err")
+    assert device.endswith("5.0" if column is None else f"5.0  {column}")
+
+
+def test_a_reference_that_cannot_run_the_data_ends_the_run_naming_the_flag():
+    """Its failure used to be retried like a device's, on a device that then checked no more: the
+    run ended with no batch checked and nothing said."""
+    from npueval.actors.simulated import SimulatedBackend
+
+    class Misfit(SimulatedBackend):  # a reference built for windows of 16
+        def nll(self, input_ids):
+            raise ValueError(f"a batch must be (1…2, 16) ids, not {input_ids.shape}")
+
+    evaluator = Evaluator(SimulatedBackend(2, L), reference=Misfit(2, 16), check_batches=1)
+    ids = np.ones((2, L), np.int64)
+    with pytest.raises(UserError, match=r"^--check-against: the reference model cannot run this data's batches "
+                                        r"\(ValueError: a batch must be \(1…2, 16\) ids, not \(2, 8\)\); give the "
+                                        r"ONNX of the model being evaluated$"):
+        evaluator.evaluate(0, ids, np.ones(2, np.int16), np.full(2, L, np.int16), np.arange(2))
