@@ -8,8 +8,9 @@
   A list the user set before is narrowed to its healthy chips, never replaced (cluster/visibility.py).
 - Ray lets an unmet resource request wait forever (a request Ray cannot meet stays pending); `require` fails at once
   with what the cluster has instead.
-- Ray's join of an address where no GCS answers takes about 15 minutes: `check_reachable` refuses it first, in one
-  line that names the address and where it came from.
+- Ray's join of an address where no GCS answers takes about 15 minutes (`check_reachable`), and a local Ray in a
+  temp folder it cannot use fails deep inside Ray (`temp_dir_problem`): both are refused first, in one line that
+  names the address or the folder.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
                             f"{local}") from None
         return RaySession(address, False, dict(ray.cluster_resources()))
 
+    problem = temp_dir_problem()
+    if problem is not None:
+        raise UserError(f"{problem[0]}; {problem[1]}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     resources = {}
     if simulated_npus:
@@ -182,6 +186,45 @@ def check_reachable(address: str, named: str, local: str, timeout: float) -> Non
                         f"with --connect-timeout SECONDS{local}")
     if error:
         raise UserError(f"{named}: cannot join that Ray cluster ({error.splitlines()[-1]}); check the address{local}")
+
+
+#: Linux's limit on a Unix socket's path (108 bytes with the terminating NUL), which Ray checks.
+UNIX_SOCKET_PATH_MAX = 107
+
+
+def temp_dir_problem() -> tuple[str, str] | None:
+    """What stops a local Ray in the folder it takes for its session, as (what, the fix), or None.
+
+    Ray takes $RAY_TMPDIR, else $TMPDIR, else /tmp (ray/_common/utils.py), and its session folder
+    in `ray/` there holds the Unix sockets of the object store and the raylet:
+    - Ray 2.60's CoreWorker (_raylet.pyx) encodes those two socket paths as ASCII, so a folder whose
+      path is not ASCII starts Ray's own processes and then fails the driver and every worker with
+      UnicodeEncodeError. It is refused rather than replaced by an ASCII folder of npueval's choosing:
+      that folder would also get Ray's logs and the objects it spills (gigabytes, on a /tmp that may be
+      why TMPDIR was moved), and could be removed only after every Ray process has let go of it, never
+      after a crash; and the same path fails ais_bench's model copies (actors/node_files.py) anyway.
+    - A Unix socket path has at most 107 bytes; Ray checks that only once it has made the session folder.
+      The folder's name holds the pid of the process that starts Ray: counted at its longest, so
+      that the verdict does not change from one run (and `npueval doctor`) to the next.
+    """
+    from ray._common.utils import get_default_system_temp_dir
+
+    folder = get_default_system_temp_dir()
+    name = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR" if folder == os.environ.get("TMPDIR") else None
+    if name is None:  # Ray's own /tmp
+        return None
+    named = f"{name}={folder}"
+    if not folder.isascii():
+        return (f"{named}: a local Ray cannot start in a folder whose path is not ASCII (Ray encodes the paths of "
+                "its sockets there as ASCII)", f"set {name} to a folder whose path is ASCII, e.g. {name}=/tmp")
+    # The longest socket path Ray makes: ray/session_<%Y-%m-%d_%H-%M-%S_%f>_<pid, at most 4194304>/sockets/plasma_store
+    socket_path = os.path.join(folder, "ray", f"session_{'0' * 26}_{'0' * 7}", "sockets", "plasma_store")
+    over = len(socket_path.encode()) - UNIX_SOCKET_PATH_MAX
+    if over > 0:
+        return (f"{named}: a local Ray cannot start there: the paths of its sockets would be {over} bytes over the "
+                f"{UNIX_SOCKET_PATH_MAX} a Unix socket's path may have",
+                f"set {name} to a folder of at most {len(folder.encode()) - over} bytes, e.g. {name}=/tmp")
+    return None
 
 
 def _worker_niceness(simulated_npus: int | None, devices: list[Device] | None) -> dict:

@@ -1,4 +1,4 @@
-"""What keeps npueval from joining a Ray cluster is one line, exit 2, in bounded time.
+"""What keeps npueval from joining or starting a Ray is one line, exit 2, in bounded time.
 
 Each case runs the CLI as a user does, in a process of its own with a timeout, so that a join
 that hangs (Ray 2.60 retries an address where no GCS answers for about 15 minutes) fails the test
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,51 @@ def test_a_cluster_that_answers_is_joined(ray_npu4):
     assert not any(noise in done.stderr for noise in RAY_NOISE), done.stderr
     assert f"Connecting to existing Ray cluster at address: {address}" in done.stderr  # Ray's log of the join
     assert done.stdout.splitlines()[-1].split()[:3] == ["1", "1", "simulated"]  # batch, devices, backend
+
+
+# -- the folder a local Ray takes: $RAY_TMPDIR, else $TMPDIR, else /tmp -------------------------
+
+def test_run_refuses_a_tmpdir_whose_path_is_not_ascii(tmp_path):
+    """Ray 2.60 encodes its socket paths there as ASCII: its own processes start, then the driver
+    fails with UnicodeEncodeError. Refused before Ray starts, naming TMPDIR."""
+    folder = tmp_path / "临时"
+    folder.mkdir()
+    code, line, _ = npueval("run", timeout=120, TMPDIR=str(folder))
+    assert code == 2
+    assert line == (f"npueval run: error: TMPDIR={folder}: a local Ray cannot start in a folder whose path is not "
+                    "ASCII (Ray encodes the paths of its sockets there as ASCII); set TMPDIR to a folder whose path "
+                    "is ASCII, e.g. TMPDIR=/tmp")
+    assert not (folder / "ray").exists()  # Ray never started
+
+
+def test_run_refuses_a_tmpdir_too_long_for_rays_sockets(tmp_path):
+    folder = tmp_path / ("x" * 60)
+    folder.mkdir()
+    code, line, _ = npueval("run", timeout=120, TMPDIR=str(folder))
+    over = len(str(folder)) + len("/ray/session_2026-12-07_20-49-45_077809_0000000/sockets/plasma_store") - 107
+    assert code == 2
+    assert line == (f"npueval run: error: TMPDIR={folder}: a local Ray cannot start there: the paths of its sockets "
+                    f"would be {over} bytes over the 107 a Unix socket's path may have; set TMPDIR to a folder of at "
+                    f"most {len(str(folder)) - over} bytes, e.g. TMPDIR=/tmp")
+    assert not (folder / "ray").exists()
+
+
+def test_the_longest_tmpdir_allowed_is_the_longest_ray_takes(monkeypatch):
+    """The limit is Ray's own check, on the socket path of a session started by the longest pid."""
+    from ray._private.utils import validate_socket_filepath
+
+    from npueval.cluster.ray_cluster import UNIX_SOCKET_PATH_MAX, temp_dir_problem
+
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", "/" + "x" * 80)
+    longest = int(temp_dir_problem()[1].split("at most ")[1].split()[0])
+    for length, ok in ((longest, True), (longest + 1, False)):
+        folder = "/" + "x" * (length - 1)
+        monkeypatch.setenv("TMPDIR", folder)
+        assert (temp_dir_problem() is None) is ok
+        sock = str(Path(folder) / "ray" / "session_2026-12-07_20-49-45_077809_4194304" / "sockets" / "plasma_store")
+        if ok:
+            validate_socket_filepath(sock)
+        else:
+            with pytest.raises(OSError, match=f"cannot exceed {UNIX_SOCKET_PATH_MAX} bytes"):
+                validate_socket_filepath(sock)
