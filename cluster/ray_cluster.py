@@ -8,16 +8,23 @@
   A list the user set before is narrowed to its healthy chips, never replaced (cluster/visibility.py).
 - Ray lets an unmet resource request wait forever (a request Ray cannot meet stays pending); `require` fails at once
   with what the cluster has instead.
+- Ray's join of an address where no GCS answers takes about 15 minutes (`check_reachable`), and a local Ray in a
+  temp folder it cannot use fails deep inside Ray (`temp_dir_problem`): both are refused first, in one line that
+  names the address or the folder.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from npueval.core.errors import RunError, UserError, root_cause
+from npueval.core.errors import RunError, UserError, first_line, root_cause
 from npueval.core.signals import sigterm_kept
 
 from .devices import Device
@@ -42,32 +49,45 @@ class RaySession:
 #: with `ray start` takes the same setting from RAY_free_objects_period_milliseconds=100.
 FREE_OBJECTS_PERIOD_MS = 100
 
+#: How long `connect` waits for the cluster it joins to answer (--connect-timeout).
+CONNECT_TIMEOUT_S = 30.0
+
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, simulated_npus: int | None = None,
-            devices: list[Device] | None = None, allow_unhealthy: bool = False) -> RaySession:
+            devices: list[Device] | None = None, allow_unhealthy: bool = False,
+            connect_timeout: float = CONNECT_TIMEOUT_S) -> RaySession:
     """Join `address` (or RAY_ADDRESS), else start a local Ray on 127.0.0.1.
 
     `simulated_npus` declares an "NPU" custom resource on a local Ray (simulated backend);
-    `devices` are this host's chips, of which the healthy ones are made visible to a local Ray.
+    `devices` are this host's chips, of which the healthy ones are made visible to a local Ray;
+    `connect_timeout`: seconds the cluster joined has to answer.
     """
     import ray
 
     # Without the acl module Ray logs a harmless traceback while it looks for NPUs.
     logging.getLogger("ray._private.accelerators.npu").setLevel(logging.CRITICAL)
+    from_env = not address
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return RaySession(address or "local", False, dict(ray.cluster_resources()), connected_here=False)
     if address:
         if simulated_npus:
             raise UserError("--devices with the simulated backend needs a Ray npueval starts; drop --address")
+        # Which of the two the address came from: RAY_ADDRESS may be set without the user knowing it.
+        named, local = ((f"RAY_ADDRESS={address} (set in the environment)", "; or unset RAY_ADDRESS for a local Ray")
+                        if from_env else (f"--address {address}", "; or drop --address for a local Ray"))
+        check_reachable(address, named, local, connect_timeout)
         try:
             with sigterm_kept():
                 ray.init(address=address, log_to_driver=False)
         except Exception as exc:
-            raise UserError(f"--address {address}: cannot join that Ray cluster ({root_cause(exc)}); check the "
-                            "address, or drop --address (and unset RAY_ADDRESS) for a local Ray") from None
+            raise UserError(f"{named}: cannot join that Ray cluster ({root_cause(exc)}); check the address"
+                            f"{local}") from None
         return RaySession(address, False, dict(ray.cluster_resources()))
 
+    problem = temp_dir_problem()
+    if problem is not None:
+        raise UserError(f"{problem[0]}; {problem[1]}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     resources = {}
     if simulated_npus:
@@ -94,6 +114,119 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, simulate
                             "prestart_worker_first_driver": False, **_worker_niceness(simulated_npus, devices)},
         )
     return RaySession("local", True, dict(ray.cluster_resources()))
+
+
+#: What a joining driver asks of the GCS, in a process of its own: the GcsClient that ray.init builds.
+_GCS_PROBE = """
+import sys
+sys.path[:] = [p for p in sys.path if p]  # not a folder named ray in the current one
+from ray._raylet import GcsClient
+try:
+    GcsClient(address=sys.argv[1])
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(1)
+"""
+
+
+def check_reachable(address: str, named: str, local: str, timeout: float) -> None:
+    """Refuse, in one line naming `named` (the flag or variable, with the address), an address
+    where no Ray GCS answers within `timeout` seconds.
+
+    Ray 2.60's ray.init(address=...) tries its GcsClient NUM_REDIS_GET_RETRIES (20) times, each try
+    waiting gcs_rpc_server_connect_timeout_s (5 s) for the GCS channel, 5 s more for its pubsub
+    channel, then py_gcs_connect_timeout_s (30 s) for the cluster id: about 15 minutes, with Ray's
+    C++ warnings the only output. So first: the address's form, its host, and a TCP connection
+    (which tell refused, unreachable and unresolvable apart at once), then Ray's own GcsClient
+    bounded by Ray's own knobs: those two are C++ settings read from the environment when Ray is
+    imported, so the client runs in a process of its own, where they hold for it alone and its
+    warnings are kept off the user's terminal (they are logged at DEBUG)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError as exc:
+            raise UserError(f"{named}: {first_line(exc).rstrip('.')}{local}") from None
+        named = f"{named} (found {address})"
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536) or any(c in host for c in "/ []"):
+        raise UserError(f"{named}: not HOST:PORT; give the head's address as `ray start --head` printed it "
+                        f"(e.g. 10.0.0.5:6379), or auto for the cluster `ray start` runs on this host{local}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except socket.gaierror as exc:
+        raise UserError(f"{named}: the host {host} does not resolve ({exc.strerror}); check the name, or give the "
+                        f"head's IP address{local}") from None
+    except ConnectionRefusedError:
+        raise UserError(f"{named}: nothing listens there (connection refused); start the cluster there "
+                        f"(`ray start --head`), or give the port it printed (6379 by default){local}") from None
+    except TimeoutError:
+        raise UserError(f"{named}: no answer within {timeout:g} s; check that the host is up and lets this one "
+                        f"reach the port, or wait longer with --connect-timeout SECONDS{local}") from None
+    except OSError as exc:
+        raise UserError(f"{named}: cannot reach it ({exc.strerror or exc}){local}") from None
+    left = max(deadline - time.monotonic(), 1.0)
+    env = {**os.environ, "RAY_py_gcs_connect_timeout_s": str(math.ceil(left)),
+           "RAY_gcs_rpc_server_connect_timeout_s": "0"}  # a GCS that answers is not kept waiting by it
+    try:
+        # The client gives up after `left` seconds by itself; this process's bound only catches an import that hangs.
+        done = subprocess.run([sys.executable, "-c", _GCS_PROBE, address], env=env, capture_output=True, text=True,
+                              timeout=left + 30)
+        error, noise = done.stdout.strip() if done.returncode else "", done.stderr
+    except subprocess.TimeoutExpired as exc:
+        error, noise = "TimedOut", exc.stderr or ""
+    if noise:
+        log.debug("Ray's GcsClient on %s: %s", address, noise)
+    if "Timed" in error:
+        raise UserError(f"{named}: something listens there, but no Ray GCS answered within {timeout:g} s; give "
+                        "the head's GCS port (6379 unless `ray start --head --port` said otherwise), or wait longer "
+                        f"with --connect-timeout SECONDS{local}")
+    if error:
+        raise UserError(f"{named}: cannot join that Ray cluster ({error.splitlines()[-1]}); check the address{local}")
+
+
+#: Linux's limit on a Unix socket's path (108 bytes with the terminating NUL), which Ray checks.
+UNIX_SOCKET_PATH_MAX = 107
+
+
+def temp_dir_problem() -> tuple[str, str] | None:
+    """What stops a local Ray in the folder it takes for its session, as (what, the fix), or None.
+
+    Ray takes $RAY_TMPDIR, else $TMPDIR, else /tmp (ray/_common/utils.py), and its session folder
+    in `ray/` there holds the Unix sockets of the object store and the raylet:
+    - Ray 2.60's CoreWorker (_raylet.pyx) encodes those two socket paths as ASCII, so a folder whose
+      path is not ASCII starts Ray's own processes and then fails the driver and every worker with
+      UnicodeEncodeError. It is refused rather than replaced by an ASCII folder of npueval's choosing:
+      that folder would also get Ray's logs and the objects it spills (gigabytes, on a /tmp that may be
+      why TMPDIR was moved), and could be removed only after every Ray process has let go of it, never
+      after a crash; and the same path fails ais_bench's model copies (actors/node_files.py) anyway.
+    - A Unix socket path has at most 107 bytes; Ray checks that only once it has made the session folder.
+      The folder's name holds the pid of the process that starts Ray: counted at its longest, so
+      that the verdict does not change from one run (and `npueval doctor`) to the next.
+    """
+    from ray._common.utils import get_default_system_temp_dir
+
+    folder = get_default_system_temp_dir()
+    name = "RAY_TMPDIR" if "RAY_TMPDIR" in os.environ else "TMPDIR" if folder == os.environ.get("TMPDIR") else None
+    if name is None:  # Ray's own /tmp
+        return None
+    named = f"{name}={folder}"
+    if not folder.isascii():
+        return (f"{named}: a local Ray cannot start in a folder whose path is not ASCII (Ray encodes the paths of "
+                "its sockets there as ASCII)", f"set {name} to a folder whose path is ASCII, e.g. {name}=/tmp")
+    # The longest socket path Ray makes: ray/session_<%Y-%m-%d_%H-%M-%S_%f>_<pid, at most 4194304>/sockets/plasma_store
+    socket_path = os.path.join(folder, "ray", f"session_{'0' * 26}_{'0' * 7}", "sockets", "plasma_store")
+    over = len(socket_path.encode()) - UNIX_SOCKET_PATH_MAX
+    if over > 0:
+        return (f"{named}: a local Ray cannot start there: the paths of its sockets would be {over} bytes over the "
+                f"{UNIX_SOCKET_PATH_MAX} a Unix socket's path may have",
+                f"set {name} to a folder of at most {len(folder.encode()) - over} bytes, e.g. {name}=/tmp")
+    return None
 
 
 def _worker_niceness(simulated_npus: int | None, devices: list[Device] | None) -> dict:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from npueval.actors.backend import BACKENDS
+from npueval.cluster.ray_cluster import CONNECT_TIMEOUT_S
 from npueval.core.errors import EXIT_OK, NpuevalError, counted, interrupted_by, interrupted_exit_code
 from npueval.core.signals import handle_stops
 
@@ -276,9 +277,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--data is required with {given}: a folder made by `npueval prepare`")
     out = args.out or sample.default_out("sample" if args.data is None else Path(data).name)
     device = DeviceConfig(backend=backend, devices=args.devices, batch_size=args.batch_size, device_ms=args.device_ms,
-                          address=args.address, max_retries=args.max_retries, check_against=args.check_against,
-                          check_batches=args.check_batches, allow_unhealthy=args.allow_unhealthy,
-                          pipeline=args.pipeline)
+                          address=args.address, connect_timeout=args.connect_timeout, max_retries=args.max_retries,
+                          check_against=args.check_against, check_batches=args.check_batches,
+                          allow_unhealthy=args.allow_unhealthy, pipeline=args.pipeline)
     config = RunConfig(
         data=data, out=out, model=model, device=device, limit=args.limit, drop_last=args.drop_last,
         resume=args.resume, force=args.force, vocab=args.vocab, block_windows=block_windows,
@@ -356,6 +357,9 @@ def _add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-ms", type=float, default=0.0, help="simulated device time per model batch (default 0)")
     p.add_argument("--address",
                    help="join this Ray cluster (HOST:PORT or auto; default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long the cluster joined (--address or $RAY_ADDRESS) has to answer (default "
+                   f"{CONNECT_TIMEOUT_S:g})")
     p.add_argument("--allow-unhealthy", action="store_true", help="run on chips npu-smi reports unhealthy")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                    help="hand the device one model batch per call (ais_bench infer) instead of a block's batches "
@@ -405,7 +409,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         models=tuple(args.model), batch_sizes=sizes, seq_len=args.seq_len, loop=args.loop, warmup=args.warmup,
         inputs=args.input, vocab=args.vocab, data=args.data, limit=args.limit,
         devices=DeviceConfig(backend=args.backend, devices=args.devices, device_ms=args.device_ms,
-                             address=args.address, allow_unhealthy=args.allow_unhealthy, pipeline=args.pipeline),
+                             address=args.address, connect_timeout=args.connect_timeout,
+                             allow_unhealthy=args.allow_unhealthy, pipeline=args.pipeline),
     )
     from npueval.core.contracts import to_json
 

@@ -35,13 +35,14 @@ class Report:
     checks: list[Check]
     npu_host: bool  # npu-smi, pyACL or /dev/davinci* says this machine has NPUs
     om_ready: bool
-    backend: str  # what `npueval run` (backend auto) uses here, for a model that has an OM
+    backend: str  # what `npueval run` (backend auto) uses here, for a model that has an OM; none: no local Ray starts
     why: str
     facts: dict = field(default_factory=dict, repr=False)
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.om_ready or not self.npu_host else 1
+        """1 where a row fails: an NPU host that cannot start an om run, or a host where no local Ray starts."""
+        return 1 if any(c.verdict == FAIL for c in self.checks) else 0
 
     def to_json(self) -> dict:
         return {"npu_host": self.npu_host, "om_ready": self.om_ready, "backend": self.backend, "why": self.why,
@@ -52,11 +53,14 @@ def diagnose() -> Report:
     facts: dict = {}
     checks = [_guarded(name, check, facts) for name, check in CHECKS]
     npu_host = bool(facts.get("npu_smi_found") or facts.get("acl_devices") or glob.glob("/dev/davinci[0-9]*"))
-    if not npu_host:  # nothing here is needed for onnx on CPU: what an NPU host would need is information
-        checks = [replace(c, verdict=INFO) if c.verdict == FAIL else c for c in checks]
+    every_run = facts.get("stops_every_run", set())  # rows whose fail stops a local Ray, whatever the backend
+    if not npu_host:  # the rest is not needed for onnx on CPU: what an NPU host would need is information
+        checks = [replace(c, verdict=INFO) if c.verdict == FAIL and c.name not in every_run else c for c in checks]
     blocking = [c for c in checks if c.verdict == FAIL]
     ray_npus = facts.get("ray_npus", 0)
-    if not npu_host:
+    if any(c.name in every_run for c in blocking):
+        backend, why = "none", "; ".join(f"{c.name}: {c.found}" for c in blocking if c.name in every_run)
+    elif not npu_host:
         backend, why = "onnx", "no NPU here (no npu-smi, no pyACL, no /dev/davinci*): runs go to onnx on CPU"
     elif blocking:
         backend, why = "onnx", "an om run cannot start: " + "; ".join(f"{c.name}: {c.found}" for c in blocking)
@@ -210,8 +214,13 @@ def check_ray(facts: dict) -> Check:
 
 def check_temp_folder(facts: dict) -> Check:
     from npueval.actors.node_files import check_model_folder, local_root, own_folder
+    from npueval.cluster.ray_cluster import temp_dir_problem
     from npueval.core.errors import UserError
 
+    ray_problem = temp_dir_problem()  # any backend's, unlike ais_bench's paths below
+    if ray_problem is not None:
+        facts.setdefault("stops_every_run", set()).add("temp folder")
+        return Check("temp folder", FAIL, *ray_problem)
     root = local_root()
     try:
         check_model_folder(root)
@@ -249,6 +258,7 @@ def render(report: Report) -> str:
         lines.append(f"{c.name:<{name_w}}  {c.verdict:<{verdict_w}}  {c.found}")
         if c.fix:
             lines.append(f"{'':<{name_w + verdict_w + 4}}fix: {c.fix}")
-    state = "om ready" if report.om_ready else "om cannot start" if report.npu_host else "no NPU"
+    state = ("om ready" if report.om_ready else "no local Ray" if report.backend == "none" else
+             "om cannot start" if report.npu_host else "no NPU")
     lines.append(f"\nnpueval run here: {report.backend} ({state}): {report.why}")
     return "\n".join(lines)

@@ -55,6 +55,7 @@ class DeviceConfig:
     batch_size: int | None = None  # the simulated and torch backends' batch (the others: the model's)
     device_ms: float = 0.0
     address: str | None = None
+    connect_timeout: float = ray_cluster.CONNECT_TIMEOUT_S  # seconds a cluster joined has to answer
     max_retries: int = 3
     check_against: Path | None = None
     check_batches: int = 4
@@ -74,6 +75,8 @@ class DeviceConfig:
                 raise UserError(f"--{name.replace('_', '-')} {value}: must be at least 1")
         if self.max_retries < 0:
             raise UserError(f"--max-retries {self.max_retries}: must be 0 or more")
+        if not self.connect_timeout > 0:
+            raise UserError(f"--connect-timeout {self.connect_timeout:g}: must be more than 0 seconds")
         if self.device_ms < 0:
             raise UserError(f"--device-ms {self.device_ms}: must be 0 or more")
         if self.device_ms and not stands_in:
@@ -102,7 +105,8 @@ class BackendChoice:
 def connect(config: DeviceConfig) -> ray_cluster.RaySession:
     """Join the cluster the flags name, or start a local Ray fit for the backend asked for."""
     return ray_cluster.connect(config.address, simulated_npus=_simulated_npus(config),
-                               devices=_local_devices(config), allow_unhealthy=config.allow_unhealthy)
+                               devices=_local_devices(config), allow_unhealthy=config.allow_unhealthy,
+                               connect_timeout=config.connect_timeout)
 
 
 class Fleet:

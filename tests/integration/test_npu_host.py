@@ -161,14 +161,17 @@ def test_the_chip_check_script_on_the_fake_host(tmp_path):
 
 
 def test_a_ray_that_cannot_start_is_one_line(model, data, tmp_path):
-    """Ray keeps its sockets under TMPDIR; a long one breaks the 107-byte limit of a Unix socket."""
+    """Ray keeps its sockets under TMPDIR; a long one breaks the 107-byte limit of a Unix socket:
+    refused before Ray starts."""
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in VISIBILITY and k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k not in VISIBILITY and k not in ("RAY_ADDRESS", "RAY_TMPDIR")}
     env.update(TMPDIR=str(deep))
     done = subprocess.run([sys.executable, "-m", "npueval.eval", "run", "--model", str(model), "--data", str(data),
                            "--out", str(tmp_path / "out"), "--backend", "onnx"], env=env, capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = [ln for ln in done.stderr.splitlines() if "error:" in ln]
-    assert "a local Ray could not start: OSError:" in line and "set TMPDIR to a shorter folder" in line
+    assert line.startswith(f"npueval run: error: TMPDIR={deep}: a local Ray cannot start there: the paths of its "
+                           "sockets would be ") and "set TMPDIR to a folder of at most " in line
+    assert not (deep / "ray").exists() and not (tmp_path / "out").exists()

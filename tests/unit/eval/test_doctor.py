@@ -24,7 +24,8 @@ def host(tmp_path):
            if k not in ("ASCEND_RT_VISIBLE_DEVICES", "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES")}
     env.update(PATH=os.pathsep.join([str(FAKES), str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
                PYTHONPATH=os.pathsep.join([str(FAKES / "pyacl"), str(FAKES)]),
-               ASCEND_TOOLKIT_HOME=str(toolkit), TMPDIR=str(tmp_path / "tmp"))
+               ASCEND_TOOLKIT_HOME=str(toolkit), TMPDIR=str(tmp_path / "tmp"),
+               RAY_TMPDIR="/tmp")  # a local Ray's own folder: tmp_path is too long for its socket paths
     return env
 
 
@@ -102,10 +103,43 @@ def test_a_temp_folder_ais_bench_refuses_stops_an_om_run(host, tmp_path):
     assert code == 1 and rows["temp folder"]["verdict"] == "fail" and "set TMPDIR" in rows["temp folder"]["fix"]
 
 
-def test_a_machine_without_npus_runs_onnx_on_cpu_and_exits_0(host):
+def without_npus(host: dict) -> dict:
     env = {**host, "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]), "PYTHONPATH": ""}
     del env["ASCEND_TOOLKIT_HOME"]
+    return env
+
+
+@pytest.mark.parametrize("npus", [True, False])
+def test_a_temp_folder_no_local_ray_starts_in_fails_on_any_host(host, tmp_path, npus):
+    """Ray encodes its socket paths as ASCII: a TMPDIR that is not stops every backend's run."""
+    bad = tmp_path / "临时"
+    bad.mkdir()
+    env = {**(host if npus else without_npus(host)), "TMPDIR": str(bad)}
+    del env["RAY_TMPDIR"]
     code, report, rows = doctor(env)
+    assert code == 1 and report["npu_host"] == npus and not report["om_ready"] and report["backend"] == "none"
+    row = rows["temp folder"]
+    assert row["verdict"] == "fail" and row["fix"] == "set TMPDIR to a folder whose path is ASCII, e.g. TMPDIR=/tmp"
+    assert row["found"].startswith(f"TMPDIR={bad}: a local Ray cannot start in a folder whose path is not ASCII")
+    assert report["why"] == f"temp folder: {row['found']}"
+    table = subprocess.run([sys.executable, "-m", "npueval.eval", "doctor"], env=env, capture_output=True, text=True,
+                           timeout=120).stdout
+    assert table.splitlines()[-1] == f"npueval run here: none (no local Ray): temp folder: {row['found']}"
+
+
+def test_a_temp_folder_too_long_for_rays_sockets_fails(host, tmp_path):
+    long = tmp_path / ("x" * 60)
+    long.mkdir()
+    env = {**without_npus(host), "TMPDIR": str(long)}
+    del env["RAY_TMPDIR"]
+    code, report, rows = doctor(env)
+    assert code == 1 and report["backend"] == "none" and rows["temp folder"]["verdict"] == "fail"
+    assert "bytes over the 107 a Unix socket's path may have" in rows["temp folder"]["found"]
+    assert rows["temp folder"]["fix"].startswith("set TMPDIR to a folder of at most ")
+
+
+def test_a_machine_without_npus_runs_onnx_on_cpu_and_exits_0(host):
+    code, report, rows = doctor(without_npus(host))
     assert code == 0 and not report["npu_host"] and report["backend"] == "onnx"
     assert "runs go to onnx on CPU" in report["why"]
     assert "fail" not in {r["verdict"] for r in rows.values()}
