@@ -275,9 +275,14 @@ class Dispatcher:
         if self._in_flight or ((self._probes or self._starting) and work_left):  # nor one still starting or
             return False                                                         # restarting, once all is done
         if work_left:
-            raise RunError(f"every device failed (the last, {self._last_loss}); {len(self._retry)} or more blocks "
-                           "were left unevaluated; "
-                           "the finished blocks are saved, continue with --resume")
+            left = f"{len(self._retry)} or more blocks were left unevaluated; the finished blocks are saved"
+            if self.timeouts and all(s.timed_out for s in self.slots if s.state is SlotState.DEAD):
+                # The flag, not the devices: each was ended by it, and its restart awaited as long.
+                raise RunError(f"every device failed: each had a call run past --block-timeout "
+                               f"{self.block_timeout:g} s, was restarted and did not come back within it; {left}; "
+                               "give a --block-timeout well above the time a block takes on these devices (or "
+                               "none), then continue with --resume")
+            raise RunError(f"every device failed (the last, {self._last_loss}); {left}, continue with --resume")
         return True
 
     def _on_started(self, k: int, ref) -> None:

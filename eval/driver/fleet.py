@@ -259,7 +259,9 @@ def _simulated_npus(config: DeviceConfig) -> int | None:
     """The made-up "NPU" resource of a Ray npueval starts for a backend that stands in for NPUs."""
     if config.kind is None or not config.kind.stands_in or _joins(config):
         return None
-    return config.devices or DEFAULT_SIMULATED_DEVICES
+    count = config.devices or DEFAULT_SIMULATED_DEVICES
+    ray_cluster.check_room_for_simulated(count)
+    return count
 
 
 def _local_devices(config: DeviceConfig):

@@ -96,6 +96,18 @@ def test_a_hung_device_is_restarted_and_its_block_done_elsewhere(ray_npu4, injec
     assert results["windows_nonfinite"] == 0
 
 
+def test_a_block_timeout_no_call_can_meet_names_the_flag_not_the_devices(ray_npu4, seed_data, tmp_path):
+    """--block-timeout 0.001: every call runs past it, every device is restarted and none comes
+    back within it. The run ends naming the flag; it used to blame the last device."""
+    with pytest.raises(RunError) as err:
+        run(simulated(seed_data, tmp_path / "out", block_timeout=0.001, device_ms=20))
+    message = str(err.value)
+    assert message.startswith("every device failed: each had a call run past --block-timeout 0.001 s, was "
+                              "restarted and did not come back within it; ")
+    assert message.endswith("give a --block-timeout well above the time a block takes on these devices (or none), "
+                            "then continue with --resume")
+
+
 def test_a_slow_device_takes_proportionally_fewer_blocks(ray_npu4, inject, seed_data, tmp_path):
     inject({"device": "npu:0", "kind": "slow", "factor": 20})
     # 60 ms a batch, so that the device's time and not the driver's per-block work on two busy cores

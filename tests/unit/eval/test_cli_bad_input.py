@@ -382,6 +382,10 @@ CASES = {
     "run: --devices that is not a number": (
         nothing, [*SIM_RUN, "--devices", "all"],
         "argument --devices: invalid int value: 'all'", "see `npueval run --help`"),
+    "run: more simulated --devices than this host's memory holds": (
+        nothing, [*SIM_RUN, "--devices", "10000000"],
+        "--devices 10000000: each simulated device is a process of about 100 MB on this host",
+        "ask for fewer (a real NPU host has 8 or 16 chips)"),
     "run: --block-windows 0": (
         nothing, [*SIM_RUN, "--block-windows", "0"],
         "--block-windows 0", "must be at least 1"),
