@@ -30,11 +30,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 PIECE_CHARS = 1 << 14
 #: … and texts and pieces go through the tokenizer in calls of about this many.
 CALL_CHARS = 1 << 16
-#: What the tokenizers library holds at its peak per character of a call (measured with byte-level
-#: and SentencePiece-style BPE, ASCII and Chinese text, with and without whitespace: 135 to 270).
-BYTES_PER_CHAR = 270
-#: A piece longer than this (about 1 GiB to tokenize) is warned about.
-LONG_CHARS = 1 << 22
+#: What tokenizing a text whole holds at its peak, per character: measured 220 to 400 with 32,000-token
+#: byte-level and SentencePiece-style BPE on ASCII and Chinese text with nowhere to cut (about 360
+#: a token; more where a character takes several tokens, as Chinese through a tiny vocabulary).
+BYTES_PER_CHAR = 400
+#: A piece longer than this (about 0.8 GiB to tokenize) is warned about.
+LONG_CHARS = 1 << 21
 WarnFn = Callable[[int, str], None]  # (index of the text, what to say about it)
 
 

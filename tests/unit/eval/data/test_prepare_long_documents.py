@@ -223,13 +223,13 @@ def test_a_document_that_cannot_be_cut_is_named_once_with_what_it_needs(tokenize
                           n_ctx=16, workers=0))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     tail = ("with no place to cut them that keeps the ids (before whitespace that follows other characters): that "
-            "needs about {} MiB of memory (some 270 bytes a character); if this machine has less to spare, split "
+            "needs about {} MiB of memory (some 400 bytes a character); if this machine has less to spare, split "
             "the document into smaller ones (or pass fewer --workers)")
     assert warnings == [  # nowhere to cut 5,000 characters; the 8,000 with spaces are cut; two pieces, one warning
         f"{corpus}:4: a document of 5,000 characters, of which 5,000 from character 0 are tokenized in one piece, "
-        + tail.format(1.3),
+        + tail.format(1.9),
         f"{corpus}:6: a document of 5,501 characters, of which 3,001 from character 2,500 are tokenized in one "
-        "piece, " + tail.format(0.8)]
+        "piece, " + tail.format(1.1)]
 
 
 def test_a_worker_warns_before_it_tokenizes_a_document_that_cannot_be_cut(tmp_path):
@@ -258,7 +258,7 @@ def test_a_worker_warns_before_it_tokenizes_a_document_that_cannot_be_cut(tmp_pa
     assert warned == [
         f"WARNING npueval.eval.data.batches: {corpus}:2: a document of 3,300 characters, tokenized whole since this "
         "tokenizer.json cannot be cut: its pre-tokenizer Whitespace with normalizer none is not one whose cuts are "
-        "known: that needs about 0.8 MiB of memory (some 270 bytes a character); if this machine has less to "
+        "known: that needs about 1.3 MiB of memory (some 400 bytes a character); if this machine has less to "
         "spare, split the document into smaller ones (or pass fewer --workers)"]
 
 
