@@ -18,16 +18,27 @@ shows both did the same job.
 
     python benchmarks/bench_prepare_tokenizer.py                # 20 MB, 3 repeats
     python benchmarks/bench_prepare_tokenizer.py --size-mb 5 --repeat 1
+
+With --long-mb N it measures one long document instead: those articles joined by their line
+breaks into one JSONL line of N MB, and the same line with every whitespace character removed
+(nowhere to cut it: tokenized whole, with a warning). For each, `npueval prepare` with
+--workers 0 and the default: wall time, the peak RSS of its largest process (wait4's
+ru_maxrss: the driver or one worker), and the shards' sha256; with --before REV the code of REV
+too, side by side, which must write the same shards.
+
+    python benchmarks/bench_prepare_tokenizer.py --long-mb 20 --before HEAD~1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +60,12 @@ def ensure_inputs(work: Path, size_mb: int, vocab_size: int) -> tuple[Path, Path
                 written += len(line.encode())
                 i += 1
         corpus.with_suffix(".partial").rename(corpus)
+    return corpus, ensure_model(work, vocab_size)
+
+
+def ensure_model(work: Path, vocab_size: int) -> Path:
+    from npueval.eval.sample import corpus as sample
+
     model = work / f"bpe-{vocab_size}"
     if not (model / "tokenizer.json").is_file():
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -63,7 +80,69 @@ def ensure_inputs(work: Path, size_mb: int, vocab_size: int) -> tuple[Path, Path
         tok.save(str(model / "tokenizer.json"))
         (model / "tokenizer_config.json").write_text(json.dumps(
             {"bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}))
-    return corpus, model
+    return model
+
+
+def ensure_long(work: Path, size_mb: int) -> dict[str, Path]:
+    """One document of SIZE_MB MB (the articles joined by line breaks), and the same without whitespace."""
+    from npueval.eval.sample import corpus as sample
+
+    out = {"line breaks": work / f"long-{size_mb}mb.jsonl", "no whitespace": work / f"long-{size_mb}mb-nows.jsonl"}
+    if not all(p.is_file() for p in out.values()):
+        text = "\n".join(a.text for a in sample.articles())
+        text = text * ((size_mb << 20) // len(text.encode()) + 1)
+        text = text[: len(text) * (size_mb << 20) // len(text.encode())]
+        for kind, path in out.items():
+            doc = text if kind == "line breaks" else "".join(text.split())
+            path.write_text(json.dumps({"text": doc}, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def peak_run(cmd: list[str], pythonpath: str | None) -> tuple[float, int, str]:
+    """(wall s, peak RSS bytes of its largest process, stderr) of CMD, through GNU time (its %M
+    is wait4's ru_maxrss: this process's own RSS, which a fork copies, stays out of it)."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    with tempfile.NamedTemporaryFile("r") as peak:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, *cmd], env=env, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        return wall, int(peak.read().split()[-1]) << 10, proc.stderr
+
+
+def long_main(args) -> dict:
+    from common import install_before
+
+    model = ensure_model(args.work, args.vocab_size)
+    versions = [("after", None)]
+    if args.before:
+        versions.insert(0, (f"before ({args.before})", str(install_before(args.before))))
+    rows = []
+    for kind, corpus in ensure_long(args.work, args.long_mb).items():
+        line_mb = corpus.stat().st_size / 2**20
+        for workers in ("0", "default"):
+            shards = {}
+            for name, pythonpath in versions:
+                out = args.work / "long-out"
+                shutil.rmtree(out, ignore_errors=True)
+                cmd = [sys.executable, "-m", "npueval.eval", "prepare", "-q", str(corpus), "--tokenizer", str(model),
+                       "--out", str(out), "--n-ctx", str(args.n_ctx)] + ([] if workers == "default" else
+                                                                          ["--workers", workers])
+                wall, peak, stderr = peak_run(cmd, pythonpath)
+                manifest = json.loads((out / "manifest.json").read_text())
+                shards[name] = [s["sha256"] for s in manifest["shards"]]
+                rows.append({"document": kind, "line_mb": round(line_mb, 1), "workers": workers, "code": name,
+                             "wall_s": round(wall, 2), "peak_rss_mib": peak >> 20,
+                             "peak_per_line_byte": round(peak / corpus.stat().st_size, 1),
+                             "stream_tokens": manifest["stream_tokens"], "warned": "WARNING" in stderr})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+            if len({tuple(v) for v in shards.values()}) != 1:
+                raise SystemExit(f"{kind}, --workers {workers}: the versions wrote different shards")
+    return {"vocab_size": args.vocab_size, "n_ctx": args.n_ctx, "cpus": os.cpu_count(), "rows": rows}
 
 
 def loop_main(corpus: str, model: str, out: str, n_ctx: int) -> None:
@@ -112,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "prepare-tokenizer")
+    p.add_argument("--long-mb", type=int, help="measure one document of this many MB instead (see above)")
+    p.add_argument("--before", help="with --long-mb: also the code of this git revision, first")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.long_mb:
+        print(json.dumps(long_main(args), indent=2))
+        return 0
     corpus, model = ensure_inputs(args.work, args.size_mb, args.vocab_size)
     npueval = str(Path(sys.executable).parent / "npueval")
     ours, loop = [], []

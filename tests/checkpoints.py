@@ -69,21 +69,60 @@ _TRAINING_TEXT = ("数据并行的评测在每一块芯片上运行同一个模�
                   "every token of the stream is scored once, in order. 北京是中国的首都，上海是最大的城市。") * 4
 
 
-def write_tokenizer_json(folder: Path, vocab_size: int = 300) -> Path:
-    """A byte-level BPE tokenizer.json trained here on a few sentences, with <s> and </s> as BOS and
-    EOS in tokenizer_config.json, as Llama-family checkpoints carry them."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+#: The pre-tokenizing regexes of Llama 3 and Qwen2's tokenizer.json (a Split before a ByteLevel without its own).
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+#: write_tokenizer_json's styles: how the model families' tokenizer.json pre-tokenize.
+TOKENIZER_STYLES = ("gpt2", "llama3", "qwen2", "metaspace", "llama2")
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator([_TRAINING_TEXT], trainer)
+
+def write_tokenizer_json(folder: Path, vocab_size: int = 300, style: str = "gpt2", text: str | None = None) -> Path:
+    """A BPE tokenizer.json trained here on a few sentences, with <s> and </s> as BOS and EOS in
+    tokenizer_config.json, as Llama-family checkpoints carry them. STYLE is how it pre-tokenizes:
+    gpt2, byte-level with GPT-2's regex; llama3 and qwen2, byte-level after a Split by their
+    regex (qwen2 with NFC); metaspace, Llama 2's newer SentencePiece layout (Metaspace with
+    prepend_scheme "first" and no split, byte fallback); llama2, its older one (no pre-tokenizer,
+    the normalizer Prepend("▁") then Replace(" ", "▁")). TEXT: what it is trained on, if not those sentences."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    special = ["<unk>", "<s>", "</s>"]
+    if style in ("metaspace", "llama2"):
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, show_progress=False,
+                                      special_tokens=special + [f"<0x{b:02X}>" for b in range(256)])
+    else:
+        tokenizer = Tokenizer(models.BPE())
+        if style == "gpt2":
+            tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        else:
+            regex = LLAMA3_REGEX if style == "llama3" else QWEN2_REGEX
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            if style == "qwen2":
+                tokenizer.normalizer = normalizers.NFC()
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([_TRAINING_TEXT if text is None else text], trainer)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
+    path = folder / "tokenizer.json"
+    tokenizer.save(str(path))
+    if style in ("metaspace", "llama2"):  # trained on words; the checkpoints' files tokenize a text as one
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if style == "metaspace":
+            config["pre_tokenizer"]["split"] = False
+        else:
+            config["pre_tokenizer"] = None
+            config["normalizer"] = {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u2581"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+        path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
-    return folder / "tokenizer.json"
+    return path
 
 
 def tiny_hf_model(family: str, vocab_size: int, seed: int = 0, tie: bool = False, **shape):

@@ -9,6 +9,7 @@ processes that read their chunk from the file themselves, and comes back in orde
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -23,8 +24,10 @@ import numpy as np
 
 from npueval.core.signals import shielded
 
-from .documents import Chunk, read_documents
+from .documents import Chunk, lines_before, read_documents
 from .model_tokenizer import ModelTokenizer
+
+log = logging.getLogger(__name__)
 
 KEPT, SHORT, BAD = 0, 1, 2
 
@@ -82,10 +85,11 @@ def _worker_start(parent: int) -> None:
 
 
 def frame_chunk(chunk: Chunk) -> FramedBatch:
-    lines, documents = read_documents(chunk, _reading.format, _reading.text_field)
+    physical_lines, documents = read_documents(chunk, _reading.format, _reading.text_field)
     status = np.full(len(documents), KEPT, dtype=np.int8)
     problems: dict[int, tuple[int, str]] = {}
     texts: list[str] = []
+    lines: list[int] = []  # of each text, in the chunk
     for pos, doc in enumerate(documents):
         text, problem = (doc.text, doc.problem) if doc.problem else _framer.clean(doc.text)
         if problem is not None:
@@ -96,8 +100,13 @@ def frame_chunk(chunk: Chunk) -> FramedBatch:
             status[pos] = SHORT
             continue
         texts.append(text)
-    framed, bounds, nbytes = _framer.frame(texts)
-    return FramedBatch(lines, status, problems, framed, bounds, nbytes)
+        lines.append(doc.line)
+
+    def warn(k: int, note: str) -> None:  # before the text is tokenized: it may need more memory than there is
+        log.warning("%s:%d: %s", chunk.file.path, lines_before(chunk, _reading.format) + lines[k] + 1, note)
+
+    framed, bounds, nbytes = _framer.frame(texts, warn)
+    return FramedBatch(physical_lines, status, problems, framed, bounds, nbytes)
 
 
 def _ray_running() -> bool:

@@ -131,6 +131,20 @@ def _parquet_chunks(cf: CorpusFile, column: str, batch_bytes: int) -> Iterator[C
         row = end
 
 
+def lines_before(chunk: Chunk, fmt: str) -> int:
+    """The file's physical lines (Parquet: rows) before CHUNK, read from the file: only for a
+    message, since the driver counts them as the chunks come back."""
+    if fmt == PARQUET:
+        return chunk.start
+    count = 0
+    with open(chunk.file.path, "rb") as f:
+        left = chunk.start
+        while left > 0 and (block := f.read(min(left, 1 << 20))):
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
 def read_lines(path: Path | str, start: int, end: int) -> list[bytes]:
     """The physical lines of bytes [start, end) of a file, without their "\\n"; blank ones too."""
     with open(path, "rb") as f:

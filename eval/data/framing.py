@@ -8,19 +8,35 @@ per byte: ids whose character offsets overlap (byte-level BPE splits a character
 with the first of them, bytes no id covers (spaces a tokenizer trims from its offsets) go to the
 next id, and a document's trailing ones to its EOS (or last id). Every byte of a document is
 counted once, on one of its ids.
+
+A long document goes through the tokenizer in pieces, cut where the ids and offsets are provably
+those of the whole (cuts.py), so that its memory stays that of a small call; one that cannot be
+cut is tokenized whole, after a warning that says what it needs.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .cuts import cuts_for
 from .model_tokenizer import ModelTokenizer
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: A text is cut into pieces of at least this many characters where it can be (cuts.py) …
+PIECE_CHARS = 1 << 14
+#: … and texts and pieces go through the tokenizer in calls of about this many.
+CALL_CHARS = 1 << 16
+#: What tokenizing a text whole holds at its peak, per character: measured 220 to 400 with 32,000-token
+#: byte-level and SentencePiece-style BPE on ASCII and Chinese text with nowhere to cut (about 360
+#: a token; more where a character takes several tokens, as Chinese through a tiny vocabulary).
+BYTES_PER_CHAR = 400
+#: A piece longer than this (about 0.8 GiB to tokenize) is warned about.
+LONG_CHARS = 1 << 21
+WarnFn = Callable[[int, str], None]  # (index of the text, what to say about it)
 
 
 class ClassicFramer:
@@ -35,7 +51,7 @@ class ClassicFramer:
     def clean(text: str) -> tuple[str | None, str | None]:
         return text.replace("\n", " [SEP] "), None
 
-    def frame(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def frame(self, texts: Sequence[str], warn: WarnFn | None = None) -> tuple[np.ndarray, np.ndarray, None]:
         ids, bounds = self._tokenizer.encode_batch_flat(texts)
         vocab = self._tokenizer.vocab
         framed, framed_bounds = frame_ids(ids, bounds, vocab.mask_id, vocab.cls_id)
@@ -48,6 +64,9 @@ class JsonFramer:
 
         self._tokenizer = Tokenizer.from_file(str(tokenizer.file.path))
         self.bos_id, self.eos_id = tokenizer.bos_id, tokenizer.eos_id
+        self._cuts = cuts_for(tokenizer.file.path.read_text(encoding="utf-8"))
+        self._continuation = (Tokenizer.from_str(self._cuts.continuation) if self._cuts.continuation is not None
+                              else self._tokenizer)
 
     @staticmethod
     def clean(text: str) -> tuple[str | None, str | None]:
@@ -58,65 +77,142 @@ class JsonFramer:
             return None, f"a lone surrogate \\u{ord(found.group()):04x} at character {found.start()}, which is not text"
         return text, None
 
-    def frame(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(framed ids int32, bounds int64 of each text's frame, UTF-8 bytes int32 of each id)."""
+    def frame(self, texts: Sequence[str], warn: WarnFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(framed ids int32, bounds int64 of each text's frame, UTF-8 bytes int32 of each id).
+
+        The texts go through the tokenizer in calls of about CALL_CHARS characters, a long one in
+        pieces (cuts.py), each call's ids and bytes kept as numpy arrays: what tokenizing holds
+        at once is bounded but for a text that cannot be cut, which WARN is told about first."""
         n = len(texts)
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        counts = np.fromiter(map(len, encodings), dtype=np.int64, count=n)
-        total = int(counts.sum())
-        chain = itertools.chain.from_iterable
-        ids = np.fromiter(chain(e.ids for e in encodings), dtype=np.int64, count=total)
-        offsets = np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int64, count=2 * total)
-        token_bytes, text_bytes = _covered_bytes(texts, counts, offsets.reshape(total, 2)[:, 1])
+        counts = np.zeros(n, dtype=np.int64)
+        # Byte positions in the stream of all the texts: where each starts (and the end), the
+        # furthest byte each one's tokens reach.
+        text_start = np.zeros(n + 1, dtype=np.int64)
+        reached = np.zeros(n, dtype=np.int64)
+        seen = np.zeros(n, dtype=bool)  # a token of the text has come
+        ids_parts, bytes_parts = [], []
+        stream = covered = 0  # bytes of the pieces done; the furthest byte their tokens reach
+        for call in self._calls(texts, warn):
+            which = np.fromiter((i for i, _, _ in call), dtype=np.int64, count=len(call))
+            pieces = [piece for _, piece, _ in call]
+            encodings = self._encode(call)
+            count = np.fromiter(map(len, encodings), dtype=np.int64, count=len(call))
+            total = int(count.sum())
+            chain = itertools.chain.from_iterable
+            ids_parts.append(np.fromiter(chain(e.ids for e in encodings), dtype=np.int32, count=total))
+            char_ends = np.fromiter(chain(chain(e.offsets for e in encodings)), dtype=np.int64,
+                                    count=2 * total)[1::2]
+            del encodings
+            chars = np.zeros(len(call) + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(call)), out=chars[1:])
+            byte_at = stream + _utf8_offsets("".join(pieces))  # of each character of the call, and its end
+            first_piece = np.fromiter((first for _, _, first in call), dtype=bool, count=len(call))
+            text_start[which[first_piece]] = byte_at[chars[:-1][first_piece]]
+            # Each token's end, and the furthest any has reached: a piece's tokens end at or after its
+            # start, past every byte earlier pieces cover, so one running maximum serves the call.
+            ends = byte_at[chars[np.repeat(np.arange(len(call)), count)] + char_ends]
+            reach = np.maximum.accumulate(ends) if total else ends
+            before = np.empty_like(reach)
+            before[:1] = covered
+            before[1:] = reach[:-1]
+            first_token = np.cumsum(count) - count
+            with_tokens = np.flatnonzero(count > 0)
+            text_of = which[with_tokens]
+            opens = with_tokens[np.flatnonzero(np.diff(text_of, prepend=-1))]  # each text's first piece here
+            opens = opens[~seen[which[opens]]]
+            before[first_token[opens]] = text_start[which[opens]]  # a text's first token counts from its start
+            seen[text_of] = True
+            bytes_parts.append((reach - before).astype(np.int32))
+            np.maximum.at(reached, text_of, reach[first_token[with_tokens] + count[with_tokens] - 1])
+            np.add.at(counts, which, count)
+            covered = int(reach[-1]) if total else covered
+            stream = int(byte_at[-1])
+        text_start[n] = stream
+        ids = np.concatenate(ids_parts) if ids_parts else np.empty(0, dtype=np.int32)
+        token_bytes = np.concatenate(bytes_parts) if bytes_parts else np.empty(0, dtype=np.int32)
+        del ids_parts, bytes_parts
         bounds = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=bounds[1:])
         framed, framed_bounds = frame_ids(ids, bounds, self.bos_id, self.eos_id)
+        del ids
         # The bytes, framed as the ids are: 0 for BOS and EOS, then each text's remainder onto its last slot.
         nbytes, _ = frame_ids(token_bytes, bounds, 0 if self.bos_id is not None else None,
                               0 if self.eos_id is not None else None)
-        nbytes = nbytes.astype(np.int64)
-        length = np.diff(framed_bounds)
-        has_slot = length > 0
-        last = framed_bounds[1:][has_slot] - 1
-        covered = np.bincount(np.repeat(np.arange(n), counts), weights=token_bytes, minlength=n).astype(np.int64)
-        np.add.at(nbytes, last, (text_bytes - covered)[has_slot])
-        return framed, framed_bounds, nbytes.astype(np.int32)
+        del token_bytes
+        has_slot = np.diff(framed_bounds) > 0
+        remainder = text_start[1:] - np.maximum(reached, text_start[:-1])
+        np.add.at(nbytes, framed_bounds[1:][has_slot] - 1, remainder[has_slot].astype(np.int32))
+        return framed, framed_bounds, nbytes
+
+    def _calls(self, texts: Sequence[str], warn: WarnFn | None) -> Iterator[list[tuple[int, str, bool]]]:
+        """The texts' pieces (text index, piece, whether it is the text's first) in calls of about
+        CALL_CHARS characters. A text whose longest piece needs much memory is told to WARN first."""
+        call: list[tuple[int, str, bool]] = []
+        size = 0
+        for i, text in enumerate(texts):
+            starts = self._cuts.starts(text, PIECE_CHARS)
+            ends = [*starts[1:], len(text)]
+            longest = max(range(len(starts)), key=lambda k: ends[k] - starts[k])
+            if ends[longest] - starts[longest] > LONG_CHARS and warn is not None:  # once, for its longest piece
+                warn(i, self._long_note(len(text), starts[longest], ends[longest]))
+            for k, (a, b) in enumerate(zip(starts, ends)):
+                if call and size + b - a > CALL_CHARS:
+                    yield call
+                    call, size = [], 0
+                call.append((i, text if b - a == len(text) else text[a:b], k == 0))
+                size += b - a
+        if call:
+            yield call
+
+    def _encode(self, call: list[tuple[int, str, bool]]) -> list:
+        if self._continuation is self._tokenizer:
+            return self._tokenizer.encode_batch([piece for _, piece, _ in call], add_special_tokens=False)
+        out = [None] * len(call)
+        for tokenizer, first in ((self._tokenizer, True), (self._continuation, False)):
+            where = [k for k, (_, _, is_first) in enumerate(call) if is_first == first]
+            encoded = tokenizer.encode_batch([call[k][1] for k in where], add_special_tokens=False)
+            for k, encoding in zip(where, encoded):
+                out[k] = encoding
+        return out
+
+    def _long_note(self, chars: int, a: int, b: int) -> str:
+        need = (b - a) * BYTES_PER_CHAR
+        need = f"{need / 2**30:.1f} GiB" if need >= 2**30 else f"{need / 2**20:.1f} MiB"
+        if self._cuts.at is None:
+            what = f"a document of {chars:,} characters, tokenized whole since {self._cuts.places}"
+        else:
+            what = (f"a document of {chars:,} characters, of which {b - a:,} from character {a:,} are tokenized "
+                    f"in one piece, with no place to cut them that keeps the ids ({self._cuts.places})")
+        return (f"{what}: that needs about {need} of memory (some {BYTES_PER_CHAR} bytes a character); "
+                "if this machine has less to spare, split the document into smaller ones (or pass fewer --workers)")
 
 
-def _covered_bytes(texts: Sequence[str], counts: np.ndarray, char_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes each token newly covers, UTF-8 bytes of each text), from the tokens' character ends."""
-    n = len(texts)
-    chars = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=n), out=chars[1:])
-    code_points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
-    width = 1 + (code_points >= 0x80).astype(np.int64) + (code_points >= 0x800) + (code_points >= 0x10000)
-    byte_at = np.zeros(code_points.shape[0] + 1, dtype=np.int64)  # of each character of the joined texts
-    np.cumsum(width, out=byte_at[1:])
-    text_start = byte_at[chars]  # n + 1: each text's first byte, and the end
-    doc = np.repeat(np.arange(n), counts)
-    ends = np.maximum(byte_at[chars[doc] + char_ends], text_start[doc])
-    # Positions in the joined texts: an earlier text's never pass a later one's start, so one
-    # running maximum serves them all, each text's first token counting from its own start.
-    covered = np.maximum.accumulate(ends) if ends.size else ends
-    before = np.empty_like(covered)
-    before[1:] = covered[:-1]
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    first = starts[:-1][counts > 0]
-    before[first] = text_start[:-1][counts > 0]
-    return (covered - before), np.diff(text_start)
+def _utf8_offsets(text: str) -> np.ndarray:
+    """int64, one more than TEXT's characters: the UTF-8 bytes before each character, and in all."""
+    out = np.zeros(len(text) + 1, dtype=np.int64)
+    if text.isascii():
+        out[1:] = np.arange(1, len(text) + 1)
+        return out
+    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    width = (code_points >= 0x80).astype(np.uint8)
+    width += code_points >= 0x800
+    width += code_points >= 0x10000
+    width += 1
+    np.cumsum(width, out=out[1:])
+    return out
 
 
 def frame_ids(ids: np.ndarray, bounds: np.ndarray, before: int | None,
               after: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Put `before` ahead of and `after` behind each text's ids (None: nothing), end to end."""
+    """Put `before` ahead of and `after` behind each text's ids (None: nothing), end to end (int32)."""
     n = bounds.shape[0] - 1
-    k = np.arange(n, dtype=np.int64)
-    extra = (before is not None) + (after is not None)
-    out = np.empty(ids.shape[0] + extra * n, dtype=np.int32)
-    if before is not None:
-        out[bounds[:-1] + extra * k] = before
-    if after is not None:
-        out[bounds[1:] + extra * k + extra - 1] = after
-    out[np.arange(ids.shape[0]) + extra * np.repeat(k, np.diff(bounds)) + (before is not None)] = ids
-    return out, bounds + extra * np.arange(n + 1, dtype=np.int64)
+    edges = [(bounds[:-1], before), (bounds[1:], after)]
+    edges = [(at, value) for at, value in edges if value is not None]
+    ids = ids.astype(np.int32, copy=False)
+    if not edges:
+        return ids, bounds.copy()
+    # One insertion per text and edge, text by text and BOS before EOS: np.insert keeps that order
+    # where several fall on one index (an empty text), and needs no index array per id.
+    at = np.stack([a for a, _ in edges], axis=1).ravel()
+    values = np.tile(np.array([v for _, v in edges], dtype=np.int32), n)
+    return np.insert(ids, at, values), bounds + len(edges) * np.arange(n + 1, dtype=np.int64)

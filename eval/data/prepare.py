@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: The tokenizing workers get the files in ranges of about this many bytes.
 BATCH_BYTES = 1 << 20
+#: The framed ids of a range go into windows this many at a time, so that a long document's
+#: windows are made (and written) as they come rather than all at once.
+STREAM_TOKENS = 1 << 18
 ProgressFn = Callable[[int, int], None]  # (bytes done so far, bytes in all)
 
 
@@ -321,16 +324,19 @@ def _framed_articles(
         on_bytes(r.size)
         kept = first_index + np.flatnonzero(result.status == KEPT)
         first_index += result.status.shape[0]
-        lengths = np.diff(result.bounds)
         pieces = _pieces_of(kept, stats["articles_total"], config.num_pieces)
-        docs = np.repeat(kept, lengths)
         # Runs of articles of one piece: their framed ids are contiguous.
         run_starts = np.flatnonzero(np.diff(pieces, prepend=-1))
         run_ends = np.append(run_starts[1:], pieces.shape[0])
         for a, b in zip(run_starts.tolist(), run_ends.tolist()):
-            lo, hi = result.bounds[a], result.bounds[b]
-            nbytes = None if result.nbytes is None else result.nbytes[lo:hi]
-            yield int(pieces[a]), result.framed[lo:hi], docs[lo:hi], nbytes
+            for lo in range(int(result.bounds[a]), int(result.bounds[b]), STREAM_TOKENS):
+                hi = min(lo + STREAM_TOKENS, int(result.bounds[b]))
+                # The articles with ids in [lo, hi), and how many of those ids each has.
+                first = int(np.searchsorted(result.bounds, lo, side="right")) - 1
+                last = int(np.searchsorted(result.bounds, hi, side="left"))
+                docs = np.repeat(kept[first:last], np.diff(np.clip(result.bounds[first:last + 1], lo, hi)))
+                nbytes = None if result.nbytes is None else result.nbytes[lo:hi]
+                yield int(pieces[a]), result.framed[lo:hi], docs, nbytes
     _check_unchanged(current, lines_before)
 
 
