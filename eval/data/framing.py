@@ -58,15 +58,24 @@ class ClassicFramer:
         return framed, framed_bounds, None
 
 
+def _whole(tokenizer):
+    """The tokenizer with any truncation or padding its file was saved with turned off: a
+    tokenizer.json saved with truncation to 512 would silently cut every document there, and
+    lm-evaluation-harness encodes documents whole too."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 class JsonFramer:
     def __init__(self, tokenizer: ModelTokenizer):
         from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(tokenizer.file.path))
+        self._tokenizer = _whole(Tokenizer.from_file(str(tokenizer.file.path)))
         self.bos_id, self.eos_id = tokenizer.bos_id, tokenizer.eos_id
         self._cuts = cuts_for(tokenizer.file.path.read_text(encoding="utf-8"))
-        self._continuation = (Tokenizer.from_str(self._cuts.continuation) if self._cuts.continuation is not None
-                              else self._tokenizer)
+        self._continuation = (_whole(Tokenizer.from_str(self._cuts.continuation))
+                              if self._cuts.continuation is not None else self._tokenizer)
 
     @staticmethod
     def clean(text: str) -> tuple[str | None, str | None]:

@@ -283,3 +283,23 @@ def test_a_data_set_made_before_any_tokenizer_json_keeps_its_key():
     assert inputs.key() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     for change in ({"corpus_format": "jsonl"}, {"text_field": "body"}, {"bos_id": 1}, {"eos_id": 2}):
         assert DataInputs(**{**inputs.__dict__, **change}).key() != inputs.key()
+
+
+def test_a_tokenizer_json_saved_with_truncation_and_padding_still_tokenizes_each_document_whole(model, tmp_path):
+    """Some checkpoints ship a tokenizer.json saved with truncation (and padding) on: the library
+    then cut every document at max_length, silently, and padded short ones with pad ids."""
+    import shutil
+
+    saved = tmp_path / "saved"
+    shutil.copytree(model, saved)
+    config = json.loads((saved / "tokenizer.json").read_text(encoding="utf-8"))
+    config["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    config["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                         "pad_type_id": 0, "pad_token": "<unk>"}
+    (saved / "tokenizer.json").write_text(json.dumps(config), encoding="utf-8")
+    docs = texts(seed=7)
+    corpus = write_corpus(tmp_path / "corpus", "jsonl", docs)
+    result = prepare(PrepareConfig(corpus_dir=corpus, tokenizer=saved, out=tmp_path / "data", n_ctx=N_CTX,
+                                   stride=STRIDE, workers=0))
+    stream, _ = stream_of(model, docs)  # the tokenizer as the model was trained with it: no truncation
+    check_stream(result.out, stream)
