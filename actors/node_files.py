@@ -88,7 +88,7 @@ def local_model_file(model: ModelFile, fetch: Fetch, root: Path | None = None) -
     The actors of one node arrive at once: they take turns (a lock file in the folder), so the
     first writes the copy and the others find it, instead of each holding the model's bytes and
     hashing them (8 × 14 GB for a 7B model's OM on an 8-chip host)."""
-    folder = own_folder(own_folder(check_model_folder(root)) / model.key[:16])
+    folder = own_folder(own_folder(root or local_root()) / model.key[:16])  # ais_bench's path rule: the caller's
     with locked(folder / ".lock"):
         if model.weights is not None:
             _local_copy(folder / Path(model.weights.name).name, model.weights, fetch)

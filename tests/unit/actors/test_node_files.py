@@ -132,3 +132,13 @@ def test_the_call_marker_says_what_the_previous_process_died_in(tmp_path):
     assert restarted.take() is None
     marker.path.write_text("{not json")
     assert restarted.take() is None and not marker.path.exists()
+
+
+def test_only_ais_bench_needs_its_path_rule(tmp_path):
+    """onnxruntime and torch take any path: a model copy in a TMPDIR of CJK characters, say, is
+    refused only where ais_bench opens it (the worker checks then: worker.local_model_file(safe))."""
+    root = tmp_path / "临时" / "npueval-0"
+    path = local_model_file(model_file("m.onnx", b"x"), fetch_counting([]), root)
+    assert path.read_bytes() == b"x" and path.parent.parent == root
+    with pytest.raises(UserError, match="which ais_bench refuses"):
+        check_model_folder(root)
