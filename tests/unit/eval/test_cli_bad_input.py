@@ -531,6 +531,21 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(fixtures, tmp_path, c
     assert list(tmp_path.iterdir()) == []  # no --out, no partial folder, no lock file
 
 
+def test_a_run_into_an_out_another_npueval_writes_is_refused_before_ray(fixtures, tmp_path, capsys):
+    """Two runs into one --out both started (no block was saved yet), and the results summed the
+    blocks of both."""
+    from locks import held_elsewhere
+
+    from npueval.core.files import lock_of
+
+    out = tmp_path / "out"
+    with held_elsewhere(lock_of(out)) as holder:
+        line = one_error_line(capsys, WRITE_ARGV["run"], {**fixtures, "out": out})
+    assert line == (f"npueval run: error: --out {out}: another npueval (pid {holder.pid}) is writing it; wait for it "
+                    "to finish, or choose another --out")
+    assert not out.exists()
+
+
 # -- RELIABILITY.md's table of these cases ---------------------------------------------------------
 
 RELIABILITY = REPO / "RELIABILITY.md"

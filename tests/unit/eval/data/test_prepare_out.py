@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from locks import held_elsewhere
 from textgen import generate_wiki_corpus
 from vocabs import small_vocab_tokens
 
@@ -78,20 +79,12 @@ def test_a_second_prepare_into_an_out_being_written_is_refused(small_corpus, voc
     """Another process writing OUT (it holds OUT's lock) makes a second prepare stop at once, where
     both used to finish and the first one's data set was silently replaced by the second's."""
     out = tmp_path / "data"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from npueval.core.files import locked; "
-         "lock = locked(Path(sys.argv[1]), wait=False, remove=True); lock.__enter__(); print('held', flush=True); "
-         "time.sleep(60)", str(lock_of(out))], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
+    with held_elsewhere(lock_of(out)) as holder:
         assert main(prepare_argv(small_corpus, vocab_path, out)) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"npueval prepare: error: --out {out}: another npueval (pid {holder.pid}) is writing it"
                        "; wait for it to finish, or choose another --out")
         assert not out.exists() and not list(tmp_path.glob(".data.partial-*"))
-    finally:
-        holder.kill()
-        holder.wait()
     # The lock went with its process: now it runs, and leaves no lock file behind.
     assert main(prepare_argv(small_corpus, vocab_path, out, "--workers", "0")) == 0
     assert DataManifest.read(out).windows > 0 and not lock_of(out).exists()
