@@ -1,10 +1,11 @@
 """The bundled sample: how long a newcomer's first command takes, and how many CPU workers to start.
 
-    python benchmarks/bench_sample.py workers [--repeats 3]     # 1 worker × all threads vs one per core
+    python benchmarks/bench_sample.py workers [--repeats 3] [--before REV]  # 1 worker × all threads vs one per core
     python benchmarks/bench_sample.py first-run                 # fresh venv: `pip install . && npueval run`
 
 `workers` runs the whole sample (247 windows) with `--devices 1` and `--devices 2` alternately in
-one session, and reports the medians of the run's eval_s, samples/s and wall time. `first-run`
+one session, and reports the medians of the run's eval_s, samples/s and wall time; with
+`--before REV`, npueval at REV takes turns with this tree, run by run. `first-run`
 copies the tracked files, makes a fresh venv and times the README's first Quick start command
 (installation from the package index, then the run) with a cold npueval cache.
 """
@@ -35,19 +36,27 @@ def npueval_run(python: str, cwd: Path, env: dict, *flags: str) -> tuple[float, 
     return wall, json.loads((cwd / line[2:].split("  (")[0] / "results.json").read_text())
 
 
-def workers(repeats: int) -> None:
+def workers(repeats: int, before: str | None) -> None:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    rows: dict[int, list[tuple[float, dict]]] = {1: [], 2: []}
+    versions = {"this tree": env}
+    if before:
+        from common import install_before
+
+        path = os.pathsep.join(filter(None, [str(install_before(before)), env.get("PYTHONPATH")]))
+        versions = {f"before ({before})": {**env, "PYTHONPATH": path}, **versions}
+    rows: dict[tuple[str, int], list[tuple[float, dict]]] = {(v, d): [] for v in versions for d in (1, 2)}
     with tempfile.TemporaryDirectory() as tmp:
-        npueval_run(sys.executable, Path(tmp), env, "--limit", "4")  # warm the cache: prepare once
+        for version_env in versions.values():  # warm the cache: each version prepares once
+            npueval_run(sys.executable, Path(tmp), version_env, "--limit", "4")
         for _ in range(repeats):
-            for devices in rows:
-                rows[devices].append(npueval_run(sys.executable, Path(tmp), env, "--devices", str(devices)))
-    print(f"| CPU workers × threads | eval s | samples/s | wall s (whole command) |  (median of {repeats})")
-    print("|---|---|---|---|")
-    for devices, runs in rows.items():
+            for version, devices in rows:
+                rows[version, devices].append(npueval_run(sys.executable, Path(tmp), versions[version], "--devices",
+                                                          str(devices)))
+    print(f"| version | CPU workers × threads | eval s | samples/s | wall s (whole command) |  (median of {repeats})")
+    print("|---|---|---|---|---|")
+    for (version, devices), runs in rows.items():
         threads = max(1, (os.cpu_count() or 1) // devices)
-        print(f"| {devices} × {threads} | {statistics.median(r['eval_s'] for _, r in runs):.1f} | "
+        print(f"| {version} | {devices} × {threads} | {statistics.median(r['eval_s'] for _, r in runs):.1f} | "
               f"{statistics.median(r['samples_per_s'] for _, r in runs):.2f} | "
               f"{statistics.median(w for w, _ in runs):.1f} |")
 
@@ -76,10 +85,12 @@ def first_run() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("workers").add_argument("--repeats", type=int, default=3)
+    w = sub.add_parser("workers")
+    w.add_argument("--repeats", type=int, default=3)
+    w.add_argument("--before", help="also npueval at this git revision, taking turns with this tree")
     sub.add_parser("first-run")
     args = parser.parse_args()
-    workers(args.repeats) if args.what == "workers" else first_run()
+    workers(args.repeats, args.before) if args.what == "workers" else first_run()
 
 
 if __name__ == "__main__":
