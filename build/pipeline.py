@@ -26,7 +26,7 @@ from pathlib import Path
 
 from npueval.core.checkpoint import Checkpoint, load_model, open_checkpoint
 from npueval.core.errors import UserError
-from npueval.core.files import WRITE_ERRNOS, cached_sha256
+from npueval.core.files import WRITE_ERRNOS, cached_sha256, output_lock
 from npueval.core.model_io import INPUT, LOGITS, NLL, TARGETS, weights_file
 from npueval.core.tokenizer_file import TOKENIZER_CONFIG, TOKENIZER_JSON
 
@@ -84,7 +84,8 @@ def build(config: BuildConfig) -> BuildResult:
         raise UserError(f"--out {out} is a file; name a folder")
     made = not out.exists()
     try:
-        return _build(config, ckpt, out)
+        with output_lock(out):  # two builds into one folder would mix their stages
+            return _build(config, ckpt, out)
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise

@@ -97,15 +97,26 @@ def atomic_write_with(path: Path, write: Callable[[Path], None], temporary: Path
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
-def output_lock(folder: Path) -> ExitStack:
+def output_lock(folder: Path, flag: str = "--out") -> ExitStack:
     """The lock of an output folder (`lock_of`), taken now without waiting: the ExitStack that
     holds it until it closes. Its parent is made if missing, so that taking it shows whether the
-    folder can be written at all. LockHeld if another process holds it; OSError if the parent
-    cannot be made or written (a read-only file system, a file where a folder should be)."""
-    if not folder.parent.exists():
-        folder.parent.mkdir(parents=True)
-    stack = ExitStack()
-    stack.enter_context(locked(lock_of(folder), wait=False, remove=True))  # a parent that is a file: ENOTDIR
+    folder can be written at all: one that cannot (a read-only file system, a file where a folder
+    should be), or that another npueval writes, is a one-line error naming FLAG."""
+    from .errors import DatasetError, UserError
+
+    try:
+        if not folder.parent.exists():
+            folder.parent.mkdir(parents=True)
+        stack = ExitStack()
+        stack.enter_context(locked(lock_of(folder), wait=False, remove=True))  # a parent that is a file: ENOTDIR
+    except LockHeld as held:
+        raise DatasetError(f"{flag} {folder}: another npueval (pid {held.pid}) is writing it; wait for it to "
+                           f"finish, or choose another {flag}") from None
+    except OSError as exc:
+        raise UserError(f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose another {flag}") from None
+    if folder.is_dir() and not os.access(folder, os.W_OK):  # a read-only mount of its own, say
+        stack.close()
+        raise UserError(f"{flag} {folder}: cannot write there (not writable); choose another {flag}")
     return stack
 
 

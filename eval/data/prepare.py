@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.core.errors import CorpusError, DatasetError, UserError
-from npueval.core.files import WRITE_ERRNOS, LockHeld, output_lock, pid_alive
+from npueval.core.files import WRITE_ERRNOS, output_lock, pid_alive
 
 from .batches import BAD, KEPT, FramedBatch, Reading, batch_framer
 from .corpus import FILES_CHOICES, FORMAT_CHOICES, WIKI_ZH, Corpus, CorpusFile, open_corpus
@@ -207,15 +207,7 @@ def _writing(out: Path) -> Iterator[None]:
     """OUT is this process's to write while the block runs: a second prepare into it is refused at
     once, where it would have replaced the first one's data set when it finished; what prepares
     that died (SIGKILL, a power cut) left beside it is cleaned up first."""
-    try:
-        stack = output_lock(out)
-    except LockHeld as held:
-        raise DatasetError(f"--out {out}: another npueval (pid {held.pid}) is writing it; wait for it to "
-                           "finish, or choose another --out") from None
-    except OSError as exc:
-        raise DatasetError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); "
-                           "choose another --out") from None
-    with stack:
+    with output_lock(out):
         _clean_up_after_the_dead(out)
         yield
 

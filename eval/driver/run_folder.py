@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -24,7 +23,7 @@ import numpy as np
 from npueval.actors.evaluator import BlockResult, CheckStats
 from npueval.core.contracts import ContractError, NewerFormat, check_format_version, from_json, to_json
 from npueval.core.errors import DatasetError, UserError, counted
-from npueval.core.files import LockHeld, atomic_write, atomic_write_with, output_lock
+from npueval.core.files import atomic_write, atomic_write_with, output_lock
 
 from .background import lower_this_thread
 from .blocks import PLAN_FORMAT, BlockPlan
@@ -48,18 +47,7 @@ class RunFolder:
         """OUT is this run's until the returned stack closes: a second run into it is refused (their
         blocks would mix), and an OUT that cannot be written is named before Ray starts, not when
         the first block is saved."""
-        try:
-            stack = output_lock(self.out)
-        except LockHeld as held:
-            raise DatasetError(f"--out {self.out}: another npueval (pid {held.pid}) is writing it; wait for it to "
-                               "finish, or choose another --out") from None
-        except OSError as exc:
-            raise UserError(f"--out {self.out}: cannot write there ({exc.strerror or exc}); choose another "
-                            "--out") from None
-        if self.out.is_dir() and not os.access(self.out, os.W_OK):  # a read-only mount of its own, say
-            stack.close()
-            raise UserError(f"--out {self.out}: cannot write there (not writable); choose another --out")
-        return stack
+        return output_lock(self.out)
 
     def check_free(self, resume: bool, force: bool) -> set[int]:
         """The finished blocks in OUT, refused unless --resume or --force says what to do with them."""

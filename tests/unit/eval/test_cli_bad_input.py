@@ -274,7 +274,7 @@ CASES = {
         "--out {tmp}/a-file is a file", "name a folder"),
     "prepare: an --out inside a file": (
         a_file, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/a-file/data"],
-        "--out {tmp}/a-file/data: cannot make the folder (Not a directory)", "choose another --out"),
+        "--out {tmp}/a-file/data: cannot write there (Not a directory)", "choose another --out"),
     "prepare: an --out holding other files": (
         other_files, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out"],
         "--out {tmp}/out: holds files that are not an npueval data set", "choose another folder or pass --force"),
@@ -499,8 +499,8 @@ def one_error_line(capsys, argv: list[str], fill: dict) -> str:
 
 @pytest.mark.parametrize("command, says", [
     ("run", "cannot write there (Read-only file system); choose another --out"),
-    ("prepare", "cannot make the folder (Read-only file system); choose another --out"),
-    ("build", "cannot make the folder (Read-only file system); choose another --out"),
+    ("prepare", "cannot write there (Read-only file system); choose another --out"),
+    ("build", "cannot write there (Read-only file system); choose another --out"),
 ])
 def test_an_out_on_a_read_only_file_system_is_one_line_before_any_work(fixtures, read_only, capsys, command, says):
     """It used to be a traceback from the run folder's mkdir, after Ray and the model had started."""
@@ -531,18 +531,19 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(fixtures, tmp_path, c
     assert list(tmp_path.iterdir()) == []  # no --out, no partial folder, no lock file
 
 
-def test_a_run_into_an_out_another_npueval_writes_is_refused_before_ray(fixtures, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["run", "build"])
+def test_an_out_another_npueval_writes_is_refused_before_any_work(fixtures, tmp_path, capsys, command):
     """Two runs into one --out both started (no block was saved yet), and the results summed the
-    blocks of both."""
+    blocks of both; two builds wrote their stages over each other. (prepare: test_prepare_out.py.)"""
     from locks import held_elsewhere
 
     from npueval.core.files import lock_of
 
     out = tmp_path / "out"
     with held_elsewhere(lock_of(out)) as holder:
-        line = one_error_line(capsys, WRITE_ARGV["run"], {**fixtures, "out": out})
-    assert line == (f"npueval run: error: --out {out}: another npueval (pid {holder.pid}) is writing it; wait for it "
-                    "to finish, or choose another --out")
+        line = one_error_line(capsys, WRITE_ARGV[command], {**fixtures, "out": out})
+    assert line == (f"npueval {command}: error: --out {out}: another npueval (pid {holder.pid}) is writing it; wait "
+                    "for it to finish, or choose another --out")
     assert not out.exists()
 
 
