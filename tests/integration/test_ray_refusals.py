@@ -21,6 +21,19 @@ import pytest
 RAY_NOISE = ("Failed to connect to GCS", "rpc_client", "gcs_client", "Traceback")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """A bare `npueval run` prepares the bundled sample before it joins: into a cache of this
+    module's, so that tests/integration/test_sample.py still finds the session's cache empty."""
+    old = os.environ.get("NPUEVAL_CACHE_DIR")
+    os.environ["NPUEVAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("refusals-cache"))
+    yield
+    if old is None:
+        del os.environ["NPUEVAL_CACHE_DIR"]
+    else:
+        os.environ["NPUEVAL_CACHE_DIR"] = old
+
+
 def npueval(*args: str, timeout: float = 60, **env: str):
     """(exit code, the one line of stderr that is not a log line, seconds taken)."""
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
