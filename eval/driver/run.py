@@ -138,47 +138,41 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
     if config.device.check_against is not None:
         check_reference(config.device.check_against, model, data.n_ctx, config.data)
     folder = RunFolder(config.out)
-    with folder.held():
-        return _run(config, folder, data, model, vocab_checked, factory, progress, phases, times, started_at, clock)
+    with folder.held():  # OUT is this run's from here on: a second run into it is refused
+        _refuse_held_out(config, folder, model, data)
+        stored = folder.read_plan() if config.resume else None  # the blocks a resumed run keeps
+        # Every shard is checked against its sha256 while Ray and the device actors start, and before
+        # any block is read.
+        verifying = Background(lambda: read_index(config.data, data), "npueval-verify")
+        with Fleet(config.device, model, data.n_ctx, factory, phases) as fleet, ExitStack() as reading:
+            index = verifying.result()
+            phases.add("shards_verified", verifying.started, verifying.ended)
+            # The first blocks are read, and sent, while the device actors start: a device gets work as
+            # soon as it is up. Their batch is known before they answer, but for a bare OM's.
+            batch = fleet.planned_batch_size or fleet.batch_size
+            identity = _identity(config, model, data, fleet.choice.backend, batch)
+            done = folder.check_start(identity, config.resume, config.force)
+            plan, prefetched = _start_reading(config, index, data, model, batch, done, len(fleet.actors), stored,
+                                              reading, times)
 
+            def begin() -> None:  # once a device is up: --force deletes only for a run that can start
+                folder.begin(identity, clear=config.force and not config.resume)
+                folder.write_plan(BlockPlan.of(plan.blocks, plan.total))
 
-def _run(config: RunConfig, folder: RunFolder, data: DataManifest, model: ModelSpec | None, vocab_checked: bool,
-         factory: BackendFactory | None, progress: Callable[[int, int, int], None] | None, phases: Phases,
-         times: BlockTimes, started_at: str, clock: float) -> RunResult:
-    _refuse_held_out(config, folder, model, data)
-    stored = folder.read_plan() if config.resume else None  # the blocks a resumed run keeps
-    # Every shard is checked against its sha256 while Ray and the device actors start, and before
-    # any block is read.
-    verifying = Background(lambda: read_index(config.data, data), "npueval-verify")
-    with Fleet(config.device, model, data.n_ctx, factory, phases) as fleet, ExitStack() as reading:
-        index = verifying.result()
-        phases.add("shards_verified", verifying.started, verifying.ended)
-        # The first blocks are read, and sent, while the device actors start: a device gets work as
-        # soon as it is up. Their batch is known before they answer, but for a bare OM's.
-        batch = fleet.planned_batch_size or fleet.batch_size
-        identity = _identity(config, model, data, fleet.choice.backend, batch)
-        done = folder.check_start(identity, config.resume, config.force)
-        plan, prefetched = _start_reading(config, index, data, model, batch, done, len(fleet.actors), stored,
-                                          reading, times)
-
-        def begin() -> None:  # once a device is up: --force deletes only for a run that can start
-            folder.begin(identity, clear=config.force and not config.resume)
-            folder.write_plan(BlockPlan.of(plan.blocks, plan.total))
-
-        evaluated = _evaluate(config, fleet, plan, prefetched, folder, begin, progress, times)
-        _add_evaluation_phases(phases, times, evaluated)
-        fleet.stop_devices()
-        # Ray stops while the results are reduced and written: they do not need it.
-        stopping = Background(fleet.release, "npueval-ray-stop")
-        try:
-            results = _finish(config, folder, fleet, model, data, vocab_checked, plan, evaluated, started_at,
-                              phases, clock)
-            folder.write_timeline(times.table())
-        finally:
-            stopping.result()
-    # results.json is complete before Ray stops; once it has, again with that phase.
-    results = dataclasses.replace(results, phases=phases.all())
-    folder.write_results(results)
+            evaluated = _evaluate(config, fleet, plan, prefetched, folder, begin, progress, times)
+            _add_evaluation_phases(phases, times, evaluated)
+            fleet.stop_devices()
+            # Ray stops while the results are reduced and written: they do not need it.
+            stopping = Background(fleet.release, "npueval-ray-stop")
+            try:
+                results = _finish(config, folder, fleet, model, data, vocab_checked, plan, evaluated, started_at,
+                                  phases, clock)
+                folder.write_timeline(times.table())
+            finally:
+                stopping.result()
+        # results.json is complete before Ray stops; once it has, again with that phase.
+        results = dataclasses.replace(results, phases=phases.all())
+        folder.write_results(results)
     return RunResult(config.out, results)
 
 
