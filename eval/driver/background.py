@@ -33,19 +33,26 @@ def lower_this_thread() -> None:
 
 
 class Background:
-    """`work()` in a thread of its own from now on, at the driver's priority (it is on the run's
+    """`work(stop)` in a thread of its own from now on, at the driver's priority (it is on the run's
     path: the shards' check while Ray starts, Ray's stop while the results are written);
-    `result()` waits for it and returns what it returned, or raises what it raised."""
+    `result()` waits for it and returns what it returned, or raises what it raised.
+
+    Used as a context manager, it is joined on the way out, having set `stop` (a threading.Event
+    that `work` may poll to end early): a run that fails while the thread still works must not end
+    the process under it. Python ends a daemon thread that is still running at exit with a forced
+    unwind, and one inside pyarrow's C++ then aborts the process ("terminate called without an
+    active exception", exit -6) after the run's one-line error."""
 
     def __init__(self, work, name: str):
         import time
 
         self.started = self.ended = time.perf_counter()
         self._value, self._error = None, None
+        self._stop = threading.Event()
 
         def run() -> None:
             try:
-                self._value = work()
+                self._value = work(self._stop)
             except BaseException as exc:  # handed to the caller of result()
                 self._error = exc
             finally:
@@ -59,3 +66,10 @@ class Background:
         if self._error is not None:
             raise self._error
         return self._value
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()

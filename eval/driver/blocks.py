@@ -13,6 +13,7 @@ every token id fits the model's vocabulary, naming the shard and row of the firs
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,12 +95,15 @@ class WindowIndex:
     scored_bytes: np.ndarray | None = None  # int64 (W,); None: the data set does not record bytes
 
 
-def read_index(data_dir: Path, manifest: DataManifest) -> WindowIndex:
-    """Reads every shard once, checking it against the manifest's sha256 before any block is sent."""
+def read_index(data_dir: Path, manifest: DataManifest, stop: threading.Event | None = None) -> WindowIndex | None:
+    """Reads every shard once, checking it against the manifest's sha256 before any block is sent;
+    None once `stop` is set (the run ended before it needed the index), checked between shards."""
     with_bytes = manifest.scored_bytes is not None
     columns = ["piece", "doc_id"] + (["scored_bytes"] if with_bytes else [])
     parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
     for shard in manifest.shards:
+        if stop is not None and stop.is_set():
+            return None
         table = read_shard(data_dir, shard, columns, verify=True)
         for name in columns:
             parts[name].append(table.column(name).to_numpy())

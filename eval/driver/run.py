@@ -143,8 +143,8 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
         stored = folder.read_plan() if config.resume else None  # the blocks a resumed run keeps
         # Every shard is checked against its sha256 while Ray and the device actors start, and before
         # any block is read.
-        verifying = Background(lambda: read_index(config.data, data), "npueval-verify")
-        with Fleet(config.device, model, data.n_ctx, factory, phases) as fleet, ExitStack() as reading:
+        with (Background(lambda stop: read_index(config.data, data, stop), "npueval-verify") as verifying,
+              Fleet(config.device, model, data.n_ctx, factory, phases) as fleet, ExitStack() as reading):
             index = verifying.result()
             phases.add("shards_verified", verifying.started, verifying.ended)
             # The first blocks are read, and sent, while the device actors start: a device gets work as
@@ -163,7 +163,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
             _add_evaluation_phases(phases, times, evaluated)
             fleet.stop_devices()
             # Ray stops while the results are reduced and written: they do not need it.
-            stopping = Background(fleet.release, "npueval-ray-stop")
+            stopping = Background(lambda stop: fleet.release(), "npueval-ray-stop")
             try:
                 results = _finish(config, folder, fleet, model, data, vocab_checked, plan, evaluated, started_at,
                                   phases, clock)

@@ -385,6 +385,29 @@ def test_a_request_for_more_devices_than_the_cluster_has_fails_at_once(ray_npu4,
         run(simulated(seed_data, tmp_path / "out", devices=8))
 
 
+def test_a_run_that_fails_while_the_shards_are_checked_leaves_no_thread_behind(ray_npu4, seed_data, tmp_path,
+                                                                                monkeypatch):
+    """A daemon thread still inside pyarrow when the process exits aborts it after the one-line error
+    (exit -6): the shards' check stops at the next shard and is joined before the error goes up."""
+    import threading
+    import time
+
+    from npueval.eval.driver import blocks
+
+    read_shard, reads = blocks.read_shard, []
+
+    def slow_read_shard(*args, **kw):
+        reads.append(time.perf_counter())
+        time.sleep(0.5)
+        return read_shard(*args, **kw)
+
+    monkeypatch.setattr(blocks, "read_shard", slow_read_shard)
+    with pytest.raises(UserError, match=r"asks for NPU 8 but the Ray cluster has NPU 4"):
+        run(simulated(seed_data, tmp_path / "out", devices=8))
+    assert [t.name for t in threading.enumerate() if t.name == "npueval-verify"] == []
+    assert 1 <= len(reads) < len(json.loads((seed_data / "manifest.json").read_text())["shards"])
+
+
 def test_the_cli_prints_the_summary(ray_npu4, seed_data, tmp_path, capsys):
     from npueval.eval.cli import main
 
