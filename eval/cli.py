@@ -37,14 +37,20 @@ def _add_prepare(sub) -> None:
                    help="how to read CORPUS (default auto: by the files' suffixes, or the wiki_zh layout)")
     p.add_argument("--text-field", default="text",
                    help="the JSON field (jsonl, wiki_zh) or Parquet column that holds the text (default text)")
-    p.add_argument("--mode", choices=("seed", "sliding"), default=None,
+    p.add_argument("--mode", choices=("seed", "sliding", "rolling", "stride"), default=None,
                    help="seed: the port's windows (default with vocab.txt); sliding: every token scored once "
-                   "(default with a tokenizer.json)")
+                   "(default with a tokenizer.json); rolling: lm-evaluation-harness's loglikelihood_rolling, each "
+                   "document on its own; stride: Hugging Face's perplexity guide (documents joined by a blank line)")
     p.add_argument("--files", choices=("first", "all"), default=None,
                    help="wiki_zh: the first file of each subfolder, as the port (default), or all files")
-    p.add_argument("--n-ctx", type=int, default=512, help="window length L (default 512)")
+    p.add_argument("--n-ctx", type=int, default=None,
+                   help="window length L: the model's static length (default: the build's seq_len where --tokenizer "
+                   "is a build folder, else 512)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="--mode rolling: lm-evaluation-harness's max_length M, in rows of M + 1 ids (default: "
+                   "--n-ctx - 1)")
     p.add_argument("--stride", type=int, default=None,
-                   help="window start step (default: 768 in seed mode, n_ctx/2 in sliding mode)")
+                   help="window start step (default: 768 in seed mode, n_ctx/2 in sliding and stride mode)")
     p.add_argument("--num-pieces", type=int, default=None,
                    help="the port's pieces, each its own stream (default 100 with vocab.txt, else 1)")
     p.add_argument("--min-length", type=int, default=None,
@@ -73,6 +79,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         mode=args.mode,
         files=args.files,
         n_ctx=args.n_ctx,
+        max_length=args.max_length,
         stride=args.stride,
         num_pieces=args.num_pieces,
         min_length=args.min_length,
@@ -95,6 +102,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         f"{m.articles_total}"
         + (f", {counted(m.bad_lines, 'bad line')} skipped" if m.bad_lines else "")
         + (f", {m.scored_bytes} bytes of text scored" if m.scored_bytes is not None else "")
+        + (f", {m.scored_words} words" if m.scored_words is not None else "")
         + f" → {result.out}"
     )
     return EXIT_OK

@@ -25,6 +25,7 @@ import numpy as np
 from npueval.core.signals import shielded
 
 from .documents import Chunk, lines_before, read_documents
+from .framing import lm_eval_words
 from .model_tokenizer import ModelTokenizer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class FramedBatch:
     framed: np.ndarray  # int32: each kept document's framed ids, end to end
     bounds: np.ndarray  # int64, kept + 1: kept document k is framed[bounds[k]:bounds[k + 1]]
     nbytes: np.ndarray | None  # int32 like `framed`: the UTF-8 bytes each id covers (tokenizer.json only)
+    words: np.ndarray | None = None  # int64, one per kept document: lm-eval's count of its words (rolling mode)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class Reading:
     tokenizer: ModelTokenizer
     format: str
     text_field: str
-    min_length: int
+    min_length: int | None  # documents of at most this many characters are dropped; None: none, empty ones neither
+    count_words: bool = False  # lm-eval's words of each document (rolling mode)
 
 
 _framer = None  # one per process, made by _init
@@ -96,7 +99,7 @@ def frame_chunk(chunk: Chunk) -> FramedBatch:
             status[pos] = BAD
             problems[pos] = (doc.line, problem)
             continue
-        if len(text) <= _reading.min_length:
+        if _reading.min_length is not None and len(text) <= _reading.min_length:
             status[pos] = SHORT
             continue
         texts.append(text)
@@ -106,7 +109,8 @@ def frame_chunk(chunk: Chunk) -> FramedBatch:
         log.warning("%s:%d: %s", chunk.file.path, lines_before(chunk, _reading.format) + lines[k] + 1, note)
 
     framed, bounds, nbytes = _framer.frame(texts, warn)
-    return FramedBatch(physical_lines, status, problems, framed, bounds, nbytes)
+    words = np.fromiter(map(lm_eval_words, texts), dtype=np.int64, count=len(texts)) if _reading.count_words else None
+    return FramedBatch(physical_lines, status, problems, framed, bounds, nbytes, words)
 
 
 def _ray_running() -> bool:

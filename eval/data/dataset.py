@@ -2,7 +2,8 @@
 
 One row per window (docs/results.md, "The data set"): input_ids fixed_size_list<int32>[L],
 score_from int16, n_valid int16, piece int32, window_id int64 (dense, storage order), doc_id int64,
-and where the tokenizer gives them (a tokenizer.json), scored_bytes int64.
+and where the tokenizer gives them (a tokenizer.json), scored_bytes int64; in rolling mode
+scored_words int64.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SHARD_ENCODING = dict(
 )
 
 
-def schema(n_ctx: int, with_bytes: bool = False):
+def schema(n_ctx: int, with_bytes: bool = False, with_words: bool = False):
     import pyarrow as pa
 
     return pa.schema(
@@ -45,6 +46,7 @@ def schema(n_ctx: int, with_bytes: bool = False):
             ("doc_id", pa.int64()),
         ]
         + ([("scored_bytes", pa.int64())] if with_bytes else [])
+        + ([("scored_words", pa.int64())] if with_words else [])
     )
 
 
@@ -56,6 +58,7 @@ class ShardWriter:
         self.shards: list[ShardEntry] = []
         self.windows = self.tokens = self.scored_tokens = 0
         self.scored_bytes: int | None = None  # Σ over the windows, where they carry bytes
+        self.scored_words: int | None = None  # … and words
         self._pending: list[tuple[Windows, np.ndarray]] = []  # (block, its piece per row)
         self._pending_rows = 0
 
@@ -84,8 +87,10 @@ class ShardWriter:
         doc_id = np.concatenate([b.doc_id for b, _ in self._pending])
         with_bytes = self._pending[0][0].scored_bytes is not None
         nbytes = np.concatenate([b.scored_bytes for b, _ in self._pending]) if with_bytes else None
+        with_words = self._pending[0][0].scored_words is not None
+        words = np.concatenate([b.scored_words for b, _ in self._pending]) if with_words else None
         rest = Windows(-1, ids[rows:], n_valid[rows:], score_from[rows:], doc_id[rows:],
-                       nbytes[rows:] if with_bytes else None)
+                       nbytes[rows:] if with_bytes else None, words[rows:] if with_words else None)
         self._pending = [(rest, piece[rows:])] if len(rest) else []
         self._pending_rows = len(rest)
 
@@ -99,8 +104,9 @@ class ShardWriter:
                 _arrow(np.arange(first, first + rows, dtype=np.int64)),
                 _arrow(doc_id[:rows]),
             ]
-            + ([_arrow(nbytes[:rows])] if with_bytes else []),
-            schema=schema(self.n_ctx, with_bytes),
+            + ([_arrow(nbytes[:rows])] if with_bytes else [])
+            + ([_arrow(words[:rows])] if with_words else []),
+            schema=schema(self.n_ctx, with_bytes, with_words),
         )
         name = f"shard-{len(self.shards):05d}.parquet"
         path = self.folder / name
@@ -111,6 +117,8 @@ class ShardWriter:
         self.scored_tokens += int((n_valid[:rows] - score_from[:rows]).sum())
         if with_bytes:
             self.scored_bytes = (self.scored_bytes or 0) + int(nbytes[:rows].sum())
+        if with_words:
+            self.scored_words = (self.scored_words or 0) + int(words[:rows].sum())
 
 
 def _arrow(values: np.ndarray):

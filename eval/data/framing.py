@@ -26,6 +26,7 @@ from .cuts import cuts_for
 from .model_tokenizer import ModelTokenizer
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_WORD_GAP = re.compile(r"\s+")
 #: A text is cut into pieces of at least this many characters where it can be (cuts.py) …
 PIECE_CHARS = 1 << 14
 #: … and texts and pieces go through the tokenizer in calls of about this many.
@@ -56,6 +57,13 @@ class ClassicFramer:
         vocab = self._tokenizer.vocab
         framed, framed_bounds = frame_ids(ids, bounds, vocab.mask_id, vocab.cls_id)
         return framed, framed_bounds, None
+
+
+def lm_eval_words(text: str) -> int:
+    """A document's words as lm-evaluation-harness counts them for word_perplexity
+    (lm_eval/api/task.py, count_words): the pieces between runs of whitespace, so an empty text
+    is one word and a trailing space adds one."""
+    return len(_WORD_GAP.split(text))
 
 
 def _whole(tokenizer):

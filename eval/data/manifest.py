@@ -44,7 +44,7 @@ _ADDED = ("corpus_format", "text_field", "bos_id", "eos_id")
 @dataclass(frozen=True)
 class DataInputs:
     format_version: int
-    mode: str  # seed | sliding
+    mode: str  # seed | sliding | rolling | stride
     n_ctx: int
     stride: int
     num_pieces: int
@@ -91,6 +91,7 @@ class DataManifest:
     scored_tokens: int
     shards: tuple[ShardEntry, ...]
     scored_bytes: int | None = None  # UTF-8 bytes of the scored tokens' text (tokenizer.json); None: not recorded
+    scored_words: int | None = None  # rolling mode: lm-eval's words of the documents; None: not recorded
 
     @property
     def n_ctx(self) -> int:

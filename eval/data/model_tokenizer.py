@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from npueval.core.errors import VocabError
@@ -59,6 +59,34 @@ def model_tokenizer(vocab: Path | None, tokenizer: Path | None) -> ModelTokenize
     return ModelTokenizer(file, bos, eos, pad if pad is not None else eos if eos is not None else 0)
 
 
+def framing_of(mode: str, tokenizer: ModelTokenizer) -> ModelTokenizer:
+    """The tokenizer with the ids that frame each document in MODE. Rolling mode puts only
+    lm-evaluation-harness's prefix token before each (models/huggingface.py `prefix_token_id`: the
+    BOS, else the EOS) and nothing after; stride mode frames the one joined text (joined.py)."""
+    if mode != "rolling" or tokenizer.classic:
+        return tokenizer
+    prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    if prefix is None:
+        raise VocabError(f"{tokenizer.file.path}: --mode rolling puts the model's BOS (else EOS) token before each "
+                         f"document, as lm-evaluation-harness does, and the {TOKENIZER_CONFIG} beside it names "
+                         "neither; restore the model's " + TOKENIZER_CONFIG)
+    return replace(tokenizer, bos_id=prefix, eos_id=None)
+
+
+def build_seq_len(tokenizer: Path | None) -> int | None:
+    """The static length of the build folder `--tokenizer` names, or None (a checkpoint, a file)."""
+    if tokenizer is None or not _is_build_folder(tokenizer):
+        return None
+    from npueval.build.manifest import BuildManifest
+
+    manifest, _ = BuildManifest.read(tokenizer, flag="--tokenizer")
+    return manifest.seq_len
+
+
+def _is_build_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "manifest.json").is_file() and not (path / "config.json").is_file()
+
+
 def _tokenizer_path(path: Path) -> Path:
     """A tokenizer file as it is; in a build folder the one its manifest names; in a checkpoint
     folder tokenizer.json, or vocab.txt for GPT-2 (GPT2-Chinese)."""
@@ -67,7 +95,7 @@ def _tokenizer_path(path: Path) -> Path:
     if not path.is_dir():
         raise VocabError(f"--tokenizer {path}: no such file or folder; pass the model's checkpoint or build folder, "
                          "or its tokenizer.json")
-    if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
+    if _is_build_folder(path):
         from npueval.build.manifest import BuildManifest
 
         manifest, _ = BuildManifest.read(path, flag="--tokenizer")

@@ -31,9 +31,10 @@ from .batches import BAD, KEPT, FramedBatch, Reading, batch_framer
 from .corpus import FILES_CHOICES, FORMAT_CHOICES, WIKI_ZH, Corpus, CorpusFile, open_corpus
 from .dataset import ShardWriter
 from .documents import Chunk, bad_line_error, iter_chunks
+from .joined import joined_stream
 from .manifest import FORMAT_VERSION, CorpusFileEntry, DataInputs, DataManifest
-from .model_tokenizer import ModelTokenizer, model_tokenizer
-from .windows import MODES, WindowMaker, Windows
+from .model_tokenizer import ModelTokenizer, build_seq_len, framing_of, model_tokenizer
+from .windows import MODES, RollingWindowMaker, WindowMaker, Windows, window_maker
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,17 @@ BATCH_BYTES = 1 << 20
 #: windows are made (and written) as they come rather than all at once.
 STREAM_TOKENS = 1 << 18
 ProgressFn = Callable[[int, int], None]  # (bytes done so far, bytes in all)
+#: A run of the framed stream: (piece, ids, document of each id, bytes of each id, words of each id).
+Framed = tuple[int, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """What `npueval prepare` was asked for. mode, stride, num_pieces and min_length left None
-    take the tokenizer's defaults (`for_tokenizer`): the port's for GPT2-Chinese's vocab.txt
-    (seed, 768, 100, 128), one sliding stream of every document for a tokenizer.json
-    (sliding, n_ctx / 2, 1, 0)."""
+    """What `npueval prepare` was asked for. n_ctx, mode, stride, num_pieces and min_length left
+    None take the tokenizer's defaults (`for_tokenizer`): the port's for GPT2-Chinese's vocab.txt
+    (512, seed, 768, 100, 128), one sliding stream of every document for a tokenizer.json
+    (the build's seq_len or 512, sliding, n_ctx / 2, 1, 0). `max_length` is lm-evaluation-harness's,
+    for --mode rolling: windows of n_ctx = max_length + 1 ids (docs/design.md, "Rolling and stride")."""
 
     corpus_dir: Path  # a folder or one file
     vocab: Path | None = None  # GPT2-Chinese's vocab.txt …
@@ -60,7 +64,8 @@ class PrepareConfig:
     text_field: str = "text"
     mode: str | None = None
     files: str | None = None  # wiki_zh only; None: first
-    n_ctx: int = 512
+    n_ctx: int | None = None
+    max_length: int | None = None
     stride: int | None = None
     num_pieces: int | None = None
     min_length: int | None = None
@@ -80,8 +85,10 @@ class PrepareConfig:
             raise UserError(f"--format {self.format!r}: choose one of {', '.join(FORMAT_CHOICES)}")
         if self.files is not None and self.files not in FILES_CHOICES:
             raise UserError(f"--files {self.files!r}: choose one of {', '.join(FILES_CHOICES)}")
-        if not 2 <= self.n_ctx <= 32767:
+        if self.n_ctx is not None and not 2 <= self.n_ctx <= 32767:
             raise UserError(f"--n-ctx {self.n_ctx}: must be between 2 and 32767")
+        if self.max_length is not None and not 1 <= self.max_length <= 32766:
+            raise UserError(f"--max-length {self.max_length}: must be between 1 and 32766")
         if self.stride is not None and self.stride < 1:
             raise UserError(f"--stride {self.stride}: must be at least 1")
         if self.num_pieces is not None and self.num_pieces < 1:
@@ -97,25 +104,61 @@ class PrepareConfig:
         if not self.text_field:
             raise UserError("--text-field: name the JSON field or Parquet column that holds the text")
 
-    def for_tokenizer(self, classic: bool) -> PrepareConfig:
+    def for_tokenizer(self, classic: bool, model_seq_len: int | None = None) -> PrepareConfig:
         """This config with every default filled in for a classic (vocab.txt) or tokenizer.json
-        tokenizer, and the combination checked."""
+        tokenizer (and the static length of the build it came from, if any), the combination checked."""
         mode = self.mode or ("seed" if classic else "sliding")
+        if classic and mode in ("rolling", "stride"):
+            raise UserError(f"--mode {mode}: lm-evaluation-harness's and Hugging Face's protocols, for a model's "
+                            "tokenizer.json (--tokenizer MODEL); GPT2-Chinese's vocab.txt keeps the port's seed or "
+                            "sliding windows")
         if mode == "seed" and not classic:
             raise UserError("--mode seed: the port's protocol, for GPT2-Chinese's vocab.txt; with a tokenizer.json "
-                            "use --mode sliding (the default)")
-        stride = self.stride or (768 if mode == "seed" else self.n_ctx // 2)
-        if mode == "sliding" and stride >= self.n_ctx:
+                            "use --mode sliding (the default), rolling or stride")
+        if self.max_length is not None and mode != "rolling":
+            raise UserError(f"--max-length: lm-evaluation-harness's window, for --mode rolling; in {mode} mode "
+                            "give the window's length with --n-ctx")
+        n_ctx = self._n_ctx(mode, classic, model_seq_len)
+        if mode == "rolling":
+            for flag, value in (("--stride", self.stride), ("--min-length", self.min_length)):
+                if value is not None:
+                    raise UserError(f"{flag}: not with --mode rolling, which scores every document whole, in windows "
+                                    f"that step by max_length ({n_ctx - 1}), as lm-evaluation-harness does")
+        if mode == "stride" and self.min_length is not None:
+            raise UserError("--min-length: not with --mode stride, which joins every document, as Hugging Face's "
+                            "perplexity guide does")
+        if mode in ("rolling", "stride") and self.num_pieces not in (None, 1):
+            raise UserError(f"--num-pieces {self.num_pieces}: the port's, for --mode seed; {mode} mode makes one "
+                            "stream")
+        stride = n_ctx - 1 if mode == "rolling" else self.stride or (768 if mode == "seed" else n_ctx // 2)
+        if mode in ("sliding", "stride") and stride >= n_ctx:
             raise UserError(
-                f"--stride {stride}: in sliding mode it must be less than --n-ctx "
-                f"{self.n_ctx}, so that every window but the first has context for its first "
+                f"--stride {stride}: in {mode} mode it must be less than --n-ctx "
+                f"{n_ctx}, so that every window but the first has context for its first "
                 "scored token"
             )
         if self.shuffle and mode != "seed":
             raise UserError("--shuffle reproduces the port's seed protocol: use it with --mode seed")
-        return replace(self, mode=mode, stride=stride,
+        min_length = 0 if mode in ("rolling", "stride") else self.min_length
+        return replace(self, mode=mode, n_ctx=n_ctx, stride=stride,
                        num_pieces=self.num_pieces or (100 if classic else 1),
-                       min_length=self.min_length if self.min_length is not None else (128 if classic else 0))
+                       min_length=min_length if min_length is not None else (128 if classic else 0))
+
+    def _n_ctx(self, mode: str, classic: bool, model_seq_len: int | None) -> int:
+        """--n-ctx; else --max-length + 1 (rolling); else the build's static length; else 512."""
+        if self.max_length is not None:
+            if self.n_ctx is not None and self.n_ctx != self.max_length + 1:
+                raise UserError(f"--max-length {self.max_length} and --n-ctx {self.n_ctx}: rolling windows of "
+                                f"max_length M are rows of M + 1 ids; give one of the two")
+            return self.max_length + 1
+        if self.n_ctx is not None:
+            return self.n_ctx
+        return model_seq_len if model_seq_len is not None and not classic else 512
+
+    @property
+    def keeps_every_document(self) -> bool:
+        """Rolling and stride mode score every document, the empty ones too, as their references do."""
+        return self.mode in ("rolling", "stride")
 
 
 @dataclass(frozen=True)
@@ -130,7 +173,8 @@ def prepare(config: PrepareConfig, progress: ProgressFn | None = None) -> Prepar
     if config.out.exists() and not config.out.is_dir():
         raise DatasetError(f"--out {config.out} is a file; name a folder")
     tokenizer = model_tokenizer(config.vocab, config.tokenizer)
-    config = config.for_tokenizer(tokenizer.classic)
+    config = config.for_tokenizer(tokenizer.classic, build_seq_len(config.tokenizer))
+    tokenizer = framing_of(config.mode, tokenizer)
     corpus = open_corpus(config.corpus_dir, config.format, config.files, config.text_field)
     log.debug("CORPUS %s: %s (%s), %d file(s), %d documents; tokenizer %s", corpus.root, corpus.format,
               corpus.chosen_because, len(corpus.files), corpus.articles, tokenizer.file.path)
@@ -263,12 +307,16 @@ def _build(
     stats = {"articles_total": corpus.articles, "articles_kept": 0, "articles_dropped": 0,
              "bad_lines": 0, "stream_tokens": 0}
     writer = ShardWriter(folder, config.n_ctx, config.rows_per_shard)
-    maker = WindowMaker(config.mode, config.n_ctx, config.stride, tokenizer.pad_id)
+    maker = window_maker(config.mode, config.n_ctx, config.stride, tokenizer.pad_id)
 
-    reading = Reading(tokenizer, corpus.format, corpus.text_field, config.min_length)
+    reading = Reading(tokenizer, corpus.format, corpus.text_field,
+                      None if config.keeps_every_document else config.min_length, count_words=config.mode == "rolling")
     with batch_framer(reading, config.workers) as frame:
         chunks = iter_chunks(corpus, BATCH_BYTES)
-        framed = _framed_articles(chunks, frame, config, corpus.format, stats, on_bytes)
+        if config.mode == "stride":
+            framed = joined_stream(chunks, reading, config.skip_bad_lines, stats, on_bytes)
+        else:
+            framed = _framed_articles(chunks, frame, config, corpus.format, stats, on_bytes)
         windows = _windows(framed, maker)
         if config.shuffle:
             windows = _shuffled_by_piece(windows, random.Random(0))
@@ -279,7 +327,7 @@ def _build(
         inputs=inputs, dataset_key=key, corpus_dir=str(config.corpus_dir.resolve()),
         vocab_path=str(tokenizer.file.path.resolve()), vocab_size=tokenizer.file.size, pad_id=tokenizer.pad_id,
         **stats, windows=writer.windows, tokens=writer.tokens, scored_tokens=writer.scored_tokens,
-        shards=tuple(shards), scored_bytes=writer.scored_bytes,
+        shards=tuple(shards), scored_bytes=writer.scored_bytes, scored_words=writer.scored_words,
     )
 
 
@@ -293,9 +341,9 @@ def _pieces_of(indices: np.ndarray, n: int, num_pieces: int) -> np.ndarray:
 
 def _framed_articles(
     chunks: Iterable[Chunk], frame, config: PrepareConfig, fmt: str, stats: dict, on_bytes: Callable[[int], None]
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(piece, framed ids, article index of each id, bytes of each id or None) in stream order,
-    a run per piece and chunk."""
+) -> Iterator[Framed]:
+    """(piece, framed ids, article index of each id, bytes of each id or None, words of each id or
+    None: a document's on its first) in stream order, a run per piece and chunk."""
     submitted: deque[Chunk] = deque()
 
     def submit() -> Iterator[Chunk]:
@@ -316,6 +364,10 @@ def _framed_articles(
         on_bytes(r.size)
         kept = first_index + np.flatnonzero(result.status == KEPT)
         first_index += result.status.shape[0]
+        words = None
+        if result.words is not None:
+            words = np.zeros(result.framed.shape[0], dtype=np.int64)
+            words[result.bounds[:-1]] = result.words  # every document has its prefix slot
         pieces = _pieces_of(kept, stats["articles_total"], config.num_pieces)
         # Runs of articles of one piece: their framed ids are contiguous.
         run_starts = np.flatnonzero(np.diff(pieces, prepend=-1))
@@ -328,7 +380,7 @@ def _framed_articles(
                 last = int(np.searchsorted(result.bounds, hi, side="left"))
                 docs = np.repeat(kept[first:last], np.diff(np.clip(result.bounds[first:last + 1], lo, hi)))
                 nbytes = None if result.nbytes is None else result.nbytes[lo:hi]
-                yield int(pieces[a]), result.framed[lo:hi], docs, nbytes
+                yield int(pieces[a]), result.framed[lo:hi], docs, nbytes, None if words is None else words[lo:hi]
     _check_unchanged(current, lines_before)
 
 
@@ -351,10 +403,9 @@ def _count(result: FramedBatch, r: Chunk, lines_before: int, config: PrepareConf
     stats["stream_tokens"] += int(result.framed.shape[0])
 
 
-def _windows(framed: Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]],
-             maker: WindowMaker) -> Iterator[Windows]:
-    for piece, ids, docs, nbytes in framed:
-        yield from maker.add(piece, ids, docs, nbytes)
+def _windows(framed: Iterable[Framed], maker: WindowMaker | RollingWindowMaker) -> Iterator[Windows]:
+    for piece, ids, docs, nbytes, words in framed:
+        yield from maker.add(piece, ids, docs, nbytes, words)
     yield from maker.finish()
 
 

@@ -87,19 +87,23 @@ PLAN_FORMAT = 1
 
 @dataclass(frozen=True)
 class WindowIndex:
-    """piece, doc_id (and scored bytes, where recorded) of every window, in window_id order: for
-    --drop-last, seed_ppl, bits per byte and windows.parquet."""
+    """piece, doc_id (and scored bytes and words, where recorded) of every window, in window_id
+    order: for --drop-last, --limit, seed_ppl, bits per byte, word perplexity and windows.parquet;
+    and for stride data, which windows have context (the guide's weights)."""
 
     piece: np.ndarray  # int32 (W,)
     doc_id: np.ndarray  # int64 (W,)
     scored_bytes: np.ndarray | None = None  # int64 (W,); None: the data set does not record bytes
+    scored_words: np.ndarray | None = None  # int64 (W,): rolling data sets
+    with_context: np.ndarray | None = None  # bool (W,): stride data sets, score_from > 1
 
 
 def read_index(data_dir: Path, manifest: DataManifest, stop: threading.Event | None = None) -> WindowIndex | None:
     """Reads every shard once, checking it against the manifest's sha256 before any block is sent;
     None once `stop` is set (the run ended before it needed the index), checked between shards."""
-    with_bytes = manifest.scored_bytes is not None
-    columns = ["piece", "doc_id"] + (["scored_bytes"] if with_bytes else [])
+    optional = {"scored_bytes": manifest.scored_bytes is not None, "scored_words": manifest.scored_words is not None,
+                "score_from": manifest.mode == "stride"}
+    columns = ["piece", "doc_id"] + [name for name, wanted in optional.items() if wanted]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
     for shard in manifest.shards:
         if stop is not None and stop.is_set():
@@ -108,8 +112,12 @@ def read_index(data_dir: Path, manifest: DataManifest, stop: threading.Event | N
         for name in columns:
             parts[name].append(table.column(name).to_numpy())
     joined = {name: np.concatenate(arrays) if arrays else np.zeros(0, np.int64) for name, arrays in parts.items()}
-    return WindowIndex(joined["piece"].astype(np.int32), joined["doc_id"].astype(np.int64),
-                       joined["scored_bytes"].astype(np.int64) if with_bytes else None)
+
+    def int64(name: str) -> np.ndarray | None:
+        return joined[name].astype(np.int64) if name in joined else None
+
+    return WindowIndex(joined["piece"].astype(np.int32), int64("doc_id"), int64("scored_bytes"), int64("scored_words"),
+                       joined["score_from"] > 1 if "score_from" in joined else None)
 
 
 class BlockReader:

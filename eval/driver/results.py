@@ -89,9 +89,12 @@ def finite_only(collected: Collected) -> Collected:
 
 
 def loss(collected: Collected, index: WindowIndex, batch_size: int) -> LossMetrics:
-    nbytes = None if index.scored_bytes is None else index.scored_bytes[collected.window_ids]
+    def of_windows(column: np.ndarray | None) -> np.ndarray | None:
+        return None if column is None else column[collected.window_ids]
+
     return reduce_loss(collected.window_ids, collected.nll, collected.scored, index.piece[collected.window_ids],
-                       batch_size, nbytes)
+                       batch_size, of_windows(index.scored_bytes), of_windows(index.scored_words),
+                       of_windows(index.with_context))
 
 
 def per_device(blocks: list[BlockResult], batch_size: int, devices: list[DeviceInfo] = ()) -> list[DeviceRow]:
@@ -166,6 +169,8 @@ def windows_table(collected: Collected, index: WindowIndex):
     }
     if index.scored_bytes is not None:
         columns["scored_bytes"] = index.scored_bytes[rows]
+    if index.scored_words is not None:
+        columns["scored_words"] = index.scored_words[rows]
     return pa.table(columns)
 
 
@@ -174,7 +179,9 @@ def result_txt(results: Results) -> str:
     return (f"seed_ppl {fmt(results.seed_ppl)}\nppl {fmt(results.ppl)}\nmean_ce {fmt(results.mean_ce)}\n"
             f"tokens {results.tokens}\nwindows {results.windows}\n"
             + (f"bits_per_byte {fmt(results.bits_per_byte)}\nbyte_perplexity {fmt(results.byte_perplexity)}\n"
-               f"bytes {results.bytes}\n" if results.bytes else ""))
+               f"bytes {results.bytes}\n" if results.bytes else "")
+            + (f"word_perplexity {fmt(results.word_perplexity)}\nwords {results.words}\n" if results.words else "")
+            + (f"guide_ppl {fmt(results.guide_ppl)}\n" if results.guide_ppl is not None else ""))
 
 
 def summary_table(results: Results) -> str:
@@ -192,6 +199,10 @@ def summary_table(results: Results) -> str:
         f"  seed_ppl (the port)  {fmt(r.seed_ppl)}",
         *([f"  bits per byte        {fmt(r.bits_per_byte)} (byte perplexity {fmt(r.byte_perplexity)}, "
            f"over {r.bytes} bytes of text)"] if r.bytes else []),
+        *([f"  word perplexity      {fmt(r.word_perplexity)} (lm-eval's, over {counted(r.words, 'word')})"]
+          if r.words else []),
+        *([f"  guide_ppl            {fmt(r.guide_ppl)} (Hugging Face's perplexity guide)"]
+          if r.guide_ppl is not None else []),
         f"  throughput           {fmt(speed.samples_per_s, 1)} samples/s, {fmt(speed.tokens_per_s, 0)} "
         f"tokens/s over {speed.eval_s:.1f} s",
         f"  device FPS (sum)     {fmt(speed.device_fps_sum, 1)}",

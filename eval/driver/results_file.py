@@ -118,8 +118,11 @@ class Results:
     seed_ppl: float | None  # the port's number (docs/design.md, "Metrics")
     bits_per_byte: float | None = None  # Σ NLL / (Σ bytes · ln 2), where the data set records bytes
     byte_perplexity: float | None = None  # exp(Σ NLL / Σ bytes)
+    word_perplexity: float | None = None  # exp(Σ NLL / Σ words), lm-eval's words (rolling data sets)
+    guide_ppl: float | None = None  # Hugging Face's perplexity guide's number (stride data sets)
     tokens: int
     bytes: int | None = None  # UTF-8 bytes of text the scored tokens cover; None: not recorded
+    words: int | None = None  # lm-eval's words of the documents scored (rolling data sets); None: not recorded
     windows: int
     windows_dropped: int
     backend: str

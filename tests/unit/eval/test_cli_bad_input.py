@@ -280,7 +280,8 @@ CASES = {
         "--out {tmp}/out: holds files that are not an npueval data set", "choose another folder or pass --force"),
     "prepare: an unknown --mode": (
         nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--mode", "window"],
-        "argument --mode: invalid choice: 'window' (choose from 'seed', 'sliding')", "see `npueval prepare --help`"),
+        "argument --mode: invalid choice: 'window' (choose from 'seed', 'sliding', 'rolling', 'stride')",
+        "see `npueval prepare --help`"),
     "prepare: an unknown --files": (
         nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--files", "some"],
         "argument --files: invalid choice: 'some' (choose from 'first', 'all')", "see `npueval prepare --help`"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from port import seed_windows
 
-from npueval.eval.data.windows import WindowMaker
+from npueval.eval.data.windows import RollingWindowMaker, WindowMaker, Windows
 
 PAD = -7
 
@@ -83,3 +83,59 @@ def test_pieces_do_not_share_windows():
     for piece, ids, *_ in rows(a + b + rest):
         by_piece.setdefault(piece, []).append(ids)
     assert by_piece == {0: [[0, 1, 2, 3], [2, 3, 4]], 1: [[100, 101, 102]]}
+
+
+# -- rolling: lm-evaluation-harness's windows -------------------------------------------------
+
+def _rolling_stream(lengths, rng, prefix=1):
+    """The framed stream of documents of these token counts: each its prefix, then its ids."""
+    docs = [rng.integers(3, 500, size=n).tolist() for n in lengths]
+    ids = np.concatenate([np.array([prefix, *d], dtype=np.int32) for d in docs])
+    doc_of = np.concatenate([np.full(len(d) + 1, k, dtype=np.int64) for k, d in enumerate(docs)])
+    return docs, ids, doc_of
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 10_000])
+def test_rolling_rows_are_lm_eval_windows_whatever_the_chunks(chunk):
+    from rolling import scored_rows
+
+    L = 16
+    rng = np.random.default_rng(0)
+    lengths = [0, 1, L - 2, L - 1, L, L + 1, 2 * L - 2, 2 * L - 1, 2 * L, 5 * L + 3, 3, 40]
+    docs, ids, doc_of = _rolling_stream(lengths, rng)
+    words = np.zeros(ids.shape[0], dtype=np.int64)
+    words[np.flatnonzero(np.diff(doc_of, prepend=-1))] = np.arange(len(docs)) + 100
+    maker = RollingWindowMaker(L, pad_id=0)
+    out = []
+    for lo in range(0, ids.shape[0], chunk):
+        out += maker.add(0, ids[lo:lo + chunk], doc_of[lo:lo + chunk], np.ones(min(chunk, ids.shape[0] - lo)),
+                         words[lo:lo + chunk])
+    out += maker.finish()
+    got = Windows.concat(out)
+    want = []
+    for k, d in enumerate(docs):
+        rows = scored_rows(d, 1, L - 1) or [([1], 1)]  # lm-eval makes no window of an empty document
+        want += [(k, row, score_from) for row, score_from in rows]
+    assert len(got) == len(want)
+    for r, (doc, row, score_from) in enumerate(want):
+        assert got.ids[r, :len(row)].tolist() == row and not got.ids[r, len(row):].any()
+        assert (got.n_valid[r], got.score_from[r], got.doc_id[r]) == (len(row), score_from, doc)
+    # every token of every document scored once; bytes over the scored ids, words on each first row
+    assert got.scored.sum() == sum(lengths)
+    assert got.scored_bytes.tolist() == got.scored.tolist()
+    first_rows = np.flatnonzero(np.diff(got.doc_id, prepend=-1))
+    assert got.scored_words[first_rows].tolist() == (np.arange(len(docs)) + 100).tolist()
+    assert got.scored_words.sum() == (np.arange(len(docs)) + 100).sum()
+
+
+def test_rolling_holds_about_one_row_of_a_long_document():
+    L = 32
+    rng = np.random.default_rng(1)
+    _, ids, doc_of = _rolling_stream([50_000], rng)
+    maker = RollingWindowMaker(L)
+    made = 0
+    for lo in range(0, ids.shape[0], 1000):
+        made += sum(len(w) for w in maker.add(0, ids[lo:lo + 1000], doc_of[lo:lo + 1000]))
+        assert maker._ids.shape[0] <= 1000 + L
+    made += sum(len(w) for w in maker.finish())
+    assert made == 1 + -(-(50_001 - L) // (L - 1))
