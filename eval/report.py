@@ -115,6 +115,9 @@ _COMPARED = (
     ("ppl", "perplexity", 4),
     ("seed_ppl", "seed_ppl (the port)", 4),
     ("bits_per_byte", "bits per byte", 4),
+    ("byte_perplexity", "byte perplexity", 4),
+    ("word_perplexity", "word perplexity", 4),
+    ("guide_ppl", "guide_ppl (HF guide)", 4),
     ("windows", "windows", 0),
     ("tokens", "scored tokens", 0),
     ("samples_per_s", "samples/s", 1),
@@ -123,6 +126,8 @@ _COMPARED = (
     ("wall_s", "wall s", 1),
     ("retries", "retries", 0),
 )
+#: Rows of the table left out where neither run has the number (its data set's mode gives it).
+_BY_MODE = {"byte_perplexity", "word_perplexity", "guide_ppl"}
 
 
 def compare(a: RunReport, b: RunReport) -> str:
@@ -134,6 +139,8 @@ def compare(a: RunReport, b: RunReport) -> str:
     lines.append(f"  {'backend':<22} {ra['backend']:>{width}} {rb['backend']:>{width}}")
     for key, label, digits in _COMPARED:
         x, y = ra.get(key), rb.get(key)
+        if x is None and y is None and key in _BY_MODE:
+            continue
         diff = ratio = ""
         if isinstance(x, (int, float)) and isinstance(y, (int, float)):
             diff = f"{y - x:+.{digits}f}"
@@ -176,6 +183,8 @@ def _same(ra: dict, rb: dict, key: str) -> str:
 def headline(r: Results) -> str:
     return (f"mean CE {fmt(r.mean_ce, 4)} nats · ppl {fmt(r.ppl, 3)} · seed_ppl {fmt(r.seed_ppl, 3)} · "
             + (f"{fmt(r.bits_per_byte, 4)} bits/byte · " if r.bits_per_byte is not None else "")
+            + (f"word ppl {fmt(r.word_perplexity, 3)} · " if r.word_perplexity is not None else "")
+            + (f"guide_ppl {fmt(r.guide_ppl, 3)} · " if r.guide_ppl is not None else "")
             + f"{counted(r.windows, 'window')} · {fmt(r.speed.tokens_per_s, 0)} tokens/s · {r.backend}")
 
 

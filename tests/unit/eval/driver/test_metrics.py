@@ -87,3 +87,32 @@ def test_throughput_formulas():
     assert t.device_fps == pytest.approx(1000 * 8 / 40 + 1000 * 8 / 50)
     assert t.scaling_efficiency == pytest.approx(80.0 / (2 * 1000 * 8 / 45.0))
     assert t.host_overhead == pytest.approx((2 * 10.0 - 9.0) / 9.0)
+
+
+def test_word_and_guide_perplexity_from_per_window_sums_in_any_order():
+    """word_perplexity: lm-eval's exp(Σ NLL / Σ words). guide_ppl: the Hugging Face guide's loop,
+    written out: each window's mean loss over its labels, times its labels less one."""
+    per_token, piece = windows(seed=4)
+    n = len(per_token)
+    ids = np.arange(n)
+    sums = np.array([t.sum() for t in per_token])
+    counts = np.array([t.size for t in per_token])
+    words = np.arange(n) % 3
+    with_context = np.arange(n) > 0  # the stream's first window has none
+    m = reduce_loss(ids, sums, counts, piece, 4, scored_words=words, with_context=with_context)
+    every = np.concatenate(per_token)
+    assert m.scored_words == words.sum()
+    assert m.word_perplexity == pytest.approx(math.exp(every.sum() / words.sum()), rel=1e-12)
+    nll_sum = n_tokens = 0.0
+    for k, t in enumerate(per_token):
+        num_valid_tokens = t.size + 1 if k == 0 else t.size  # its labels: the first window's first is not predicted
+        nll_sum += t.mean() * (num_valid_tokens - 1)
+        n_tokens += num_valid_tokens - 1
+    assert m.guide_ppl == pytest.approx(math.exp(nll_sum / n_tokens), rel=1e-12)
+    assert m.guide_ppl != pytest.approx(m.perplexity, rel=1e-6)  # it is not the exact number
+    shuffled = np.random.default_rng(2).permutation(n)
+    again = reduce_loss(ids[shuffled], sums[shuffled], counts[shuffled], piece[shuffled], 4,
+                        scored_words=words[shuffled], with_context=with_context[shuffled])
+    assert again == m
+    plain = reduce_loss(ids, sums, counts, piece, 4)
+    assert (plain.word_perplexity, plain.guide_ppl, plain.scored_words) == (None, None, None)
