@@ -30,7 +30,8 @@ def corpus_texts(tokenizer_json) -> list[str]:
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     rng = random.Random(7)
-    words = ["数据", "并行", "评测", "芯片", "模型", "the", "stream", "token", "once", "北京", "，", "。", " ", "\n", "  "]
+    words = ["数据", "并行", "评测", "芯片", "模型", "the", "stream", "token", "once", "北京", "，", "。",
+             " ", "\n", "  "]
     texts = ["".join(rng.choice(words) for _ in range(rng.randint(1, 80))) for _ in range(10)]
     texts += ["", " ", "短文。", "a  b\n c "]
     exact = ""
