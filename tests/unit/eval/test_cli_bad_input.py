@@ -282,6 +282,13 @@ CASES = {
         nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--mode", "window"],
         "argument --mode: invalid choice: 'window' (choose from 'seed', 'sliding', 'rolling', 'stride')",
         "see `npueval prepare --help`"),
+    "prepare: --mode rolling with GPT2-Chinese's vocab.txt": (
+        nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--mode", "rolling"],
+        "--mode rolling: lm-evaluation-harness's and Hugging Face's protocols, for a model's tokenizer.json",
+        "GPT2-Chinese's vocab.txt keeps the port's seed or sliding windows"),
+    "prepare: --max-length outside rolling mode": (
+        nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--max-length", "255"],
+        "--max-length: lm-evaluation-harness's window, for --mode rolling", "give the window's length with --n-ctx"),
     "prepare: an unknown --files": (
         nothing, ["prepare", "{wiki}", "--vocab", "{vocab}", "--out", "{tmp}/out", "--files", "some"],
         "argument --files: invalid choice: 'some' (choose from 'first', 'all')", "see `npueval prepare --help`"),
