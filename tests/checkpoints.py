@@ -77,17 +77,21 @@ QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
 TOKENIZER_STYLES = ("gpt2", "llama3", "qwen2", "metaspace", "llama2")
 
 
-def write_tokenizer_json(folder: Path, vocab_size: int = 300, style: str = "gpt2", text: str | None = None) -> Path:
+def write_tokenizer_json(folder: Path, vocab_size: int = 300, style: str = "gpt2", text: str | None = None,
+                         eot: str | None = None) -> Path:
     """A BPE tokenizer.json trained here on a few sentences, with <s> and </s> as BOS and EOS in
-    tokenizer_config.json, as Llama-family checkpoints carry them. STYLE is how it pre-tokenizes:
+    tokenizer_config.json, as Llama-family checkpoints carry them; with EOT (a byte-level style),
+    GPT-2's layout instead: EOT (id 0) is the only special token, and BOS, EOS and UNK alike.
+    STYLE is how it pre-tokenizes:
     gpt2, byte-level with GPT-2's regex; llama3 and qwen2, byte-level after a Split by their
     regex (qwen2 with NFC); metaspace, Llama 2's newer SentencePiece layout (Metaspace with
     prepend_scheme "first" and no split, byte fallback); llama2, its older one (no pre-tokenizer,
     the normalizer Prepend("▁") then Replace(" ", "▁")). TEXT: what it is trained on, if not those sentences."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    special = ["<unk>", "<s>", "</s>"]
+    special = [eot] if eot else ["<unk>", "<s>", "</s>"]
     if style in ("metaspace", "llama2"):
+        assert eot is None, "byte fallback needs <unk>"
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)
         tokenizer.decoder = decoders.Metaspace()
@@ -121,7 +125,10 @@ def write_tokenizer_json(folder: Path, vocab_size: int = 300, style: str = "gpt2
                 {"type": "Prepend", "prepend": "\u2581"},
                 {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
         path.write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    config = {"bos_token": "<s>", "eos_token": "</s>"}
+    if eot:
+        config = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return path
 
 
@@ -157,4 +164,35 @@ def make_hf_checkpoint(folder: Path, family: str, seed: int = 0, tie: bool = Fal
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tie and k == "lm_head.weight")}
     save_file(state, folder / "model.safetensors")
+    return folder
+
+
+#: GPT-2's end-of-text token, its BOS and EOS in one.
+GPT2_EOT = "<|endoftext|>"
+#: A tiny GPT-2 of the Hugging Face layout: long enough for windows of 512.
+TINY_GPT2_HF = {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512}
+
+
+def make_gpt2_hf_checkpoint(folder: Path, seed: int = 0, **shape) -> Path:
+    """A GPT-2 checkpoint folder as the Hub has them (openai-community/gpt2), not GPT2-Chinese's:
+    config.json (model_type gpt2, GPT2LMHeadModel), model.safetensors with tied embeddings (no
+    lm_head.weight), a byte-level BPE tokenizer.json and no vocab.txt; GPT2_EOT is BOS and EOS.
+    The config's vocab is exactly the tokenizer's, as GPT-2's 50257 is."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    write_tokenizer_json(folder, eot=GPT2_EOT)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    eot = tokenizer.token_to_id(GPT2_EOT)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=tokenizer.get_vocab_size(with_added_tokens=True), bos_token_id=eot,
+                        eos_token_id=eot, attn_implementation="eager", **{**TINY_GPT2_HF, **shape})
+    model = GPT2LMHeadModel(config).eval()
+    config = {**model.config.to_dict(), "architectures": ["GPT2LMHeadModel"]}
+    config.pop("attn_implementation", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+              folder / "model.safetensors")
     return folder
