@@ -73,9 +73,8 @@ def run_lm_eval(checkpoint: Path, corpus: Path, max_length: int, work: Path, bat
     (results_file,) = out.rglob("results_*.json")
     (samples_file,) = out.rglob(f"samples_{TASK}_*.jsonl")
     metrics = json.loads(results_file.read_text(encoding="utf-8"))["results"][TASK]
-    samples = sorted((json.loads(line) for line in samples_file.read_text(encoding="utf-8").splitlines()),
-                     key=lambda s: s["doc_id"])
-    texts = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
+    samples = sorted(_json_lines(samples_file), key=lambda s: s["doc_id"])
+    texts = [doc["text"] for doc in _json_lines(corpus)]
     assert [s["doc"]["text"] for s in samples] == texts, "lm-eval's documents are not the corpus's, in order"
     docs = []
     for s in samples:
@@ -84,3 +83,9 @@ def run_lm_eval(checkpoint: Path, corpus: Path, max_length: int, work: Path, bat
         docs.append(LmEvalDoc(ll, s["word_perplexity"][1], s["byte_perplexity"][1]))
     return LmEvalResult(metrics["word_perplexity,none"], metrics["byte_perplexity,none"],
                         metrics["bits_per_byte,none"], tuple(docs))
+
+
+def _json_lines(path: Path) -> list:
+    # Split at b"\n" only: str.splitlines() would also cut at U+2028, U+0085 and the like, which
+    # JSON allows unescaped inside a string.
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]

@@ -1,0 +1,204 @@
+"""The oracles of `prepare --mode rolling` and `--mode stride`, checked against each other and
+against lm-eval itself, with nothing of npueval: the real lm-eval (tests/reference/lm_eval_oracle.py),
+its protocol recomputed one window at a time (rolling_reference.py) and the Hugging Face guide's
+loop (hf_guide.py), on a tiny Llama and a tiny GPT-2 with byte-level BPE tokenizer.json files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+
+import pytest
+from checkpoints import GPT2_EOT, make_gpt2_hf_checkpoint, make_hf_checkpoint
+from textgen import hard_text
+
+#: lm-eval's max_length: windows of this many tokens.
+MAX_LEN = 32
+_BASE = ("The tokenizer travels with the model; every token of the stream is scored once, in order. "
+         "数据并行的评测在每一块芯片上运行同一个模型。北京是中国的首都，上海是最大的城市。") * 12
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+
+
+def _checkpoint(family, folder):
+    return make_gpt2_hf_checkpoint(folder) if family == "gpt2" else make_hf_checkpoint(folder, family)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def checkpoint(request, tmp_path_factory):
+    return _checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def _tokenizer(checkpoint):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint)
+
+
+def _n_tokens(tokenizer, text):
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _text_of(tokenizer, n_tokens):
+    """The shortest prefix of _BASE that is exactly N_TOKENS tokens."""
+    for end in range(len(_BASE)):
+        if _n_tokens(tokenizer, _BASE[:end]) == n_tokens:
+            return _BASE[:end]
+    raise AssertionError(f"no prefix of _BASE is {n_tokens} tokens")
+
+
+def corpus_texts(tokenizer):
+    rng = random.Random(0)
+    hard = "".join(c for c in hard_text(rng, ["tokenizer", "模型"], 80) if not 0xD800 <= ord(c) <= 0xDFFF)
+    return [
+        "The tokenizer travels with the model.",  # shorter than a window
+        _text_of(tokenizer, MAX_LEN),  # exactly one window
+        _text_of(tokenizer, MAX_LEN + 1),  # one window and one token
+        _BASE,  # many windows
+        "",
+        "  two leading spaces,\ttab\t\tand\n\n\nnewlines\r\n 北京\u3000上海\u00a0nbsp\u2028ls\x85nel  ",
+        " \n\t ",
+        hard,
+    ]
+
+
+@pytest.fixture(scope="module")
+def corpus(checkpoint, tmp_path_factory):
+    texts = corpus_texts(_tokenizer(checkpoint))
+    path = tmp_path_factory.mktemp("corpus") / "c.jsonl"
+    # ensure_ascii=False: the raw characters, U+2028 and U+0085 among them, as a corpus has them.
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    return texts, path
+
+
+@pytest.fixture(scope="module")
+def lm_eval_result(checkpoint, corpus, tmp_path_factory):
+    from lm_eval_oracle import run_lm_eval
+
+    return run_lm_eval(checkpoint, corpus[1], MAX_LEN, tmp_path_factory.mktemp("lm-eval"))
+
+
+def test_the_transcribed_windows_are_lm_evals():
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    from rolling_reference import rolling_windows
+
+    rng = random.Random(0)
+    for n in [0, 1, 2, *range(30, 70), *rng.sample(range(70, 400), 20)]:
+        tokens = [rng.randrange(1000) for _ in range(n)]
+        for max_len in (1, 2, 3, 31, 32, 33, 64):
+            expected = [make_disjoint_window(w) for w in get_rolling_token_windows(tokens, -1, max_len, 1)]
+            got = rolling_windows(tokens, -1, max_len)
+            assert got == expected, (n, max_len)
+            # Every token scored once, in order; each window at most max_len long.
+            assert [t for _, cont in got for t in cont] == tokens
+            assert all(len(ctx) + len(cont) - 1 <= max_len for ctx, cont in got)
+
+
+def test_the_corpus_has_each_edge(checkpoint, corpus):
+    tokenizer = _tokenizer(checkpoint)
+    counts = [_n_tokens(tokenizer, t) for t in corpus[0]]
+    assert counts[0] < MAX_LEN
+    assert counts[1:3] == [MAX_LEN, MAX_LEN + 1]
+    assert counts[3] > 8 * MAX_LEN
+    assert counts[4] == 0
+    assert all(c > 0 for i, c in enumerate(counts) if i != 4)
+
+
+@pytest.mark.slow
+def test_lm_evals_loglikelihoods_are_the_windows_recomputed(checkpoint, corpus, lm_eval_result):
+    from rolling_reference import rolling_loglikelihoods
+
+    expected = rolling_loglikelihoods(checkpoint, corpus[0], MAX_LEN)
+    got = [d.loglikelihood for d in lm_eval_result.docs]
+    assert got[4] == expected[4] == 0.0  # the empty document: no window
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert math.isclose(g, e, rel_tol=1e-6), (i, g, e)
+
+
+@pytest.mark.slow
+def test_lm_evals_words_and_bytes(corpus, lm_eval_result):
+    texts = corpus[0]
+    assert [d.words for d in lm_eval_result.docs] == [len(re.split(r"\s+", t)) for t in texts]
+    assert [d.bytes for d in lm_eval_result.docs] == [len(t.encode()) for t in texts]
+    # What that count makes of the edges: "" is one word, and leading or trailing whitespace one more each.
+    assert [d.words for d in lm_eval_result.docs][4:7] == [1, 13, 2]
+
+
+@pytest.mark.slow
+def test_lm_evals_aggregates_are_the_documents_sums(lm_eval_result):
+    ll = sum(d.loglikelihood for d in lm_eval_result.docs)
+    words = sum(d.words for d in lm_eval_result.docs)
+    n_bytes = sum(d.bytes for d in lm_eval_result.docs)
+    assert math.isclose(lm_eval_result.word_perplexity, math.exp(-ll / words), rel_tol=1e-12)
+    assert math.isclose(lm_eval_result.byte_perplexity, math.exp(-ll / n_bytes), rel_tol=1e-12)
+    assert math.isclose(lm_eval_result.bits_per_byte, -ll / n_bytes / math.log(2), rel_tol=1e-12)
+
+
+def test_lm_evals_prefix_is_bos(checkpoint):
+    from rolling_reference import prefix_token
+
+    tokenizer = _tokenizer(checkpoint)
+    expected = GPT2_EOT if checkpoint.name.startswith("gpt2") else "<s>"
+    assert tokenizer.convert_ids_to_tokens(prefix_token(tokenizer)) == expected
+
+
+def test_auto_tokenizer_encodes_as_tokenizer_json(checkpoint, corpus):
+    """What lm-eval and the guide tokenize with (transformers' AutoTokenizer) against the
+    tokenizer.json itself (the `tokenizers` library), with and without special tokens. lm-eval's
+    HFLM.tok_encode calls tokenizer.encode(text) with special tokens; the recomputation encodes
+    without: the same ids here, as these tokenizer.json files have no post_processor."""
+    from tokenizers import Tokenizer
+
+    tokenizer = _tokenizer(checkpoint)
+    raw = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    for text in [*corpus[0], "\n\n".join(corpus[0]), f"{GPT2_EOT}<s>a</s>"]:
+        plain = raw.encode(text, add_special_tokens=False).ids
+        assert tokenizer.encode(text, add_special_tokens=False) == plain
+        assert tokenizer(text)["input_ids"] == raw.encode(text).ids == plain
+        assert tokenizer.encode(text) == plain
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize(("max_length", "stride"), [(32, 32), (32, 8), (32, 31), (500, 100)])
+def test_the_guides_exact_sum_is_each_scored_tokens_nll(tmp_path, family, max_length, stride):
+    """The guide's windows begin every STRIDE tokens; each scores the tokens from where the last
+    one ended (but never its own first), with the window's tokens before each as context:
+    recomputed here one forward pass per token. With stride < max_length every token but the
+    first is scored once, and the guide's own count misses one in each window after the first;
+    with stride = max_length each window's first token goes unscored, and the guide counts right."""
+    import torch
+    from hf_guide import guide_perplexity
+    from transformers import AutoModelForCausalLM
+
+    folder = _checkpoint(family, tmp_path / family)
+    texts = ["The tokenizer travels with the model.", "", _BASE[:300], "北京 上海"]
+    got = guide_perplexity(folder, texts, max_length, stride)
+
+    ids = _tokenizer(folder)("\n\n".join(texts))["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    nll, scored, prev_end, windows = 0.0, 0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + max_length, len(ids))
+        for i in range(max(prev_end, begin + 1), end):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids[begin:i]])).logits[0, -1]
+            nll -= torch.log_softmax(logits.double(), -1)[ids[i]].item()
+            scored += 1
+        prev_end, windows = end, windows + 1
+        if end == len(ids):
+            break
+    assert got.seq_len == len(ids)
+    assert got.n_tokens == scored == (len(ids) - 1 if stride < max_length else len(ids) - windows)
+    assert math.isclose(got.nll_sum, nll, rel_tol=1e-6)
+    assert got.guide_n_tokens == len(ids) - windows
+    if windows == 1 or stride == max_length:  # the guide's figure is exact
+        assert math.isclose(got.ppl, got.exact_ppl, rel_tol=1e-5)
+    else:
+        assert not math.isclose(got.ppl, got.exact_ppl, rel_tol=1e-5)
