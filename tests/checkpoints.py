@@ -196,3 +196,17 @@ def make_gpt2_hf_checkpoint(folder: Path, seed: int = 0, **shape) -> Path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
               folder / "model.safetensors")
     return folder
+
+
+def add_bos_post_processor(folder: Path) -> Path:
+    """FOLDER's tokenizer.json made to prepend its BOS (tokenizer_config.json's) to every
+    encoding with special tokens, as Llama 2's and Llama 3's tokenizer.json do (TemplateProcessing)."""
+    from tokenizers import Tokenizer, processors
+
+    bos = json.loads((folder / "tokenizer_config.json").read_text())["bos_token"]
+    path = folder / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    tokenizer.save(str(path))
+    return folder

@@ -38,9 +38,18 @@ def prefix_token(tokenizer) -> int:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
+def lm_eval_tokens(tokenizer, text: str) -> list[int]:
+    """A document's tokens as HFLM.tok_encode makes them: tokenizer.encode(text) WITH special
+    tokens (whatever the tokenizer.json's post_processor adds, such as Llama's BOS, which the
+    prefix then precedes: BOS BOS text), and without them when the text already starts with the
+    prefix token's spelling."""
+    starts_with_prefix = text.startswith(tokenizer.decode(prefix_token(tokenizer)))
+    return tokenizer.encode(text, add_special_tokens=not starts_with_prefix)
+
+
 def rolling_loglikelihoods(checkpoint: Path, texts: Sequence[str], max_len: int) -> list[float]:
-    """Σ log p of each text's tokens (tokenizer.encode without special tokens), float64 from the
-    float32 logits of a float32 model, each window its own unpadded forward pass."""
+    """Σ log p of each text's tokens (lm_eval_tokens), float64 from the float32 logits of a
+    float32 model, each window its own unpadded forward pass."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,8 +59,7 @@ def rolling_loglikelihoods(checkpoint: Path, texts: Sequence[str], max_len: int)
     out = []
     for text in texts:
         total = 0.0
-        for context, continuation in rolling_windows(tokenizer.encode(text, add_special_tokens=False), prefix,
-                                                     max_len):
+        for context, continuation in rolling_windows(lm_eval_tokens(tokenizer, text), prefix, max_len):
             ids = (context + continuation)[:-1]
             with torch.no_grad():
                 logits = model(torch.tensor([ids])).logits[0]

@@ -1,7 +1,8 @@
 """The oracles of `prepare --mode rolling` and `--mode stride`, checked against each other and
 against lm-eval itself, with nothing of npueval: the real lm-eval (tests/reference/lm_eval_oracle.py),
 its protocol recomputed one window at a time (rolling_reference.py) and the Hugging Face guide's
-loop (hf_guide.py), on a tiny Llama and a tiny GPT-2 with byte-level BPE tokenizer.json files.
+loop (hf_guide.py), on a tiny Llama and a tiny GPT-2 with byte-level BPE tokenizer.json files,
+and the Llama again with a tokenizer.json that adds BOS, as Llama 2's and 3's do ("llama-bos").
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 import re
 
 import pytest
-from checkpoints import GPT2_EOT, make_gpt2_hf_checkpoint, make_hf_checkpoint
+from checkpoints import GPT2_EOT, add_bos_post_processor, make_gpt2_hf_checkpoint, make_hf_checkpoint
 from textgen import hard_text
 
 #: lm-eval's max_length: windows of this many tokens.
@@ -28,12 +29,20 @@ def offline(monkeypatch):
 
 
 def _checkpoint(family, folder):
-    return make_gpt2_hf_checkpoint(folder) if family == "gpt2" else make_hf_checkpoint(folder, family)
+    if family == "gpt2":
+        return make_gpt2_hf_checkpoint(folder)
+    if family == "llama-bos":
+        return add_bos_post_processor(make_hf_checkpoint(folder, "llama"))
+    return make_hf_checkpoint(folder, family)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "llama-bos"])
 def checkpoint(request, tmp_path_factory):
     return _checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def _adds_bos(checkpoint):
+    return checkpoint.name.startswith("llama-bos")
 
 
 def _tokenizer(checkpoint):
@@ -66,6 +75,7 @@ def corpus_texts(tokenizer):
         "  two leading spaces,\ttab\t\tand\n\n\nnewlines\r\n 北京\u3000上海\u00a0nbsp\u2028ls\x85nel  ",
         " \n\t ",
         hard,
+        tokenizer.bos_token + "The tokenizer travels with the model.",  # lm-eval adds no special token to it
     ]
 
 
@@ -109,6 +119,7 @@ def test_the_corpus_has_each_edge(checkpoint, corpus):
     assert counts[3] > 8 * MAX_LEN
     assert counts[4] == 0
     assert all(c > 0 for i, c in enumerate(counts) if i != 4)
+    assert corpus[0][8].startswith(tokenizer.decode(tokenizer.bos_token_id))
 
 
 @pytest.mark.slow
@@ -117,7 +128,10 @@ def test_lm_evals_loglikelihoods_are_the_windows_recomputed(checkpoint, corpus, 
 
     expected = rolling_loglikelihoods(checkpoint, corpus[0], MAX_LEN)
     got = [d.loglikelihood for d in lm_eval_result.docs]
-    assert got[4] == expected[4] == 0.0  # the empty document: no window
+    if _adds_bos(checkpoint):  # the empty document is its BOS, scored after the prefix BOS
+        assert got[4] < 0 and expected[4] < 0
+    else:  # the empty document: no window
+        assert got[4] == expected[4] == 0.0
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert math.isclose(g, e, rel_tol=1e-6), (i, g, e)
 
@@ -129,6 +143,19 @@ def test_lm_evals_words_and_bytes(corpus, lm_eval_result):
     assert [d.bytes for d in lm_eval_result.docs] == [len(t.encode()) for t in texts]
     # What that count makes of the edges: "" is one word, and leading or trailing whitespace one more each.
     assert [d.words for d in lm_eval_result.docs][4:7] == [1, 13, 2]
+
+
+def test_lm_evals_tokens_are_the_tokenizer_jsons_with_special_tokens(checkpoint, corpus):
+    """lm-eval tokenizes with special tokens: the same as without on these tokenizer.json files,
+    which add none; BOS then the text on llama-bos, which the prefix makes BOS BOS text. A text
+    that starts with BOS's spelling gets none added."""
+    from rolling_reference import lm_eval_tokens
+
+    tokenizer = _tokenizer(checkpoint)
+    for i, text in enumerate(corpus[0]):
+        plain = tokenizer.encode(text, add_special_tokens=False)
+        bos = [tokenizer.bos_token_id] if _adds_bos(checkpoint) and i != 8 else []
+        assert lm_eval_tokens(tokenizer, text) == bos + plain
 
 
 @pytest.mark.slow
@@ -145,15 +172,13 @@ def test_lm_evals_prefix_is_bos(checkpoint):
     from rolling_reference import prefix_token
 
     tokenizer = _tokenizer(checkpoint)
-    expected = GPT2_EOT if checkpoint.name.startswith("gpt2") else "<s>"
+    expected = GPT2_EOT if checkpoint.name.startswith("gpt2") else "<s>"  # gpt2: BOS is EOS
     assert tokenizer.convert_ids_to_tokens(prefix_token(tokenizer)) == expected
 
 
 def test_auto_tokenizer_encodes_as_tokenizer_json(checkpoint, corpus):
     """What lm-eval and the guide tokenize with (transformers' AutoTokenizer) against the
-    tokenizer.json itself (the `tokenizers` library), with and without special tokens. lm-eval's
-    HFLM.tok_encode calls tokenizer.encode(text) with special tokens; the recomputation encodes
-    without: the same ids here, as these tokenizer.json files have no post_processor."""
+    tokenizer.json itself (the `tokenizers` library), with and without special tokens."""
     from tokenizers import Tokenizer
 
     tokenizer = _tokenizer(checkpoint)
@@ -161,11 +186,11 @@ def test_auto_tokenizer_encodes_as_tokenizer_json(checkpoint, corpus):
     for text in [*corpus[0], "\n\n".join(corpus[0]), f"{GPT2_EOT}<s>a</s>"]:
         plain = raw.encode(text, add_special_tokens=False).ids
         assert tokenizer.encode(text, add_special_tokens=False) == plain
-        assert tokenizer(text)["input_ids"] == raw.encode(text).ids == plain
-        assert tokenizer.encode(text) == plain
+        assert tokenizer(text)["input_ids"] == tokenizer.encode(text) == raw.encode(text).ids
+        assert raw.encode(text).ids == ([tokenizer.bos_token_id] if _adds_bos(checkpoint) else []) + plain
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "llama-bos"])
 @pytest.mark.parametrize(("max_length", "stride"), [(32, 32), (32, 8), (32, 31), (500, 100)])
 def test_the_guides_exact_sum_is_each_scored_tokens_nll(tmp_path, family, max_length, stride):
     """The guide's windows begin every STRIDE tokens; each scores the tokens from where the last
