@@ -81,6 +81,7 @@ class JsonFramer:
 
         self._tokenizer = _whole(Tokenizer.from_file(str(tokenizer.file.path)))
         self.bos_id, self.eos_id = tokenizer.bos_id, tokenizer.eos_id
+        self._framing = tokenizer
         self._cuts = cuts_for(tokenizer.file.path.read_text(encoding="utf-8"))
         self._continuation = (_whole(Tokenizer.from_str(self._cuts.continuation))
                               if self._cuts.continuation is not None else self._tokenizer)
@@ -150,16 +151,28 @@ class JsonFramer:
         del ids_parts, bytes_parts
         bounds = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=bounds[1:])
-        framed, framed_bounds = frame_ids(ids, bounds, self.bos_id, self.eos_id)
+        edges = self._edges(texts)
+        framed, framed_bounds = insert_ids(ids, bounds, edges)
         del ids
         # The bytes, framed as the ids are: 0 for BOS and EOS, then each text's remainder onto its last slot.
-        nbytes, _ = frame_ids(token_bytes, bounds, 0 if self.bos_id is not None else None,
-                              0 if self.eos_id is not None else None)
+        nbytes, _ = insert_ids(token_bytes, bounds, [(before, None if v is None else 0, m) for before, v, m in edges])
         del token_bytes
         has_slot = np.diff(framed_bounds) > 0
         remainder = text_start[1:] - np.maximum(reached, text_start[:-1])
         np.add.at(nbytes, framed_bounds[1:][has_slot] - 1, remainder[has_slot].astype(np.int32))
         return framed, framed_bounds, nbytes
+
+    def _edges(self, texts: Sequence[str]) -> list[Edge]:
+        """BOS and EOS around every text; in rolling mode also the ids the tokenizer's post-processor
+        adds, but not to a text that begins with the prefix token's own text (lm-eval's tok_encode)."""
+        edges: list[Edge] = [(True, self.bos_id, None)]
+        t = self._framing
+        if t.post_bos is not None or t.post_eos is not None:
+            plain = t.plain_if_starts_with
+            mask = None if plain is None else np.fromiter((not x.startswith(plain) for x in texts), dtype=bool,
+                                                          count=len(texts))
+            edges += [(True, t.post_bos, mask), (False, t.post_eos, mask)]
+        return [*edges, (False, self.eos_id, None)]
 
     def _calls(self, texts: Sequence[str], warn: WarnFn | None) -> Iterator[list[tuple[int, str, bool]]]:
         """The texts' pieces (text index, piece, whether it is the text's first) in calls of about
@@ -222,14 +235,34 @@ def _utf8_offsets(text: str) -> np.ndarray:
 def frame_ids(ids: np.ndarray, bounds: np.ndarray, before: int | None,
               after: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Put `before` ahead of and `after` behind each text's ids (None: nothing), end to end (int32)."""
+    return insert_ids(ids, bounds, [(True, before, None), (False, after, None)])
+
+
+#: An id put before (True) or after (False) each text, or None for none; where a mask (bool, one per
+#: text) is given, only around the texts it marks.
+Edge = tuple[bool, "int | None", "np.ndarray | None"]
+
+
+def insert_ids(ids: np.ndarray, bounds: np.ndarray, edges: list[Edge]) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of the texts (text k is ids[bounds[k]:bounds[k + 1]]) with EDGES put around each,
+    those before a text in the order given, end to end (int32), and the bounds of each framed text."""
     n = bounds.shape[0] - 1
-    edges = [(bounds[:-1], before), (bounds[1:], after)]
-    edges = [(at, value) for at, value in edges if value is not None]
     ids = ids.astype(np.int32, copy=False)
-    if not edges:
+    at_parts, value_parts, key_parts = [], [], []
+    for before, value, mask in edges:
+        if value is None:
+            continue
+        texts = np.arange(n, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+        at_parts.append(bounds[texts] if before else bounds[texts + 1])
+        value_parts.append(np.full(texts.shape[0], value, dtype=np.int32))
+        # Text k's ids before it sort as 2k, after it as 2k + 1: where the end of one text and the start
+        # of the next share an index, the first one's come first.
+        key_parts.append(2 * texts if before else 2 * texts + 1)
+    if not at_parts:
         return ids, bounds.copy()
-    # One insertion per text and edge, text by text and BOS before EOS: np.insert keeps that order
-    # where several fall on one index (an empty text), and needs no index array per id.
-    at = np.stack([a for a, _ in edges], axis=1).ravel()
-    values = np.tile(np.array([v for _, v in edges], dtype=np.int32), n)
-    return np.insert(ids, at, values), bounds + len(edges) * np.arange(n + 1, dtype=np.int64)
+    key = np.concatenate(key_parts)
+    order = np.argsort(key, kind="stable")  # by text, then in the order of EDGES
+    inserted = np.bincount(key // 2, minlength=n)
+    framed_bounds = bounds.copy()
+    framed_bounds[1:] += np.cumsum(inserted)
+    return np.insert(ids, np.concatenate(at_parts)[order], np.concatenate(value_parts)[order]), framed_bounds

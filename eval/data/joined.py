@@ -17,10 +17,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from npueval.core.errors import VocabError
-
 from .batches import Reading
 from .documents import Chunk, bad_line_error, lines_before, read_documents
+from .model_tokenizer import post_processor_ids
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def joined_stream(chunks: Iterable[Chunk], reading: Reading, skip_bad_lines: boo
     from .framing import JsonFramer
 
     texts = _texts(chunks, reading, skip_bad_lines, stats, on_bytes)
-    before, after = _post_processor_ids(reading.tokenizer.file.path)
+    before, after = post_processor_ids(reading.tokenizer.file.path)
     framer = JsonFramer(replace(reading.tokenizer, bos_id=before, eos_id=after))
     ids, _, nbytes = framer.frame([SEPARATOR.join(texts)])
     stats["stream_tokens"] += int(ids.shape[0])
@@ -72,24 +71,3 @@ def _texts(chunks: Iterable[Chunk], reading: Reading, skip_bad_lines: bool, stat
         on_bytes(chunk.size)
     stats["articles_kept"] += len(texts)
     return texts
-
-
-def _post_processor_ids(path) -> tuple[int | None, int | None]:
-    """The special ids the tokenizer's post-processor puts before and after a text (the guide's
-    `tokenizer(text)` adds them), each one id or None."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(path))
-    probe = "a"
-    plain = tokenizer.encode(probe, add_special_tokens=False).ids
-    framed = tokenizer.encode(probe, add_special_tokens=True).ids
-    for at in range(len(framed) - len(plain) + 1):
-        if framed[at:at + len(plain)] == plain:
-            before, after = framed[:at], framed[at + len(plain):]
-            break
-    else:
-        raise VocabError(f"{path}: its post-processor changes a text's own ids; --mode stride cannot follow it")
-    if len(before) > 1 or len(after) > 1:
-        raise VocabError(f"{path}: its post-processor adds {len(before)} token(s) before a text and {len(after)} "
-                         "after it; --mode stride follows one at most on each side")
-    return (before[0] if before else None), (after[0] if after else None)

@@ -35,6 +35,11 @@ class ModelTokenizer:
     bos_id: int | None  # tokenizer.json: put before each document; None: none
     eos_id: int | None  # … and after it
     pad_id: int  # fills the tail of a short window (never scored)
+    # Rolling mode: the ids the tokenizer's post-processor puts around a text (lm-eval encodes with
+    # them), after bos_id and before eos_id, but not around a text that starts with this text.
+    post_bos: int | None = None
+    post_eos: int | None = None
+    plain_if_starts_with: str | None = None
 
     @property
     def classic(self) -> bool:
@@ -60,9 +65,12 @@ def model_tokenizer(vocab: Path | None, tokenizer: Path | None) -> ModelTokenize
 
 
 def framing_of(mode: str, tokenizer: ModelTokenizer) -> ModelTokenizer:
-    """The tokenizer with the ids that frame each document in MODE. Rolling mode puts only
-    lm-evaluation-harness's prefix token before each (models/huggingface.py `prefix_token_id`: the
-    BOS, else the EOS) and nothing after; stride mode frames the one joined text (joined.py)."""
+    """The tokenizer with the ids that frame each document in MODE. Rolling mode frames each as
+    lm-evaluation-harness 0.4.13 does (models/huggingface.py): its prefix token (`prefix_token_id`:
+    the BOS, else the EOS), then the document as `tok_encode` gives it, `tokenizer.encode(text)`
+    with the special tokens the post-processor adds (a Llama tokenizer.json's BOS: lm-eval scores
+    that BOS after its prefix), or without them where the text starts with the prefix token's own
+    text; nothing after. Stride mode frames the one joined text (joined.py)."""
     if mode != "rolling" or tokenizer.classic:
         return tokenizer
     prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -70,7 +78,33 @@ def framing_of(mode: str, tokenizer: ModelTokenizer) -> ModelTokenizer:
         raise VocabError(f"{tokenizer.file.path}: --mode rolling puts the model's BOS (else EOS) token before each "
                          f"document, as lm-evaluation-harness does, and the {TOKENIZER_CONFIG} beside it names "
                          "neither; restore the model's " + TOKENIZER_CONFIG)
-    return replace(tokenizer, bos_id=prefix, eos_id=None)
+    from tokenizers import Tokenizer
+
+    before, after = post_processor_ids(tokenizer.file.path)
+    prefix_text = Tokenizer.from_file(str(tokenizer.file.path)).decode([prefix], skip_special_tokens=False)
+    return replace(tokenizer, bos_id=prefix, eos_id=None, post_bos=before, post_eos=after,
+                   plain_if_starts_with=prefix_text or None)
+
+
+def post_processor_ids(path: Path) -> tuple[int | None, int | None]:
+    """The special ids the tokenizer's post-processor puts before and after a text (what
+    `tokenizer(text)` and `tokenizer.encode(text)` add in transformers), each one id or None."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    probe = "a"
+    plain = tokenizer.encode(probe, add_special_tokens=False).ids
+    framed = tokenizer.encode(probe, add_special_tokens=True).ids
+    for at in range(len(framed) - len(plain) + 1):
+        if framed[at:at + len(plain)] == plain:
+            before, after = framed[:at], framed[at + len(plain):]
+            break
+    else:
+        raise VocabError(f"{path}: its post-processor changes a text's own ids, which npueval cannot follow")
+    if len(before) > 1 or len(after) > 1:
+        raise VocabError(f"{path}: its post-processor adds {len(before)} token(s) before a text and {len(after)} "
+                         "after it; npueval follows one at most on each side")
+    return (before[0] if before else None), (after[0] if after else None)
 
 
 def build_seq_len(tokenizer: Path | None) -> int | None:

@@ -131,12 +131,15 @@ class PrepareConfig:
             raise UserError(f"--num-pieces {self.num_pieces}: the port's, for --mode seed; {mode} mode makes one "
                             "stream")
         stride = n_ctx - 1 if mode == "rolling" else self.stride or (768 if mode == "seed" else n_ctx // 2)
-        if mode in ("sliding", "stride") and stride >= n_ctx:
+        if mode == "sliding" and stride >= n_ctx:
             raise UserError(
-                f"--stride {stride}: in {mode} mode it must be less than --n-ctx "
+                f"--stride {stride}: in sliding mode it must be less than --n-ctx "
                 f"{n_ctx}, so that every window but the first has context for its first "
                 "scored token"
             )
+        if mode == "stride" and stride > n_ctx:
+            raise UserError(f"--stride {stride}: in stride mode at most --n-ctx {n_ctx}; past it the guide's windows "
+                            "leave tokens out")
         if self.shuffle and mode != "seed":
             raise UserError("--shuffle reproduces the port's seed protocol: use it with --mode seed")
         min_length = 0 if mode in ("rolling", "stride") else self.min_length

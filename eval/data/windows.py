@@ -10,7 +10,8 @@ Four modes (docs/design.md, "The data set"):
   token of the stream but its first is scored exactly once, with at least L - s tokens of
   context outside the first window. The last window may be short (padded).
 - ``stride``: the windows of ``sliding``, over the stream of Hugging Face's perplexity guide (the
-  documents joined by a blank line and tokenized as one text: prepare.py).
+  documents joined by a blank line and tokenized as one text: joined.py); there the stride may be
+  L, as in the guide, and each window's first token then goes unscored.
 - ``rolling``: lm-evaluation-harness's ``loglikelihood_rolling`` (`RollingWindowMaker`), each
   document on its own.
 
@@ -129,7 +130,8 @@ class WindowMaker:
 
     def _score_from(self, k: int) -> np.ndarray:
         """Of the next k windows of this piece."""
-        score_from = np.full(k, 1 if self.mode == "seed" else self.n_ctx - self.stride, dtype=np.int64)
+        # With stride = n_ctx (stride mode's guide allows it) a window's first token has no context, and is not scored.
+        score_from = np.full(k, 1 if self.mode == "seed" else max(1, self.n_ctx - self.stride), dtype=np.int64)
         if self._count == 0:
             score_from[0] = 1
         return score_from
@@ -161,7 +163,9 @@ class WindowMaker:
         ids = np.full((1, self.n_ctx), self.pad_id, dtype=np.int32)
         ids[0, :n_valid] = self._ids[lo: lo + n_valid]
         score_from = self._score_from(1)
-        windows = Windows(self.piece, ids, np.array([n_valid]), score_from, self._docs[lo + score_from],
+        # (With stride = n_ctx a last window of one token scores nothing: the guide's loss is NaN there.)
+        doc = self._docs[min(lo + int(score_from[0]), lo + n_valid - 1)]
+        windows = Windows(self.piece, ids, np.array([n_valid]), score_from, np.array([doc]),
                           self._scored_bytes(lo + score_from, np.array([lo + n_valid])))
         self._count += 1
         self._next += self.stride

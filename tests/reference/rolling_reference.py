@@ -67,3 +67,14 @@ def rolling_loglikelihoods(checkpoint: Path, texts: Sequence[str], max_len: int)
             total += logp[torch.arange(len(continuation)), torch.tensor(continuation)].sum().item()
         out.append(total)
     return out
+
+
+def scored_rows(tokens: Sequence[int], prefix: int, max_len: int) -> list[tuple[list[int], int]]:
+    """Each window as the ids the model sees, with the token its last logits predict (as
+    _loglikelihood_tokens cuts (context + continuation)[-(max_len + 1):]), and the position of the
+    first scored token among them: one row of max_len + 1 ids of a static model."""
+    rows = []
+    for context, continuation in rolling_windows(tokens, prefix, max_len):
+        ids = (context + continuation)[-(max_len + 1):]
+        rows.append((ids, len(ids) - len(continuation)))
+    return rows

@@ -14,7 +14,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 from checkpoints import write_tokenizer_json
-from rolling import scored_rows
+from rolling_reference import scored_rows
 from textgen import hard_text
 
 from npueval.core.errors import UserError, VocabError
@@ -62,20 +62,42 @@ def rows_of(out):
     return pq.read_table(sorted(out.glob("shard-*.parquet"))).to_pylist()
 
 
-def test_rolling_rows_words_and_bytes_are_lm_evals(model, tmp_path):
+def lm_eval_tokens(tok, text: str, prefix: int = 1) -> list[int]:
+    """HFLM.tok_encode: with the post-processor's special tokens, but for a text that starts with
+    the prefix token's own text."""
+    return tok.encode(text, add_special_tokens=not text.startswith(tok.decode([prefix], skip_special_tokens=False))).ids
+
+
+@pytest.fixture(scope="module")
+def model_with_bos(tmp_path_factory):
+    """A tokenizer.json that puts its BOS before every text, as Llama 2's and 3's do: lm-eval then
+    scores that BOS after its prefix BOS."""
+    from checkpoints import add_bos_post_processor
+
+    folder = tmp_path_factory.mktemp("llama-bos")
+    write_tokenizer_json(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return add_bos_post_processor(folder)
+
+
+@pytest.mark.parametrize("which", ["model", "model_with_bos"])
+def test_rolling_rows_words_and_bytes_are_lm_evals(which, request, tmp_path):
     from tokenizers import Tokenizer
 
-    docs = documents(model)
+    model = request.getfixturevalue(which)
+    docs = [*documents(model), "<s> starts with the prefix's text", "<s>"]
     tok = Tokenizer.from_file(str(model / "tokenizer.json"))
-    lengths = [len(tok.encode(d, add_special_tokens=False).ids) for d in docs]
-    assert {L - 1, L} <= set(lengths) and 0 in lengths and max(lengths) > 5 * L  # the cases are there
+    lengths = [len(lm_eval_tokens(tok, d)) for d in docs]
+    post_bos = which == "model_with_bos"
+    assert {L - 1, L} <= set(lengths) and max(lengths) > 5 * L  # the cases are there
+    assert (lengths[1], lengths[-1] > 0) == ((1, True) if post_bos else (0, True))  # the empty text: BOS, or nothing
     result = prepare(PrepareConfig(write_jsonl(tmp_path / "c.jsonl", docs), tokenizer=model, out=tmp_path / "ds",
                                    mode="rolling", max_length=L - 1, rows_per_shard=7, workers=1))
     m = result.manifest
     assert (m.mode, m.n_ctx, m.inputs.stride, m.inputs.bos_id, m.inputs.eos_id) == ("rolling", L, L - 1, 1, None)
     want = []
     for k, text in enumerate(docs):
-        rows = scored_rows(tok.encode(text, add_special_tokens=False).ids, 1, L - 1) or [([1], 1)]
+        rows = scored_rows(lm_eval_tokens(tok, text), 1, L - 1) or [([1], 1)]
         want += [(k, ids, score_from) for ids, score_from in rows]
     got = rows_of(tmp_path / "ds")
     assert [(r["doc_id"], r["input_ids"][:r["n_valid"]], r["score_from"]) for r in got] == want
@@ -84,12 +106,14 @@ def test_rolling_rows_words_and_bytes_are_lm_evals(model, tmp_path):
     for r in got:
         words, nbytes = by_doc.get(r["doc_id"], (0, 0))
         by_doc[r["doc_id"]] = (words + r["scored_words"], nbytes + r["scored_bytes"])
+    # every byte of a document on one of its scored ids (an added BOS covers none)
     assert by_doc == {k: (len(re.split(r"\s+", d)), len(d.encode())) for k, d in enumerate(docs)}
     assert (m.articles_kept, m.scored_tokens, m.scored_words, m.scored_bytes) == (
         len(docs), sum(lengths), sum(len(re.split(r"\s+", d)) for d in docs), sum(len(d.encode()) for d in docs))
 
 
-def test_stride_is_the_guides_one_joined_stream(model, tmp_path):
+@pytest.mark.parametrize("stride", [10, L])
+def test_stride_is_the_guides_one_joined_stream(model, tmp_path, stride):
     from tokenizers import Tokenizer
 
     docs = documents(model)
@@ -97,19 +121,19 @@ def test_stride_is_the_guides_one_joined_stream(model, tmp_path):
     encoding = Tokenizer.from_file(str(model / "tokenizer.json")).encode(joined, add_special_tokens=True)
     stream = encoding.ids
     result = prepare(PrepareConfig(write_jsonl(tmp_path / "c.jsonl", docs), tokenizer=model, out=tmp_path / "ds",
-                                   mode="stride", n_ctx=L, stride=10, workers=0))
+                                   mode="stride", n_ctx=L, stride=stride, workers=0))
     got = rows_of(tmp_path / "ds")
-    starts = range(0, len(stream), 10)
     rebuilt, prev_end = [], 0
-    for begin in starts:  # the guide's loop: labels from prev_end_loc on, the first one never predicted
+    for begin in range(0, len(stream), stride):  # the guide's loop: labels from prev_end_loc on, never the first
         end = min(begin + L, len(stream))
         rebuilt.append((stream[begin:end], max(1, prev_end - begin)))
         prev_end = end
         if end == len(stream):
             break
     assert [(r["input_ids"][:r["n_valid"]], r["score_from"]) for r in got] == rebuilt
-    first = joined[:encoding.offsets[0][1]]  # the first token is never predicted
-    assert result.manifest.scored_bytes == len(joined.encode()) - len(first.encode())
+    if stride < L:  # every byte but the first token's, which is never predicted
+        first = joined[:encoding.offsets[0][1]]
+        assert result.manifest.scored_bytes == len(joined.encode()) - len(first.encode())
     assert result.manifest.scored_words is None
 
 
@@ -118,7 +142,8 @@ def test_stride_is_the_guides_one_joined_stream(model, tmp_path):
     (dict(mode="rolling", min_length=5), "--min-length: not with --mode rolling"),
     (dict(mode="rolling", num_pieces=4), "--num-pieces 4: the port's, for --mode seed; rolling mode makes one"),
     (dict(mode="stride", min_length=5), "--min-length: not with --mode stride"),
-    (dict(mode="stride", n_ctx=16, stride=16), "--stride 16: in stride mode it must be less than --n-ctx 16"),
+    (dict(mode="stride", n_ctx=16, stride=17), "--stride 17: in stride mode at most --n-ctx 16; past it the guide's "
+                                               "windows leave tokens out"),
     (dict(mode="sliding", max_length=15), "--max-length: lm-evaluation-harness's window, for --mode rolling"),
     (dict(mode="rolling", max_length=15, n_ctx=15), "--max-length 15 and --n-ctx 15: rolling windows of "
                                                     "max_length M are rows of M + 1 ids"),
