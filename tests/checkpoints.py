@@ -132,6 +132,14 @@ def write_tokenizer_json(folder: Path, vocab_size: int = 300, style: str = "gpt2
     return path
 
 
+def tokenizer_folder(folder: Path) -> Path:
+    """A Llama model folder with only what `prepare --tokenizer` reads: write_tokenizer_json's
+    tokenizer.json and tokenizer_config.json, and config.json's model_type."""
+    write_tokenizer_json(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return folder
+
+
 def tiny_hf_model(family: str, vocab_size: int, seed: int = 0, tie: bool = False, **shape):
     import torch
     import transformers

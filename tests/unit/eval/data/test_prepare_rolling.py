@@ -13,7 +13,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-from checkpoints import write_tokenizer_json
+from checkpoints import tokenizer_folder, write_tokenizer_json
 from rolling_reference import scored_rows
 from textgen import hard_text
 
@@ -25,10 +25,7 @@ L = 24
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    write_tokenizer_json(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    return folder
+    return tokenizer_folder(tmp_path_factory.mktemp("llama"))
 
 
 def documents(model_dir) -> list[str]:
@@ -74,10 +71,7 @@ def model_with_bos(tmp_path_factory):
     scores that BOS after its prefix BOS."""
     from checkpoints import add_bos_post_processor
 
-    folder = tmp_path_factory.mktemp("llama-bos")
-    write_tokenizer_json(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    return add_bos_post_processor(folder)
+    return add_bos_post_processor(tokenizer_folder(tmp_path_factory.mktemp("llama-bos")))
 
 
 @pytest.mark.parametrize("which", ["model", "model_with_bos"])

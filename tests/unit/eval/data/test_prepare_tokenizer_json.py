@@ -12,7 +12,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from checkpoints import write_tokenizer_json
+from checkpoints import tokenizer_folder, write_tokenizer_json
 from textgen import hard_text
 
 from npueval.core.errors import CorpusError, UserError, VocabError
@@ -23,10 +23,7 @@ N_CTX, STRIDE = 24, 8
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    write_tokenizer_json(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    return folder
+    return tokenizer_folder(tmp_path_factory.mktemp("llama"))
 
 
 def texts(seed=0, n=40, ascii_only=False):
