@@ -11,7 +11,6 @@ the document its first byte is in.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 
@@ -20,8 +19,6 @@ import numpy as np
 from .batches import Reading
 from .documents import Chunk, bad_line_error, lines_before, read_documents
 from .model_tokenizer import post_processor_ids
-
-log = logging.getLogger(__name__)
 
 #: What the guide puts between two documents.
 SEPARATOR = "\n\n"
