@@ -43,23 +43,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # checkpoints.py: the fixtures' tokenizer.json and tiny Llama
+sys.path.insert(0, str(REPO / "tests" / "reference"))  # lm_eval_oracle.py: the task file
 
 TASK = "npueval_bench"
-TASK_YAML = """\
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {corpus}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: text
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-"""
 
 #: Runs the lm_eval CLI with HFLM.loglikelihood_rolling timed and lm-eval's scored tokens
 #: counted; writes them to the JSON file named first. Nothing lm-eval computes is changed.
@@ -313,9 +299,11 @@ def main() -> None:
         (work / "runs").mkdir()
         corpus, training_text, corpus_bytes = write_corpus(work)
         model = make_checkpoint(work / "ckpt", training_text, args)
+        from lm_eval_oracle import write_task
+
         tasks = work / "tasks"
         tasks.mkdir()
-        (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, corpus=json.dumps(str(corpus))))
+        write_task(tasks, corpus, TASK)
         (work / "lm_eval_timed.py").write_text(LAUNCHER)
         npueval = [sys.executable, "-m", "npueval.eval"]
         build_s = timed_run([*npueval, "build", str(work / "ckpt"), "--out", str(work / "build"), "--seq-len",

@@ -35,6 +35,14 @@ metric_list:
 """
 
 
+def write_task(folder: Path, corpus: Path, task: str = TASK) -> Path:
+    """TASK's YAML in FOLDER (lm_eval --include_path FOLDER --tasks TASK) over the JSONL CORPUS."""
+    path = folder / f"{task}.yaml"
+    # json.dumps: a YAML-safe quoted path whatever characters it holds.
+    path.write_text(_TASK_YAML.format(task=task, corpus=json.dumps(str(corpus.resolve()))))
+    return path
+
+
 @dataclass(frozen=True)
 class LmEvalDoc:
     loglikelihood: float  # Σ log p over the document's tokens (natural log, ≤ 0)
@@ -57,8 +65,7 @@ def run_lm_eval(checkpoint: Path, corpus: Path, max_length: int, work: Path, bat
     work.mkdir(parents=True, exist_ok=True)
     tasks, out = work / "tasks", work / "out"
     tasks.mkdir(exist_ok=True)
-    # json.dumps: a YAML-safe quoted path whatever characters it holds.
-    (tasks / f"{TASK}.yaml").write_text(_TASK_YAML.format(task=TASK, corpus=json.dumps(str(corpus.resolve()))))
+    write_task(tasks, corpus)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_HOME": str(work / "hf"), "HF_DATASETS_CACHE": str(work / "hf" / "datasets"),
            "TOKENIZERS_PARALLELISM": "false"}
