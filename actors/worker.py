@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,10 @@ class DeviceInfo:
     pid: int
     ais_bench_api: str | None = None
     previous_death: CallInProgress | None = None  # the call this actor's previous process died in
+    # When this process began the actor and had its backend open, on its host's clock (time.time()).
+    constructed_at: float | None = None
+    opened_at: float | None = None
+    open_s: float | None = None  # how long opening the backend took (the model's copy and load)
 
     @property
     def name(self) -> str:
@@ -160,6 +165,8 @@ class DeviceWorker:
     it was, once."""
 
     def __init__(self, spec: WorkerSpec, label: str, factory: BackendFactory | None = None):
+        self.constructed_at = time.time()
+        self.opened_at = self.open_s = None
         npu = assigned_npu()
         gpu = assigned_gpu()
         self.device = f"npu:{npu}" if npu is not None else f"cuda:{gpu}" if gpu is not None else label
@@ -181,12 +188,14 @@ class DeviceWorker:
         if self._error is not None:
             raise self._error
         if self.evaluator is None:
+            start = time.perf_counter()
             try:
                 self.evaluator = self._evaluator(self.spec, self.npu, self.factory, objects)
             except Exception as exc:
                 self._error = exc
                 raise
             _freeze()
+            self.open_s, self.opened_at = time.perf_counter() - start, time.time()
         return self.evaluator
 
     def _evaluator(self, spec: WorkerSpec, npu: str | None, factory: BackendFactory | None,
@@ -226,7 +235,8 @@ class DeviceWorker:
         return DeviceInfo(node=self.node_id, device=self.device, batch_size=backend.batch_size,
                           seq_len=backend.seq_len, host=socket.gethostname(), pid=os.getpid(),
                           ais_bench_api=None if api is None else api if self.spec.pipeline else "infer",
-                          previous_death=self.previous_death)
+                          previous_death=self.previous_death, constructed_at=self.constructed_at,
+                          opened_at=self.opened_at, open_s=self.open_s)
 
     def evaluate(self, block_id: int, rows: BlockRows) -> BlockResult:
         return self._ready().evaluate(block_id, rows.input_ids, rows.score_from, rows.n_valid, rows.window_ids)

@@ -105,7 +105,7 @@ def describe(run: RunReport) -> str:
                 for i in worst
             ),
         ]
-    time_lines = describe_time(r.phases, run.timeline)
+    time_lines = describe_time(r.phases, run.timeline, r.startup)
     return "\n".join(lines + (["", *time_lines] if time_lines else []))
 
 
@@ -289,7 +289,7 @@ def plot(runs: list[RunReport], path: str | Path) -> Path:
     bars, hist = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     for k, run in enumerate(timed):
         title = f"{'AB'[runs.index(run)]} {run.label}" if len(runs) > 1 else run.label
-        draw(fig.add_subplot(grid[k + 1, :]), run.timeline, run.results.phases, title)
+        draw(fig.add_subplot(grid[k + 1, :]), run.timeline, run.results.phases, title, run.results.startup)
     width = (0.8 if any(len(r.results.per_device) > 1 for r in runs) else 0.4) / len(runs)
     losses = [run.window_loss for run in runs]
     finite = np.concatenate([x[np.isfinite(x)] for x in losses]) if losses else np.zeros(0)

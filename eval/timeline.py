@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from npueval.core.errors import UserError, counted
-from npueval.eval.driver.results_file import Phase
+from npueval.eval.driver.results_file import DeviceStart, Phase
 from npueval.eval.driver.timing import TIMELINE
 
 
@@ -67,12 +67,20 @@ def _device_order(name: str) -> tuple:
     return (node, kind, int(number) if number.isdigit() else -1, number)
 
 
-def describe_time(phases: tuple[Phase, ...], timeline: Timeline | None) -> list[str]:
-    """The phases, and how busy the devices were during the evaluation."""
+def describe_time(phases: tuple[Phase, ...], timeline: Timeline | None,
+                  startup: tuple[DeviceStart, ...] = ()) -> list[str]:
+    """The phases, when the devices came up, and how busy they were during the evaluation."""
     lines = []
     if phases:
         lines.append("  phases (s from the start): " + ", ".join(
             f"{p.name} {p.start_s:.2f}–{p.end_s:.2f}" for p in phases))
+    if startup:
+        heard = np.array([d.heard_s for d in startup])
+        opening = [d.open_s for d in startup if d.open_s is not None]
+        last = startup[int(np.argmax(heard))]
+        lines.append(f"  devices up (s from the start): first {heard.min():.2f}, median {np.median(heard):.2f}, last "
+                     f"{heard.max():.2f} ({last.device})"
+                     + (f"; opening a backend took {max(opening):.2f} s at most" if opening else ""))
     if timeline is not None:
         share, n = timeline.busy_share(), len(timeline.devices)
         least = int(np.argmin(share))
@@ -86,12 +94,22 @@ def describe_time(phases: tuple[Phase, ...], timeline: Timeline | None) -> list[
 _SHADED = ("ray_start", "shards_verified", "model_shipped", "devices_ready", "reduce", "write", "ray_stop")
 
 
-def draw(ax, timeline: Timeline, phases: tuple[Phase, ...], title: str) -> None:
-    """Each device a row, each block a bar (alternate shades so that neighbours stay apart), the
-    phases around the evaluation shaded and named along the top."""
+def draw(ax, timeline: Timeline, phases: tuple[Phase, ...], title: str,
+         startup: tuple[DeviceStart, ...] = ()) -> None:
+    """Each device a row, each block a bar (alternate shades so that neighbours stay apart), a
+    hatched bar from its actor's creation to its backend being open, the phases around the
+    evaluation shaded and named along the top."""
     import matplotlib.transforms as transforms
 
     rows = len(timeline.devices)
+    one_node = len({d.node for d in startup}) <= 1
+    for d in startup:
+        name = d.device if one_node else f"{d.device} on {d.node[:8]}"
+        ready = d.ready_s if d.ready_s is not None else d.heard_s
+        if name in timeline.devices and ready > d.created_s:
+            k = timeline.devices.index(name)
+            ax.broken_barh([(d.created_s, ready - d.created_s)], (k - 0.25, 0.5), facecolors="none",
+                           edgecolors="0.55", hatch="////", linewidth=0.5)
     for k in range(rows):
         mine = timeline.device == k
         order = np.argsort(timeline.start[mine])
@@ -113,5 +131,5 @@ def draw(ax, timeline: Timeline, phases: tuple[Phase, ...], title: str) -> None:
     ax.set_ylim(rows - 0.5, -0.5)
     ends = [timeline.end.max(), *(p.end_s for p in phases)]
     ax.set_xlim(0, max(ends) * 1.01)
-    ax.set_xlabel("seconds from the run's start (bars: blocks on their device; gaps: the device waited)")
+    ax.set_xlabel("seconds from the run's start (hatched: the device starting; bars: blocks on it; gaps: it waited)")
     ax.set_title(f"{title}: devices busy {share.mean():.1%} of the evaluation", fontsize=9, pad=22)

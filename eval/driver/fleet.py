@@ -33,7 +33,7 @@ from npueval.core.files import cached_sha256
 from npueval.core.model_io import model_files
 
 from .model_spec import ModelSpec
-from .results_file import Fallback
+from .results_file import DeviceStart, Fallback
 from .timing import Phases
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,8 @@ class Fleet:
         self.actors: list = []
         self.ready_refs: list = []
         self.answered: dict[int, DeviceInfo] = {}
+        self.heard_at: dict[int, float] = {}  # time.time() when the driver heard each answer
+        self.created_at = 0.0  # time.time() when the actors were asked for
         self.objects: dict = {}  # sha256 → object ref of each model file shipped
         self.session = None
 
@@ -138,7 +140,7 @@ class Fleet:
                 spec = worker_spec(config, self.choice.backend, self.model, self.seq_len, count,
                                    self.session.resources, self.objects)
             self.spec = spec
-            self.created = time.perf_counter()
+            self.created, self.created_at = time.perf_counter(), time.time()
             self.actors = remote_workers(spec, count, config.max_retries, self.factory, config.calls_at_once)
             self.ready_refs = [self.describe(a) for a in self.actors]
         except BaseException:
@@ -195,6 +197,7 @@ class Fleet:
             raise UserError(f"--model {self.model.name if self.model else ''} takes sequences of {info.seq_len} "
                             f"tokens but the data holds windows of {self.seq_len}")
         self.answered[k] = info
+        self.heard_at[k] = time.time()
         if len(self.answered) == 1:
             self.phases.add("first_device_ready", self.created, time.perf_counter())
         if len(self.answered) == len(self.ready_refs):
@@ -227,6 +230,17 @@ class Fleet:
         """The batch the devices will report, known before they answer: the simulated backend's,
         or a model's whose manifest gives it (None: only the devices can say)."""
         return self.spec.batch_size or None
+
+    def startup(self, epoch: float) -> list[DeviceStart]:
+        """How each device that answered came up, in the order the driver heard them, in seconds
+        from EPOCH (the run's start, time.time())."""
+        def since(t: float | None) -> float | None:
+            return None if t is None else t - epoch
+
+        return [DeviceStart(node=info.node, device=info.device, created_s=self.created_at - epoch,
+                            process_s=since(info.constructed_at), ready_s=since(info.opened_at), open_s=info.open_s,
+                            heard_s=self.heard_at[k] - epoch)
+                for k, info in sorted(self.answered.items(), key=lambda item: self.heard_at[item[0]])]
 
     def answered_in_order(self) -> list[DeviceInfo]:
         """The devices that have answered so far, in actor order (a run may end before a late one)."""

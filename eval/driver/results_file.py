@@ -45,6 +45,22 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class DeviceStart:
+    """How a device came up, in seconds from the run's start: its actor asked for (`created_s`,
+    the same for the devices of one start), its process running the actor (`process_s`), its
+    backend open and ready for blocks (`ready_s`), and the driver hearing so (`heard_s`). The
+    actor's times are its host's clock: on another host they carry the clocks' difference."""
+
+    node: str
+    device: str
+    created_s: float
+    process_s: float | None
+    ready_s: float | None
+    open_s: float | None  # opening the backend: the model's copy and load
+    heard_s: float
+
+
+@dataclass(frozen=True)
 class NonfiniteWindow:
     """A window whose loss was NaN or Inf (--on-nonfinite skip), and where it was evaluated."""
 
@@ -154,6 +170,7 @@ class Results:
     provenance: Provenance
     phases: tuple[Phase, ...] = ()  # where the wall time went (eval/driver/timing.py)
     devices_started: int | None = None  # device actors this command started (None: an earlier npueval's file)
+    startup: tuple[DeviceStart, ...] = ()  # each device that answered, in the order it did
     check: RunCheck | None = None  # None: no --check-against
 
     @property

@@ -169,7 +169,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
             stopping = Background(lambda stop: fleet.release(), "npueval-ray-stop")
             try:
                 results = _finish(config, folder, fleet, model, data, vocab_checked, plan, evaluated, started_at,
-                                  phases, clock)
+                                  phases, clock, epoch)
                 folder.write_timeline(times.table())
             finally:
                 stopping.result()
@@ -181,7 +181,7 @@ def run(config: RunConfig, *, factory: BackendFactory | None = None,
 
 def _finish(config: RunConfig, folder: RunFolder, fleet: Fleet, model: ModelSpec | None, data: DataManifest,
             vocab_checked: bool, plan: Plan, evaluated: Evaluated, started_at: str, phases: Phases,
-            clock: float) -> Results:
+            clock: float, epoch: float) -> Results:
     """Reduce every block, read back from OUT/blocks (so a fresh, a retried and a resumed run
     reduce the same bytes), and write the outputs."""
     with phases.timed("reduce"):
@@ -193,7 +193,7 @@ def _finish(config: RunConfig, folder: RunFolder, fleet: Fleet, model: ModelSpec
         collected = res.collect(all_blocks, np.flatnonzero(plan.keep))
         all_blocks = [b.totals_only() for b in all_blocks]  # their windows are in `collected` now
         results = _results(config, fleet, model, data, vocab_checked, plan, collected, all_blocks, evaluated,
-                           started_at)
+                           started_at, epoch)
         windows = res.windows_table(collected, plan.index)
     # results.json's first writing holds the phases so far; the run's last one adds its own.
     results = dataclasses.replace(results, wall_s=time.perf_counter() - clock, phases=phases.all())
@@ -352,7 +352,7 @@ def _identity(config: RunConfig, model: ModelSpec | None, data: DataManifest, ba
 
 def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: DataManifest, vocab_checked: bool,
              plan: Plan, collected: res.Collected, all_blocks: list[BlockResult], evaluated: Evaluated,
-             started_at: str) -> Results:
+             started_at: str, epoch: float) -> Results:
     batch_size = plan.batch_size
     answered = fleet.answered_in_order()  # a device still starting when the last block was done did nothing
     nonfinite = res.nonfinite(collected)  # only --on-nonfinite skip gets here with any
@@ -400,4 +400,5 @@ def _results(config: RunConfig, fleet: Fleet, model: ModelSpec | None, data: Dat
         data=str(config.data),
         provenance=provenance(config.command, [d.host for d in answered]),
         devices_started=len(fleet.ready_refs),
+        startup=tuple(fleet.startup(epoch)),
     )

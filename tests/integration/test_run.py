@@ -56,6 +56,22 @@ def test_simulated_run_equals_the_numpy_reference(baseline, seed_data):
     assert sum(d["windows"] for d in baseline["per_device"]) == manifest["windows"]
 
 
+def test_results_say_when_each_device_came_up(baseline):
+    """results.json's startup: every device, its actor asked for, its process up, its backend
+    open, the driver hearing it, in that order and inside the run's phases."""
+    startup = baseline["startup"]
+    phases = {p["name"]: p for p in baseline["phases"]}
+    assert sorted(d["device"] for d in startup) == [f"npu:{k}" for k in range(4)]
+    for d in startup:
+        assert phases["ray_start"]["end_s"] <= d["created_s"] <= d["process_s"] <= d["ready_s"] <= d["heard_s"]
+        assert 0 <= d["open_s"] <= d["ready_s"] - d["process_s"]
+    heard = sorted(d["heard_s"] for d in startup)
+    assert [d["heard_s"] for d in startup] == heard  # in the order the driver heard them
+    assert heard[0] == pytest.approx(phases["first_device_ready"]["end_s"], abs=0.05)
+    assert heard[-1] == pytest.approx(phases["devices_ready"]["end_s"], abs=0.05)
+    assert startup[0]["created_s"] == pytest.approx(phases["first_device_ready"]["start_s"], abs=0.05)
+
+
 def test_results_folder_holds_every_window_once(baseline, seed_data, tmp_path):
     out = tmp_path / "out"
     results = run(simulated(seed_data, out, devices=2, wait_for_devices=True)).results.to_json()

@@ -72,3 +72,31 @@ def test_the_plot_gives_each_run_with_a_timeline_a_panel_of_its_devices(tmp_path
     png = plot([run], tmp_path / "p.png").read_bytes()
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (1320, round((4.8 + 2.4) * 110))  # the plots, then one timeline of two rows
+
+
+def test_the_report_says_when_the_devices_came_up_and_the_plot_hatches_it(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from npueval.eval import timeline
+    from npueval.eval.driver.results_file import DeviceStart
+
+    startup = (DeviceStart("4f1c2a9b77", "npu:10", 1.0, 1.2, 1.5, 0.3, 1.55),
+               DeviceStart("4f1c2a9b77", "npu:2", 1.0, 1.3, 2.9, 1.5, 3.0))
+    folder = results_folder(tmp_path / "a", [0, 1], [1.0, 2.0], [1, 1], phases=PHASES, startup=startup)
+    write_timeline(folder, ROWS)
+    run = load_run(folder)
+    assert ("devices up (s from the start): first 1.55, median 2.27, last 3.00 (npu:2); opening a backend took "
+            "1.50 s at most") in describe(run)
+    drawn = []
+    draw = timeline.draw
+
+    def spy(ax, *args):  # the hatched bars' (start, length, bottom) once drawn
+        draw(ax, *args)
+        for bars in (c for c in ax.collections if c.get_hatch()):
+            for path in bars.get_paths():
+                x, y = path.vertices[:, 0], path.vertices[:, 1]
+                drawn.append((round(float(x.min()), 3), round(float(x.max() - x.min()), 3), round(float(y.min()), 2)))
+
+    monkeypatch.setattr("npueval.eval.report.draw", spy)
+    plot([run], tmp_path / "p.png")
+    # npu:2 is drawn first (row 0), npu:10 second: each hatched from its creation to its backend open
+    assert sorted(drawn) == [(1.0, 0.5, 0.75), (1.0, 1.9, -0.25)]
