@@ -355,11 +355,18 @@ def require(resources: dict, wanted: dict[str, float]) -> None:
 def disconnect(session: RaySession) -> None:
     """Disconnect this driver: a Ray npueval started stops with it, a joined cluster runs on, and
     a connection this process already had before `connect` is left as it was."""
+    import gc
+
     import ray
 
     if session.connected_here and ray.is_initialized():
         if session.started_here:
             _stop_autoscaler_monitor()
+        # Object refs in cyclic garbage (a lost node's errors hold frames that hold refs) are freed
+        # now, while Ray is up: freed by a collection that runs during or after the shutdown, a
+        # ref's release reaches the gone core worker, which ends the process ("The core worker has
+        # already been shutdown … The process will exit", exit 1).
+        gc.collect()
         ray.shutdown()
 
 
