@@ -173,11 +173,7 @@ class WindowMaker:
 
     def _scored_bytes(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
         """Σ bytes of buffered positions [lo, hi) per window, where the stream carries bytes."""
-        if self._bytes is None:
-            return None
-        total = np.zeros(self._bytes.shape[0] + 1, dtype=np.int64)
-        np.cumsum(self._bytes, out=total[1:])
-        return total[hi] - total[lo]
+        return _sums(self._bytes, lo, hi)
 
     def _trim(self) -> None:
         drop = min(self._next, self._end) - self._base
