@@ -244,7 +244,9 @@ def test_the_fake_holds_the_gil_for_the_device_time(built, generation, monkeypat
     end = time.perf_counter()
     stop.set()
     thread.join()
-    inside = [t for t in ticks if start + 0.05 < t < end - 0.01]  # past the GIL's 5 ms hand-over
+    # Within the device's 300 ms, past the GIL's 5 ms hand-over: what the backend does on the host
+    # after the call (its outputs) may let the other thread run.
+    inside = [t for t in ticks if start + 0.05 < t < min(end, start + 0.3) - 0.01]
     assert end - start >= 0.3 and not inside
     assert om.device_seconds() >= 0.3
 
